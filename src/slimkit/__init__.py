@@ -1,0 +1,19 @@
+"""slimkit: make neural networks smaller, faster and cheaper to train, and measure what it saved.
+
+>>> import slimkit
+>>> model = slimkit.models.zoo.reference("cnn")      # doctest: +SKIP
+>>> slimkit.save(model, "out/cnn")                    # doctest: +SKIP
+>>> record = slimkit.evaluate(slimkit.load("out/cnn"))  # doctest: +SKIP
+"""
+
+from slimkit import data, models
+from slimkit.errors import ArtifactError, MissingDependencyError, SlimkitError, UserInputError
+from slimkit.evaluation import EvalRecord, evaluate
+from slimkit.io import load, save
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArtifactError", "EvalRecord", "MissingDependencyError", "SlimkitError", "UserInputError",
+    "data", "evaluate", "load", "models", "save",
+]

@@ -1,0 +1,66 @@
+"""Honest measurement: quality, parameters, nonzeros, artifact bytes, latency and peak memory."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from slimkit.evaluation.bench import latency_ms, peak_memory_bytes
+from slimkit.evaluation.record import EvalRecord
+from slimkit.evaluation.tasks import TASKS, get_task, infer_task
+
+__all__ = ["EvalRecord", "TASKS", "evaluate"]
+
+
+def evaluate(
+    model: nn.Module,
+    task: str | None = None,
+    *,
+    name: str | None = None,
+    technique: str = "baseline",
+    baseline: str | None = None,
+    artifact_dir: str | Path | None = None,
+    batch_size: int | None = None,
+    threads: int = 2,
+    runs: int = 7,
+) -> EvalRecord:
+    """Measure ``model`` on ``task`` (inferred for the reference models and MiniLM).
+
+    The artifact size is that of ``artifact_dir`` when given (a folder ``slimkit.save``
+    wrote), otherwise the model is saved to a temporary folder and that is measured.
+
+    >>> rec = evaluate(reference("cnn"))  # doctest: +SKIP
+    >>> rec.value, rec.artifact_bytes, rec.latency_ms  # doctest: +SKIP
+    (0.996..., 697100, 0.9...)
+    """
+    from slimkit.io import artifact_bytes, save
+
+    task_obj = get_task(task or infer_task(model))
+    model.eval()
+    batch = batch_size or task_obj.default_batch
+    if batch < 1:
+        raise ValueError(f"batch_size={batch}: must be at least 1")
+    with torch.no_grad():
+        quality = task_obj.quality(model)
+    call = task_obj.example_call(model, batch)
+    if artifact_dir is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            size = artifact_bytes(save(model, tmp))
+    else:
+        size = artifact_bytes(artifact_dir)
+    parameters = list(model.parameters())  # tied weights are yielded once
+    params = sum(p.numel() for p in parameters)
+    nonzero = sum(int(p.count_nonzero()) for p in parameters)
+    return EvalRecord(
+        name=name or type(model).__name__, task=task_obj.name, technique=technique,
+        metric=task_obj.metric, value=quality[task_obj.metric],
+        higher_is_better=task_obj.higher_is_better, quality=quality,
+        params=params, nonzero=nonzero, artifact_bytes=size,
+        latency_ms=latency_ms(call, runs=runs, threads=threads), latency_batch=batch,
+        latency_runs=runs, threads=threads, peak_memory_bytes=peak_memory_bytes(model, call),
+        baseline=baseline,
+    )
+

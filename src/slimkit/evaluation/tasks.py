@@ -1,0 +1,129 @@
+"""The tasks a model is evaluated on: what quality means for it and what one inference call is.
+
+- ``digits``: top-1 accuracy on the digits test split; one call classifies a batch of images.
+- ``pycorpus``: bits per byte on 256 fixed 128-byte windows of the validation split; one call
+  is a forward pass over a full 128-byte context.
+- ``minilm``: fidelity of sentence embeddings to the fp32 all-MiniLM-L6-v2 on 400 real
+  sentences (mean and min cosine similarity, top-10 nearest-neighbour agreement); one call
+  embeds a batch of sentences.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from slimkit.data import digits, embed, eval_windows, minilm, pycorpus, sentences
+from slimkit.errors import UserInputError
+
+
+class Task(Protocol):
+    name: str
+    metric: str  # name of the primary quality figure
+    higher_is_better: bool
+    default_batch: int
+
+    def quality(self, model: nn.Module) -> dict[str, float]:
+        """Quality figures; the primary ``metric`` among them."""
+
+    def example_call(self, model: nn.Module, batch_size: int):
+        """A zero-argument function that runs one inference call of ``batch_size`` examples."""
+
+
+class DigitsTask:
+    name, metric, higher_is_better, default_batch = "digits", "accuracy", True, 64
+
+    @torch.no_grad()
+    def quality(self, model: nn.Module) -> dict[str, float]:
+        test = digits().test
+        return {"accuracy": (model(test.x).argmax(-1) == test.y).float().mean().item()}
+
+    def example_call(self, model: nn.Module, batch_size: int):
+        x = digits().test.x[:batch_size]
+        return lambda: model(x)
+
+
+class PyCorpusTask:
+    name, metric, higher_is_better, default_batch = "pycorpus", "bits_per_byte", False, 1
+    windows, block = 256, 128
+
+    @torch.no_grad()
+    def quality(self, model: nn.Module) -> dict[str, float]:
+        x, y = eval_windows(pycorpus().val, self.block, self.windows)
+        # per-token losses summed in float64, so that the figure does not drift with batch size
+        nats = sum(F.cross_entropy(model(xb).flatten(0, 1), yb.flatten(), reduction="none").double().sum().item()
+                   for xb, yb in zip(x.split(32), y.split(32)))
+        return {"bits_per_byte": nats / y.numel() / math.log(2)}
+
+    def example_call(self, model: nn.Module, batch_size: int):
+        x, _ = eval_windows(pycorpus().val, self.block, batch_size)
+        return lambda: model(x)
+
+
+class MiniLMTask:
+    name, metric, higher_is_better, default_batch = "minilm", "cosine_mean", True, 16
+    neighbours = 10
+
+    def __init__(self) -> None:
+        self.tokenizer = _minilm_reference()[0]
+
+    @torch.no_grad()
+    def quality(self, model: nn.Module) -> dict[str, float]:
+        tokenizer, reference = _minilm_reference()
+        got = embed(model, tokenizer, sentences())  # (N, H), unit rows
+        cosine = (got * reference).sum(-1)
+        agree = _neighbour_agreement(reference, got, self.neighbours)
+        return {"cosine_mean": cosine.mean().item(), "cosine_min": cosine.min().item(),
+                f"top{self.neighbours}_agreement": agree}
+
+    def example_call(self, model: nn.Module, batch_size: int):
+        batch = self.tokenizer(list(sentences()[:batch_size]), padding=True, return_tensors="pt")
+        return lambda: model(**batch)
+
+
+@lru_cache(maxsize=1)
+def _minilm_reference() -> tuple[object, Tensor]:
+    """The tokenizer and the fp32 embeddings of the fixed sentences (computed once per process)."""
+    reference = minilm()
+    return reference.tokenizer, embed(reference.model, reference.tokenizer, sentences())
+
+
+def _neighbour_agreement(reference: Tensor, got: Tensor, k: int) -> float:
+    """Mean overlap of each sentence's k nearest neighbours (self excluded) under both embeddings."""
+    def top_k(e: Tensor) -> Tensor:
+        sim = e @ e.T
+        sim.fill_diagonal_(-math.inf)
+        return sim.topk(k, dim=-1).indices  # (N, k)
+
+    ref, new = top_k(reference), top_k(got)
+    overlap = (ref.unsqueeze(-1) == new.unsqueeze(-2)).any(-1).sum(-1).float()  # (N,)
+    return (overlap / k).mean().item()
+
+
+TASKS = {"digits": DigitsTask, "pycorpus": PyCorpusTask, "minilm": MiniLMTask}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise UserInputError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
+    return TASKS[name]()
+
+
+def infer_task(model: nn.Module) -> str:
+    """The task a reference model or MiniLM-like encoder belongs to; error if it cannot tell."""
+    from slimkit.models import GPT, MLP, ResNet
+
+    if isinstance(model, (MLP, ResNet)):
+        return "digits"
+    if isinstance(model, GPT):
+        return "pycorpus"
+    if getattr(getattr(model, "config", None), "model_type", None) == "bert":
+        return "minilm"
+    raise UserInputError(
+        f"cannot tell which task fits a {type(model).__name__}; pass task= one of {', '.join(TASKS)}"
+    )

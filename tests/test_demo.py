@@ -1,0 +1,44 @@
+"""`slimkit demo` end to end (trains the reference models once per session: slow)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from slimkit.cli import main
+from tests.conftest import minilm_available
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_prints_the_table_and_writes_the_report(capsys, tmp_path, trained):
+    for name in ("mlp", "cnn", "gpt"):
+        trained(name)  # shared with the zoo tests: the demo then loads from the cache
+    code = main(["demo", "--out", str(tmp_path / "report"), "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0
+    names = ["mlp", "cnn", "gpt"] + (["minilm"] if minilm_available() else [])
+    for name in names:
+        assert f"| {name} | baseline |" in out
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert all(f"| {name} | baseline |" in md for name in names)
+    records = json.loads((tmp_path / "report" / "records.json").read_text())["records"]
+    assert [r["name"] for r in records] == names
+    for r in records:
+        artifact = tmp_path / "report" / "artifacts" / r["name"]
+        assert r["artifact_bytes"] == sum(p.stat().st_size for p in artifact.iterdir())
+
+
+def test_report_verb_rebuilds_from_records(capsys, tmp_path, trained):
+    main(["demo", "--out", str(tmp_path), "--quiet", "--no-minilm", "--json"])
+    demo = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in demo["records"]] == ["mlp", "cnn", "gpt"]
+    (tmp_path / "report.md").unlink()
+    assert main(["report", str(tmp_path)]) == 0
+    assert "| gpt | baseline |" in (tmp_path / "report.md").read_text()
+
+
+def test_console_script_runs():
+    result = subprocess.run([sys.executable, "-m", "slimkit.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "demo" in result.stdout
