@@ -6,6 +6,7 @@ the same model, so the report always shows what a technique saved next to what i
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -21,9 +22,19 @@ from slimkit.progress import progress
 
 
 def machine_line(threads: int) -> str:
-    return (f"{platform.machine()} CPU ({platform.processor() or 'unknown'}), "
-            f"{torch.get_num_threads()} cores visible to torch, {threads} thread(s) used, "
-            f"Python {platform.python_version()}, torch {torch.__version__}")
+    """One line describing the machine, as every report and benchmark table starts with."""
+    return (f"{_cpu_name()} ({platform.machine()}, {os.cpu_count()} logical cores), {threads} torch "
+            f"thread(s), Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def run_demo(out_dir: str | Path = "slimkit-report", *, retrain: bool = False, minilm_rows: bool = True,

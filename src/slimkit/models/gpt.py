@@ -15,7 +15,7 @@ class GPTConfig:
     block_size: int = 128  # context length in tokens
     n_layer: int = 4
     n_head: int = 4
-    n_embd: int = 192
+    n_embd: int = 128
     dropout: float = 0.0
 
     def __post_init__(self) -> None:

@@ -47,7 +47,7 @@ class Recipe:
 RECIPES = {
     "mlp": Recipe(steps=1500, batch_size=64, lr=3e-3, weight_decay=1e-4, warmup=50),
     "cnn": Recipe(steps=1500, batch_size=64, lr=3e-3, weight_decay=1e-4, warmup=50),
-    "gpt": Recipe(steps=700, batch_size=32, lr=3e-3, weight_decay=0.1, warmup=50),
+    "gpt": Recipe(steps=1700, batch_size=16, lr=3e-3, weight_decay=0.1, warmup=50),
 }
 
 
@@ -85,7 +85,7 @@ def _config_dict(model: nn.Module) -> dict:
 def reference(name: str, *, retrain: bool = False) -> nn.Module:
     """The trained reference model ``name`` ("mlp", "cnn" or "gpt"), in eval mode.
 
-    >>> model = reference("cnn")  # trains once (about 30 s), then loads from the cache
+    >>> model = reference("cnn")  # trains once (about 15 s), then loads from the cache
     """
     from slimkit.io import load, save  # io sits above models; imported late to keep layers clean
 
