@@ -20,7 +20,7 @@ def test_table_shows_ratios_against_the_baseline():
     row = next(line for line in table.splitlines() if line.startswith("| cnn-small "))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[3:5] == ["0.9800", "-0.0100"]
-    assert cells[8] == "4.00" and cells[10] == "2.00"  # 4x smaller, 2x faster
+    assert cells[9] == "4.00" and cells[11] == "2.00"  # 4x smaller, 2x faster
 
 
 def test_pareto_front_matches_a_naive_definition():
@@ -37,7 +37,7 @@ def test_write_report_produces_all_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "pareto_bytes.png", "pareto_latency.png", "records.json", "report.html", "report.md"]
     md = paths["report.md"].read_text()
-    assert "| cnn-small | test | accuracy | 0.9800 |" in md and "test box" in md
+    assert "| cnn-small | test | accuracy | 0.9800 | -0.0100 | — |" in md and "test box" in md
     html = paths["report.html"].read_text()
     assert html.count("data:image/png;base64,") == 2 and "<td>cnn-worse</td>" in html
     assert "src=\"http" not in html  # self-contained

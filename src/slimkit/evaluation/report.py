@@ -16,7 +16,7 @@ from slimkit.evaluation.record import EvalRecord
 
 PLOTS = {"pareto_bytes.png": ("artifact_bytes", "artifact size on disk (bytes, log scale)"),
          "pareto_latency.png": ("latency_ms", "latency (ms, median, log scale)")}
-COLUMNS = ["model", "technique", "metric", "value", "Δ vs base", "params", "nonzero",
+COLUMNS = ["model", "technique", "metric", "value", "Δ vs base", "other quality", "params", "nonzero",
            "bytes", "× smaller", "latency ms (batch)", "speedup", "peak MiB", "× less mem"]
 
 
@@ -30,6 +30,7 @@ def table_rows(records: list[EvalRecord]) -> list[list[str]]:
         rows.append([
             r.name, r.technique, r.metric, _fmt_value(r.value),
             "—" if base is r else f"{ratio['quality_delta']:+.4f}",
+            ", ".join(f"{k} {_fmt_value(v)}" for k, v in r.quality.items() if k != r.metric) or "—",
             f"{r.params:,}", f"{r.nonzero:,}", f"{r.artifact_bytes:,}", f"{ratio['bytes_ratio']:.2f}",
             f"{r.latency_ms:.3f} ({r.latency_batch})", f"{ratio['speedup']:.2f}",
             f"{r.peak_memory_bytes / 2**20:.2f}", f"{ratio['memory_ratio']:.2f}",
@@ -96,14 +97,17 @@ def _pareto_plot(records: list[EvalRecord], field: str, label: str, path: Path) 
         for r in group:
             is_base = r.baseline is None
             ax.scatter(getattr(r, field), r.value, marker="*" if is_base else "o",
-                       s=180 if is_base else 50, color="tab:red" if is_base else "tab:blue", zorder=3)
+                       s=180 if is_base else 50, color="tab:red" if is_base else "tab:blue", zorder=3,
+                       label="baseline" if is_base else "compressed variant")
             ax.annotate(f"{r.name} (baseline)" if is_base else r.name, (getattr(r, field), r.value),
                         textcoords="offset points", xytext=(6, 4), fontsize=8)
         front = _pareto_front(group, field)
         if len(front) > 1:
             ax.plot([getattr(r, field) for r in front], [r.value for r in front], "--", color="gray",
                     label="Pareto front", zorder=2)
-            ax.legend(loc="best", fontsize=8)
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))  # one legend entry per kind of mark
+        ax.legend(unique.values(), unique.keys(), loc="best", fontsize=8)
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel(f"{group[0].metric} ({'higher' if group[0].higher_is_better else 'lower'} is better)")
