@@ -152,3 +152,35 @@ def test_minilm_round_trip_and_hf_folder(tmp_path):
     from_folder = load(ref.path)  # the package's Hugging Face folder itself
     assert type(from_folder) is type(ref.model)
     assert torch.equal(embed(from_folder, ref.tokenizer, texts), embed(ref.model, ref.tokenizer, texts))
+
+
+class Doubler(torch.nn.Module):
+    """A stand-in for a module a transform swaps in: rebuilt from its spec, state from the file."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.width = width
+        self.register_buffer("codes", torch.zeros(width, dtype=torch.uint8))
+
+    def slimkit_spec(self):
+        return {"width": self.width}
+
+    @classmethod
+    def from_slimkit_spec(cls, spec):
+        return cls(spec["width"])
+
+    def forward(self, x):
+        return 2 * x + self.codes.float().sum()
+
+
+def test_replaced_modules_are_rebuilt_from_their_spec(tmp_path):
+    model = MLP().eval()
+    swapped = Doubler(3)
+    swapped.codes.copy_(torch.tensor([1, 2, 3]))
+    model.net[2] = swapped
+    loaded = load(save(model, tmp_path))
+    assert read_meta(tmp_path)["replaced_modules"] == {
+        "net.2": {"class": "tests.test_io:Doubler", "spec": {"width": 3}}}
+    assert isinstance(loaded.net[2], Doubler) and loaded.net[2].codes.tolist() == [1, 2, 3]
+    x = torch.rand(2, 1, 8, 8)
+    assert torch.equal(model(x), loaded(x))

@@ -6,14 +6,15 @@
 >>> record = slimkit.evaluate(slimkit.load("out/cnn"))  # doctest: +SKIP
 """
 
-from slimkit import data, models
+from slimkit import data, formats, models
 from slimkit.errors import ArtifactError, MissingDependencyError, SlimkitError, UserInputError
 from slimkit.evaluation import EvalRecord, evaluate
 from slimkit.io import load, save
+from slimkit.quantization import WeightQuantConfig, quantize
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ArtifactError", "EvalRecord", "MissingDependencyError", "SlimkitError", "UserInputError",
-    "data", "evaluate", "load", "models", "save",
+    "WeightQuantConfig", "data", "evaluate", "formats", "load", "models", "quantize", "save",
 ]

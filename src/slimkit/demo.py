@@ -1,24 +1,62 @@
-"""``slimkit demo``: train or load the reference models, measure them, and write the report.
+"""``slimkit demo``: train or load the reference models, apply every technique, measure, report.
 
-Each technique adds its rows in ``technique_rows`` below, measured against the baseline row of
-the same model, so the report always shows what a technique saved next to what it started from.
+Each technique adds its variants to ``VARIANTS`` below (a row suffix, a label and the technique's
+config) and teaches ``apply_variant`` its config type. Variants are cached like the reference models, so a
+repeat run only measures. Each variant row is compared with its base model's row.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
+import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from slimkit.data.minilm import minilm
 from slimkit.errors import MissingDependencyError
 from slimkit.evaluation import EvalRecord, evaluate
 from slimkit.evaluation.report import write_report
-from slimkit.io import save
+from slimkit.evaluation.tasks import get_task, infer_task
+from slimkit.io import load, save
 from slimkit.models import zoo
 from slimkit.progress import progress
+from slimkit.quantization import WeightQuantConfig, quantize
+
+BASES = ("mlp", "cnn", "gpt", "minilm")
+
+
+@dataclass(frozen=True)
+class Variant:
+    suffix: str  # row name is "<base>-<suffix>"
+    technique: str  # the label in the report
+    config: object  # a technique config (has to_dict); apply_variant knows what to do with it
+
+
+def apply_variant(model: nn.Module, config) -> None:
+    """Apply one technique config to ``model`` in place (calibrating on the model's task)."""
+    if isinstance(config, WeightQuantConfig):
+        calib = get_task(infer_task(model)).calibration(16) if config.method != "rtn" else None
+        quantize(model, config, calib=calib)
+    else:
+        raise TypeError(f"the demo does not know how to apply a {type(config).__name__}")
+
+
+_QUANT = [
+    Variant("int8", "weight-only rtn", WeightQuantConfig("int8", group_size=None)),
+    Variant("int4-rtn", "weight-only rtn", WeightQuantConfig("int4", group_size=128)),
+    Variant("int4-gptq", "weight-only gptq", WeightQuantConfig("int4", group_size=128, method="gptq")),
+    Variant("int4-awq", "weight-only awq", WeightQuantConfig("int4", group_size=128, method="awq")),
+    Variant("nf4-dq", "weight-only rtn", WeightQuantConfig("nf4", group_size=64, double_quant=True)),
+    Variant("fp8", "weight-only rtn", WeightQuantConfig("fp8_e4m3", group_size=None)),
+]
+VARIANTS: dict[str, list[Variant]] = {"gpt": _QUANT, "minilm": _QUANT}
 
 
 def machine_line(threads: int) -> str:
@@ -42,16 +80,51 @@ def run_demo(out_dir: str | Path = "slimkit-report", *, retrain: bool = False, m
     """Run the demo; returns the records, the report files written, and notes on what was skipped."""
     out = Path(out_dir)
     records, skipped = [], []
-    steps = [*zoo.NAMES, "minilm"] if minilm_rows else list(zoo.NAMES)
-    with progress(steps, desc="demo", unit="model") as bar:
-        for name in bar:
+    bases = BASES if minilm_rows else tuple(b for b in BASES if b != "minilm")
+    jobs = [(base, None) for base in bases] + [(b, v) for b in bases for v in VARIANTS.get(b, [])]
+    with progress(jobs, desc="demo", unit="row") as bar:
+        for base, variant in bar:
+            name = base if variant is None else f"{base}-{variant.suffix}"
             bar.set_postfix_str(name)
+            if base == "minilm" and skipped:
+                continue
             try:
-                model = minilm().model if name == "minilm" else zoo.reference(name, retrain=retrain)
+                artifact = _artifact(base, variant, out / "artifacts" / name, retrain)
             except MissingDependencyError as exc:
                 skipped.append(f"minilm skipped: {exc}")
                 continue
-            artifact = save(model, out / "artifacts" / name)
-            records.append(evaluate(model, name=name, artifact_dir=artifact, threads=threads))
+            model = load(artifact) if variant else _base_model(base, retrain)
+            records.append(evaluate(model, name=name, technique="baseline" if variant is None else variant.technique,
+                                    baseline=None if variant is None else base, artifact_dir=artifact,
+                                    threads=threads))
     paths = write_report(records, out, title="slimkit demo", machine=machine_line(threads))
     return records, paths, skipped
+
+
+def _base_model(base: str, retrain: bool) -> nn.Module:
+    return minilm().model if base == "minilm" else zoo.reference(base, retrain=retrain)
+
+
+def _artifact(base: str, variant, destination: Path, retrain: bool) -> Path:
+    """Save the base model or build (or fetch from the cache) the variant, into ``destination``."""
+    if destination.exists():
+        shutil.rmtree(destination)
+    if variant is None:
+        return save(_base_model(base, retrain), destination)
+    cached = _variant_cache(base, variant)
+    if retrain or not cached.exists():
+        model = _base_model(base, retrain)
+        start = time.perf_counter()
+        apply_variant(model, variant.config)
+        save(model, cached, metrics={"config": variant.config.to_dict(),
+                                     "transform_seconds": round(time.perf_counter() - start, 2)})
+    shutil.copytree(cached, destination)
+    return destination
+
+
+def _variant_cache(base: str, variant: Variant) -> Path:
+    """Cache folder of a variant; its key covers the base model's cache key and the variant's config."""
+    base_key = zoo.cache_path(base).name if base in zoo.NAMES else f"minilm-torch{torch.__version__}"
+    described = json.dumps([base_key, variant.suffix, variant.config.to_dict()], sort_keys=True)
+    digest = hashlib.sha256(described.encode()).hexdigest()[:12]
+    return zoo.cache_root() / "variants" / f"{base}-{variant.suffix}-{digest}"

@@ -46,6 +46,7 @@ def save(model: nn.Module, directory: str | Path, *, metrics: dict | None = None
         "tensors": {name: {"encoding": "raw", "dtype": str(t.dtype).removeprefix("torch."),
                            "shape": list(t.shape)} for name, t in tensors.items()},
         "aliases": aliases,
+        "replaced_modules": _replaced_modules(model),
         "manifest": get_manifest(model),
         "metrics": metrics or {},
         "weights": {"file": WEIGHTS_FILE, "bytes": weights.stat().st_size, "sha256": _sha256(weights)},
@@ -69,6 +70,7 @@ def load(directory: str | Path) -> nn.Module:
     meta = read_meta(directory)
     state = _read_weights(directory, meta)
     model = build_architecture(meta["architecture"], directory / META_FILE)
+    _rebuild_replaced_modules(model, meta.get("replaced_modules", {}), directory / META_FILE)
     for alias, canonical in meta.get("aliases", {}).items():
         state[alias] = state[canonical]
     try:
@@ -142,6 +144,30 @@ def build_architecture(architecture: dict, source: Path) -> nn.Module:
         raise ArtifactError(f"{source}: cannot rebuild the model, {exc}; install what it names") from None
     except (KeyError, AttributeError, TypeError) as exc:
         raise ArtifactError(f"{source}: the architecture record is invalid ({exc!r})") from None
+
+
+def _replaced_modules(model: nn.Module) -> dict[str, dict]:
+    """Modules a transform swapped in (QuantLinear, LoRA, ...) and how to rebuild each empty.
+
+    Such a module has ``slimkit_spec() -> dict`` (JSON-serialisable) and a classmethod
+    ``from_slimkit_spec(spec)`` returning a module with the right buffer shapes; the saved
+    state then fills it. Only the outermost swapped module of a subtree is recorded.
+    """
+    records: dict[str, dict] = {}
+    for name, module in model.named_modules():
+        if hasattr(module, "slimkit_spec") and not any(name.startswith(f"{r}.") for r in records):
+            cls = type(module)
+            records[name] = {"class": f"{cls.__module__}:{cls.__qualname__}", "spec": module.slimkit_spec()}
+    return records
+
+
+def _rebuild_replaced_modules(model: nn.Module, records: dict[str, dict], source: Path) -> None:
+    for name, record in records.items():
+        try:
+            module = _import(record["class"]).from_slimkit_spec(record["spec"])
+            model.set_submodule(name, module)
+        except (ImportError, AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"{source}: cannot rebuild module {name!r}: {exc!r}") from None
 
 
 def _import(path: str):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slimkit.data import digits, embed, eval_windows, minilm, pycorpus, sentences
+from slimkit.data import digits, embed, eval_windows, minilm, pycorpus, random_windows, sentences
 from slimkit.errors import UserInputError
 
 
@@ -34,6 +34,9 @@ class Task(Protocol):
     def example_call(self, model: nn.Module, batch_size: int):
         """A zero-argument function that runs one inference call of ``batch_size`` examples."""
 
+    def calibration(self, batches: int) -> list:
+        """``batches`` model inputs drawn from the training split (never from evaluation data)."""
+
 
 class DigitsTask:
     name, metric, higher_is_better, default_batch = "digits", "accuracy", True, 64
@@ -46,6 +49,9 @@ class DigitsTask:
     def example_call(self, model: nn.Module, batch_size: int):
         x = digits().test.x[:batch_size]
         return lambda: model(x)
+
+    def calibration(self, batches: int) -> list:
+        return list(digits().train.x.split(64))[:batches]
 
 
 class PyCorpusTask:
@@ -63,6 +69,10 @@ class PyCorpusTask:
     def example_call(self, model: nn.Module, batch_size: int):
         x, _ = eval_windows(pycorpus().val, self.block, batch_size)
         return lambda: model(x)
+
+    def calibration(self, batches: int) -> list:
+        generator = torch.Generator().manual_seed(1)
+        return [random_windows(pycorpus().train, 8, self.block, generator)[0] for _ in range(batches)]
 
 
 class MiniLMTask:
@@ -85,6 +95,12 @@ class MiniLMTask:
         batch = self.tokenizer(list(sentences()[:batch_size]), padding=True, return_tensors="pt")
         return lambda: model(**batch)
 
+    def calibration(self, batches: int) -> list:
+        """Comment lines of the standard library's training files: real English, not the eval sentences."""
+        texts = calibration_sentences(16 * batches)
+        return [self.tokenizer(list(texts[i:i + 16]), padding=True, truncation=True, max_length=128,
+                               return_tensors="pt") for i in range(0, len(texts), 16)]
+
 
 @lru_cache(maxsize=1)
 def _minilm_reference() -> tuple[object, Tensor]:
@@ -103,6 +119,18 @@ def _neighbour_agreement(reference: Tensor, got: Tensor, k: int) -> float:
     ref, new = top_k(reference), top_k(got)
     overlap = (ref.unsqueeze(-1) == new.unsqueeze(-2)).any(-1).sum(-1).float()  # (N,)
     return (overlap / k).mean().item()
+
+
+def calibration_sentences(count: int) -> list[str]:
+    """Up to ``count`` distinct '# comment' lines (40-160 characters) from pycorpus's training split."""
+    found: dict[str, None] = {}
+    for line in bytes(pycorpus().train.numpy()).decode("utf-8", errors="replace").splitlines():
+        text = line.strip().lstrip("#").strip()
+        if line.strip().startswith("# ") and 40 <= len(text) <= 160 and text.isascii():
+            found[text] = None
+            if len(found) == count:
+                break
+    return list(found)
 
 
 TASKS = {"digits": DigitsTask, "pycorpus": PyCorpusTask, "minilm": MiniLMTask}

@@ -1,0 +1,70 @@
+"""The ``slimkit`` command line: one module per verb, each with ``add_parser`` and ``run``.
+
+Every verb has --help with an example and --quiet; user errors print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from slimkit.errors import SlimkitError
+
+VERBS = ("demo", "eval", "report", "quantize", "formats")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def timed_runs(text: str) -> int:
+    value = positive_int(text)
+    if value < 5:
+        raise argparse.ArgumentTypeError(f"{value}: a median needs at least 5 timed runs")
+    return value
+
+
+def _verb_module(verb: str):
+    import importlib
+
+    return importlib.import_module(f"slimkit.cli.{'evaluate' if verb == 'eval' else verb}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="slimkit", description="Make neural networks smaller, faster and cheaper, "
+                    "and measure what it really saved.", formatter_class=argparse.RawDescriptionHelpFormatter,
+                    epilog="example:\n  slimkit demo\n  slimkit eval slimkit-report/artifacts/gpt --json")
+    sub = parser.add_subparsers(dest="verb", required=True, parser_class=Parser)
+    for verb in VERBS:
+        module = _verb_module(verb)
+        p = sub.add_parser(verb, help=module.HELP, description=module.HELP, epilog=module.EXAMPLE,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        module.add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from slimkit.progress import set_quiet
+
+    set_quiet(args.quiet)
+    try:
+        return _verb_module(args.verb).run(args)
+    except SlimkitError as exc:
+        sys.stderr.write(f"slimkit {args.verb}: error: {exc}\n")
+        return 2

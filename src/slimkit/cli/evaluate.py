@@ -1,0 +1,34 @@
+"""slimkit eval"""
+
+from __future__ import annotations
+
+import json
+
+from slimkit.cli import positive_int, timed_runs
+
+HELP = ("Measure a saved model: quality, parameters, nonzeros, artifact bytes, latency, peak memory. "
+        "MODEL_DIR is a slimkit artifact or a Hugging Face model folder.")
+EXAMPLE = ("example:\n  slimkit eval slimkit-report/artifacts/cnn --json\n"
+           "  slimkit eval path/to/hf-bert-folder --task minilm")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("--task", choices=["digits", "pycorpus", "minilm"],
+                   help="task to evaluate on (default: inferred from the model)")
+    p.add_argument("--batch", type=positive_int, help="batch size of the timed call (default per task)")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
+    p.add_argument("--runs", type=timed_runs, default=7, help="timed runs, median reported (>= 5, default 7)")
+    p.add_argument("--json", action="store_true", help="print the record as JSON")
+
+
+def run(args) -> int:
+    from slimkit.evaluation import evaluate
+    from slimkit.evaluation.report import markdown_table
+    from slimkit.io import load
+
+    model = load(args.model_dir)
+    record = evaluate(model, args.task, name=args.model_dir, artifact_dir=args.model_dir,
+                      batch_size=args.batch, threads=args.threads, runs=args.runs)
+    print(json.dumps(record.to_dict(), indent=2) if args.json else markdown_table([record]))
+    return 0

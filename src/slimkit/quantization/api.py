@@ -1,0 +1,85 @@
+"""``slimkit.quantize``: weight-only post-training quantization of a model's Linear layers."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from slimkit.errors import UserInputError
+from slimkit.formats import EncodedTensor, quantize as quantize_tensor
+from slimkit.manifest import add_entry
+from slimkit.progress import progress
+from slimkit.quantization.awq import awq_input_scale
+from slimkit.quantization.calibrate import layer_inputs
+from slimkit.quantization.config import WeightQuantConfig
+from slimkit.quantization.gptq import gptq
+from slimkit.quantization.modules import QuantLinear
+from slimkit.quantization.select import select_layers
+
+
+def quantize(model: nn.Module, config: WeightQuantConfig = WeightQuantConfig(), calib=None) -> nn.Module:
+    """Replace the chosen Linear layers of ``model`` by QuantLinear (in place) and return it.
+
+    ``calib`` (needed by gptq and awq) is a list of model inputs: tensors, or dicts of tensors
+    passed as keyword arguments (a tokenizer's output). Every layer touched or skipped gets a
+    manifest entry.
+
+    >>> quantize(gpt, WeightQuantConfig("int4", group_size=128, method="gptq"), calib=batches)  # doctest: +SKIP
+    """
+    chosen, skipped = select_layers(model, config.include, config.exclude)
+    calib = _check_calibration(config, calib)
+    technique = f"weight-only {config.method}"
+    model.eval()
+    for name, layer in progress(chosen, desc=f"quantizing ({config.method} {config.format})", unit="layer"):
+        _check_finite(name, layer.weight)
+        encoded, input_scale, notes = _quantize_layer(model, layer, config, calib)
+        model.set_submodule(name, QuantLinear.from_linear(layer, encoded, input_scale))
+        add_entry(model, {"layer": name, "technique": technique, "format": config.format,
+                          "group_size": config.group_size, "symmetric": config.symmetric,
+                          "double_quant": config.double_quant, "bits_per_weight": round(encoded.bits_per_element(), 4),
+                          "path": "dequant", **notes})
+    for name, reason in skipped.items():
+        add_entry(model, {"layer": name, "technique": technique, "skipped": reason})
+    return model
+
+
+def _quantize_layer(model, layer: nn.Linear, config: WeightQuantConfig, calib) -> tuple[EncodedTensor, torch.Tensor | None, dict]:
+    weight = layer.weight.detach().float()
+    if config.method == "rtn":
+        return _encode(weight, config), None, {}
+    stats = layer_inputs(model, layer, calib)
+    if config.method == "awq":
+        scale, alpha = awq_input_scale(weight, stats.sample, config.format, group_size=config.group_size,
+                                       symmetric=config.symmetric, grid=config.awq_grid)
+        return _encode(weight * scale, config), scale, {"awq_alpha": alpha, "calib_tokens": stats.tokens}
+    q, scales, zeros = gptq(weight, stats.hessian, config.format, group_size=config.group_size,
+                            symmetric=config.symmetric, damp=config.damp, block_size=config.block_size,
+                            act_order=config.act_order)
+    return _encode(q, config, scales, zeros), None, {"calib_tokens": stats.tokens}
+
+
+def _encode(weight: torch.Tensor, config: WeightQuantConfig, scale=None, zero_point=None) -> EncodedTensor:
+    granularity = "group" if config.group_size else "channel"
+    return quantize_tensor(weight, config.format, granularity=granularity, axis=0,
+                           group_size=config.group_size or weight.shape[1], symmetric=config.symmetric,
+                           double_quant=config.double_quant, scale=scale, zero_point=zero_point)
+
+
+def _check_calibration(config: WeightQuantConfig, calib) -> list | None:
+    if config.method == "rtn":
+        return None
+    if calib is None:
+        raise UserInputError(f"method {config.method!r} needs calibration data: pass calib=[inputs, ...] "
+                             "(on the command line, --calib pycorpus or --calib minilm)")
+    calib = list(calib)[: config.calib_samples]
+    if not calib:
+        raise UserInputError(f"the calibration set for {config.method!r} is empty; pass at least one batch")
+    return calib
+
+
+def _check_finite(name: str, weight: torch.Tensor) -> None:
+    bad = ~torch.isfinite(weight)
+    if bad.any():
+        where = tuple(int(i) for i in bad.nonzero()[0])
+        raise UserInputError(f"layer {name!r}: weight has {int(bad.sum())} NaN/Inf value(s), first at index "
+                             f"{where}; repair the weights or leave the layer out with exclude=[{name!r}]")

@@ -1,0 +1,70 @@
+"""Configuration of weight-only post-training quantization."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from slimkit.errors import UserInputError
+from slimkit.formats import check_format
+
+WEIGHT_FORMATS = ("int2", "int3", "int4", "int5", "int6", "int7", "int8", "nf4", "fp8_e4m3", "fp8_e5m2",
+                  "fp4_e2m1")
+METHODS = ("rtn", "gptq", "awq")
+
+
+@dataclass(frozen=True)
+class WeightQuantConfig:
+    """What to quantize and how.
+
+    format: code format of the weights (see ``WEIGHT_FORMATS``).
+    group_size: consecutive input features sharing one scale; None for one scale per output channel.
+    symmetric: int formats only: zero point 0 (True) or min/max affine (False).
+    method: "rtn" (round to nearest), "gptq" (second-order error compensation) or "awq"
+        (activation-aware per-input-channel scaling); gptq and awq need calibration data.
+    double_quant: quantize the scales themselves to 8 bits in blocks of 256 (QLoRA).
+    include / exclude: fnmatch patterns of module names; empty include means every Linear.
+    embeddings: also quantize nn.Embedding tables (RTN).
+    damp: GPTQ damping, a fraction of the mean Hessian diagonal added to its diagonal.
+    block_size: GPTQ lazy-update block width (rounded to whole groups).
+    act_order: GPTQ processes columns by decreasing Hessian diagonal (static groups).
+    awq_grid: number of alpha values AWQ tries in [0, 1).
+    calib_samples: calibration batches used by gptq/awq.
+    """
+
+    format: str = "int4"
+    group_size: int | None = 128
+    symmetric: bool = True
+    method: str = "rtn"
+    double_quant: bool = False
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    embeddings: bool = False
+    damp: float = 0.01
+    block_size: int = 128
+    act_order: bool = False
+    awq_grid: int = 20
+    calib_samples: int = 32
+
+    def __post_init__(self) -> None:
+        check_format(self.format)
+        if self.format not in WEIGHT_FORMATS:
+            raise UserInputError(f"format {self.format!r} is not a weight code format; choose one of "
+                                 f"{', '.join(WEIGHT_FORMATS)}")
+        if self.method not in METHODS:
+            raise UserInputError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.group_size is not None and self.group_size < 1:
+            raise UserInputError(f"group_size={self.group_size}: must be a positive whole number or None")
+        if not 0 < self.damp < 1:
+            raise UserInputError(f"damp={self.damp}: must lie in (0, 1); 0.01 is the usual choice")
+        if self.block_size < 1 or self.awq_grid < 2 or self.calib_samples < 1:
+            raise UserInputError("block_size and calib_samples must be >= 1 and awq_grid >= 2")
+        object.__setattr__(self, "include", tuple(self.include))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> WeightQuantConfig:
+        return cls(**data)

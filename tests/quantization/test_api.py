@@ -1,0 +1,89 @@
+import pytest
+import torch
+
+from slimkit import load, save
+from slimkit.errors import UserInputError
+from slimkit.evaluation.tasks import get_task
+from slimkit.manifest import get_manifest
+from slimkit.models import GPT, MLP, GPTConfig
+from slimkit.quantization import QuantLinear, WeightQuantConfig, quantize
+
+
+def small_gpt():
+    return GPT(GPTConfig(n_layer=2, n_embd=64, n_head=2)).eval()
+
+
+def test_rtn_replaces_linears_records_the_manifest_and_stays_close():
+    model, x = MLP().eval(), torch.rand(16, 1, 8, 8)
+    before = model(x)
+    quantize(model, WeightQuantConfig("int8", group_size=None))
+    assert sum(isinstance(m, QuantLinear) for m in model.modules()) == 3
+    entries = get_manifest(model)
+    assert [e["layer"] for e in entries] == ["net.1", "net.3", "net.5"]
+    assert all(e["format"] == "int8" and e["path"] == "dequant" for e in entries)
+    err = (model(x) - before).abs().max() / before.abs().max()
+    assert err < 0.01  # int8 per channel: well under 1% of the output range
+
+
+def test_tied_lm_head_is_skipped_with_the_reason():
+    model = quantize(small_gpt(), WeightQuantConfig("int4", group_size=32))
+    skipped = {e["layer"]: e["skipped"] for e in get_manifest(model) if "skipped" in e}
+    assert skipped == {"lm_head": "weight tied to wte.weight; quantizing it would store it twice"}
+    assert isinstance(model.blocks[0].attn.qkv, QuantLinear) and model.lm_head.weight is model.wte.weight
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq", "awq"])
+def test_save_load_round_trip_is_exact_and_smaller(tmp_path, method):
+    model = small_gpt()
+    float_bytes = sum(p.numel() for p in model.parameters()) * 4
+    calib = [torch.randint(0, 256, (4, 64)) for _ in range(4)]
+    quantize(model, WeightQuantConfig("int4", group_size=32, method=method), calib=calib)
+    loaded = load(save(model, tmp_path))
+    idx = torch.randint(0, 256, (2, 40))
+    assert torch.equal(model(idx), loaded(idx))
+    assert get_manifest(loaded) == get_manifest(model)
+    assert (tmp_path / "model.safetensors").stat().st_size < 0.5 * float_bytes
+
+
+def test_int4_codes_take_half_a_byte_per_weight():
+    model = torch.nn.Sequential(torch.nn.Linear(1024, 256))
+    quantize(model, WeightQuantConfig("int4", group_size=128))
+    layer = model[0]
+    assert layer.w_codes.numel() == 256 * 1024 // 2 and layer.w_codes.dtype == torch.uint8
+    bits = layer.encoded().bits_per_element()
+    assert abs(bits - (4 + 32 / 128)) < 0.01
+
+
+def test_cached_path_gives_the_same_outputs():
+    model, x = MLP().eval(), torch.rand(4, 1, 8, 8)
+    quantize(model, WeightQuantConfig("nf4", group_size=64, double_quant=True))
+    dequant = model(x)
+    for m in model.modules():
+        if isinstance(m, QuantLinear):
+            m.set_path("cached")
+    assert torch.equal(model(x), dequant)
+
+
+def test_bad_inputs_have_clear_messages():
+    with pytest.raises(UserInputError, match="unknown format 'int9'; valid formats: int2, int3"):
+        WeightQuantConfig("int9")
+    with pytest.raises(UserInputError, match="not a weight code format"):
+        WeightQuantConfig("bf16")
+    with pytest.raises(UserInputError, match="needs calibration data"):
+        quantize(MLP(), WeightQuantConfig(method="gptq"))
+    with pytest.raises(UserInputError, match="calibration set for 'awq' is empty"):
+        quantize(MLP(), WeightQuantConfig(method="awq"), calib=[])
+    model = MLP()
+    with torch.no_grad():
+        model.net[3].weight[5, 7] = float("nan")
+    with pytest.raises(UserInputError, match=r"layer 'net.3': weight has 1 NaN/Inf value\(s\), first at index \(5, 7\)"):
+        quantize(model, WeightQuantConfig("int8"))
+
+
+def test_calibration_never_uses_evaluation_data():
+    calib = get_task("pycorpus").calibration(2)
+    assert len(calib) == 2 and calib[0].shape == (8, 128)
+    from slimkit.evaluation.tasks import calibration_sentences
+    from slimkit.data import sentences
+
+    assert not set(calibration_sentences(200)) & set(sentences())
