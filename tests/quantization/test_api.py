@@ -87,3 +87,13 @@ def test_calibration_never_uses_evaluation_data():
     from slimkit.data import sentences
 
     assert not set(calibration_sentences(200)) & set(sentences())
+
+
+def test_parameter_counts_include_encoded_weights():
+    from slimkit.evaluation import parameter_counts
+
+    model = small_gpt()
+    before = parameter_counts(model)
+    quantize(model, WeightQuantConfig("int8", group_size=None))
+    params, nonzero = parameter_counts(model)
+    assert params == before[0] and nonzero <= params

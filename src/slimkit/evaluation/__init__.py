@@ -51,9 +51,7 @@ def evaluate(
             size = artifact_bytes(save(model, tmp))
     else:
         size = artifact_bytes(artifact_dir)
-    parameters = list(model.parameters())  # tied weights are yielded once
-    params = sum(p.numel() for p in parameters)
-    nonzero = sum(int(p.count_nonzero()) for p in parameters)
+    params, nonzero = parameter_counts(model)
     return EvalRecord(
         name=name or type(model).__name__, task=task_obj.name, technique=technique,
         metric=task_obj.metric, value=quality[task_obj.metric],
@@ -63,4 +61,19 @@ def evaluate(
         latency_runs=runs, threads=threads, peak_memory_bytes=peak_memory_bytes(model, call),
         baseline=baseline,
     )
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """Logical parameters and nonzeros, counting weights stored encoded (e.g. QuantLinear codes).
+
+    A module a transform swapped in reports its encoded weights through ``encoded_weight_counts()``.
+    """
+    params = nonzero = 0
+    for p in model.parameters():  # tied weights are yielded once
+        params, nonzero = params + p.numel(), nonzero + int(p.count_nonzero())
+    for module in model.modules():
+        if hasattr(module, "encoded_weight_counts"):
+            extra_params, extra_nonzero = module.encoded_weight_counts()
+            params, nonzero = params + extra_params, nonzero + extra_nonzero
+    return params, nonzero
 

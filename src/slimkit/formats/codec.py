@@ -16,6 +16,7 @@ tf32 (tf32 codes are the top 19 bits of the float32 pattern). Per format:
 A scale never drops below the smallest normal float32, so all-zero and empty inputs encode to zero.
 """
 
+import torch
 from torch import Tensor
 
 from slimkit.errors import UserInputError
@@ -86,6 +87,9 @@ def encode(x: Tensor, fmt: str, scale: Tensor, zero_point: Tensor | None = None)
     return ternary_encode(x, scale)
 
 
+_TORCH_FP8 = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+
+
 def decode(codes: Tensor, fmt: str, scale: Tensor, zero_point: Tensor | None = None) -> Tensor:
     """float32 values of `codes` (the inverse of `encode` up to rounding).
 
@@ -100,6 +104,8 @@ def decode(codes: Tensor, fmt: str, scale: Tensor, zero_point: Tensor | None = N
         return int_decode(codes, INT_BITS[fmt], scale, zero_point)
     if fmt == "nf4":
         return nf4_decode(codes, scale)
+    if fmt in _TORCH_FP8 and codes.dtype == torch.uint8:  # torch's cast is bit-exact and much faster
+        return codes.view(_TORCH_FP8[fmt]).float() * scale
     if fmt in MINIFLOATS:
         return decode_minifloat(codes, MINIFLOATS[fmt]) * scale
     if fmt == "binary":

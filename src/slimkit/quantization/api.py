@@ -9,7 +9,7 @@ from slimkit.errors import UserInputError
 from slimkit.formats import EncodedTensor, quantize as quantize_tensor
 from slimkit.manifest import add_entry
 from slimkit.progress import progress
-from slimkit.quantization.awq import awq_input_scale
+from slimkit.quantization.awq import awq_clip, awq_input_scale
 from slimkit.quantization.calibrate import layer_inputs
 from slimkit.quantization.config import WeightQuantConfig
 from slimkit.quantization.gptq import gptq
@@ -49,9 +49,11 @@ def _quantize_layer(model, layer: nn.Linear, config: WeightQuantConfig, calib) -
         return _encode(weight, config), None, {}
     stats = layer_inputs(model, layer, calib)
     if config.method == "awq":
-        scale, alpha = awq_input_scale(weight, stats.sample, config.format, group_size=config.group_size,
-                                       symmetric=config.symmetric, grid=config.awq_grid)
-        return _encode(weight * scale, config), scale, {"awq_alpha": alpha, "calib_tokens": stats.tokens}
+        options = {"group_size": config.group_size, "symmetric": config.symmetric, "grid": config.awq_grid}
+        scale, alpha = awq_input_scale(weight, stats.sample, config.format, **options)
+        clip_scale, clip_zero = awq_clip(weight * scale, stats.sample / scale, config.format, **options)
+        return (_encode(weight * scale, config, clip_scale, clip_zero), scale,
+                {"awq_alpha": alpha, "calib_tokens": stats.tokens})
     q, scales, zeros = gptq(weight, stats.hessian, config.format, group_size=config.group_size,
                             symmetric=config.symmetric, damp=config.damp, block_size=config.block_size,
                             act_order=config.act_order)

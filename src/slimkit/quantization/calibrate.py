@@ -8,6 +8,7 @@ of input rows (for AWQ).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -44,7 +45,7 @@ def layer_inputs(model: nn.Module, layer: nn.Module, calib: list, *, max_rows: i
     try:
         for batch in calib:
             try:
-                model(**batch) if isinstance(batch, dict) else model(batch)
+                model(**batch) if isinstance(batch, Mapping) else model(batch)
             except _StopForward:
                 pass
     finally:

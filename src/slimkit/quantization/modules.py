@@ -59,6 +59,10 @@ class QuantLinear(nn.Module):
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, weight.to(x.dtype), bias)
 
+    def encoded_weight_counts(self) -> tuple[int, int]:
+        """(values, nonzero values) of the weight held as codes, for parameter counts in reports."""
+        return self.out_features * self.in_features, int(self.encoded().dequantize().count_nonzero())
+
     def stored_bytes(self) -> int:
         """Bytes of the codes, scales and extras (the memory the weight takes when not cached)."""
         extra = 0 if self.input_scale is None else self.input_scale.numel() * 4
