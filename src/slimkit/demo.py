@@ -28,6 +28,7 @@ from slimkit.io import load, save
 from slimkit.models import zoo
 from slimkit.progress import progress
 from slimkit.quantization import WeightQuantConfig, quantize
+from slimkit.quantization.paths import choose_paths
 
 BASES = ("mlp", "cnn", "gpt", "minilm")
 
@@ -44,6 +45,7 @@ def apply_variant(model: nn.Module, config) -> None:
     if isinstance(config, WeightQuantConfig):
         calib = get_task(infer_task(model)).calibration(16) if config.method != "rtn" else None
         quantize(model, config, calib=calib)
+        choose_paths(model)
     else:
         raise TypeError(f"the demo does not know how to apply a {type(config).__name__}")
 

@@ -3,7 +3,8 @@ import torch
 from torch import nn
 
 from slimkit.evaluation import evaluate
-from slimkit.evaluation.bench import latency_ms, peak_memory_bytes, resident_bytes
+from slimkit.evaluation.bench import peak_memory_bytes, resident_bytes
+from slimkit.timing import latency_ms
 from slimkit.models import GPT, MLP, GPTConfig
 
 

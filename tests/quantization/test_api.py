@@ -97,3 +97,37 @@ def test_parameter_counts_include_encoded_weights():
     quantize(model, WeightQuantConfig("int8", group_size=None))
     params, nonzero = parameter_counts(model)
     assert params == before[0] and nonzero <= params
+
+
+@pytest.mark.parametrize("fmt, group, kernel", [("int4", 128, "int4pack"), ("int8", None, "int8pack")])
+def test_kernel_paths_agree_with_dequantize(fmt, group, kernel):
+    layer = torch.nn.Sequential(torch.nn.Linear(256, 64))
+    quantize(layer, WeightQuantConfig(fmt, group_size=group))
+    q, x = layer[0], torch.randn(5, 256)
+    assert kernel in q.available_paths()
+    reference = q(x)
+    q.set_path(kernel)
+    # bf16 activations: about 3 significant digits
+    torch.testing.assert_close(q(x), reference, rtol=2e-2, atol=2e-2 * reference.abs().max().item())
+
+
+def test_paths_are_chosen_per_size_recorded_and_saved(tmp_path):
+    from slimkit.quantization.paths import choose_paths
+
+    model = small_gpt()
+    quantize(model, WeightQuantConfig("int4", group_size=64))
+    entries = choose_paths(model, probe_rows=(1, 64), runs=5)
+    layer = model.blocks[0].mlp[0]
+    assert len(entries) == 8 and entries[0]["speedup_vs_float"]["1"].keys() == set(layer.available_paths())
+    assert layer.paths[-1][0] is None
+    loaded = load(save(model, tmp_path))
+    assert loaded.blocks[0].mlp[0].paths == layer.paths
+    idx = torch.randint(0, 256, (1, 30))
+    assert torch.equal(model(idx), loaded(idx))
+
+
+def test_a_path_the_layer_cannot_run_is_refused():
+    layer = torch.nn.Sequential(torch.nn.Linear(100, 10))
+    quantize(layer, WeightQuantConfig("int4", group_size=50))
+    with pytest.raises(ValueError, match="path 'int4pack' cannot run this int4 layer; available: dequant, cached"):
+        layer[0].set_path("int4pack")

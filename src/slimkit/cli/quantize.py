@@ -34,6 +34,10 @@ def add_arguments(p) -> None:
                    help="only layers whose name matches (fnmatch; repeatable)")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                    help="leave out layers whose name matches (fnmatch; repeatable)")
+    p.add_argument("--keep-dequant", action="store_true",
+                   help="skip measuring execution paths; every layer dequantizes on each call")
+    p.add_argument("--no-float-cache", action="store_true",
+                   help="never keep a float copy of a weight, even where that is fastest (least memory)")
     p.add_argument("--task", choices=["digits", "pycorpus", "minilm"], help="task for the table (default: inferred)")
     p.add_argument("--threads", type=positive_int, default=2, help="torch threads for latency (default 2)")
     p.add_argument("--json", action="store_true", help="print both records and the manifest as JSON")
@@ -46,6 +50,7 @@ def run(args) -> int:
     from slimkit.io import load, save
     from slimkit.manifest import get_manifest
     from slimkit.quantization import WeightQuantConfig, quantize
+    from slimkit.quantization.paths import choose_paths
 
     config = WeightQuantConfig(
         format=args.weights, group_size=None if args.per_channel else args.group_size,
@@ -57,6 +62,8 @@ def run(args) -> int:
     before = evaluate(model, task, name="before", threads=args.threads)
     calib = get_task(args.calib or task).calibration(args.calib_batches) if args.method != "rtn" else None
     quantize(model, config, calib=calib)
+    if not args.keep_dequant:
+        choose_paths(model, allow_cache=not args.no_float_cache, threads=args.threads)
     save(model, args.out, metrics={"quantize": config.to_dict()})
     after = evaluate(model, task, name=f"after ({args.method} {args.weights})", technique=f"weight-only {args.method}",
                      baseline="before", artifact_dir=args.out, threads=args.threads)

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from slimkit.evaluation.bench import latency_ms, peak_memory_bytes
+from slimkit.evaluation.bench import peak_memory_bytes
+from slimkit.timing import latency_ms
 from slimkit.evaluation.record import EvalRecord
 from slimkit.evaluation.tasks import TASKS, get_task, infer_task
 
@@ -59,8 +60,17 @@ def evaluate(
         params=params, nonzero=nonzero, artifact_bytes=size,
         latency_ms=latency_ms(call, runs=runs, threads=threads), latency_batch=batch,
         latency_runs=runs, threads=threads, peak_memory_bytes=peak_memory_bytes(model, call),
-        baseline=baseline,
+        baseline=baseline, notes=_layer_notes(model),
     )
+
+
+def _layer_notes(model: nn.Module) -> dict:
+    """Per-layer execution-path choices recorded in the manifest, for the report's per-layer table."""
+    from slimkit.manifest import get_manifest
+
+    layers = [{"layer": e["layer"], "paths": e["paths"], "speedup_vs_float": e["speedup_vs_float"]}
+              for e in get_manifest(model) if e.get("technique") == "path choice"]
+    return {"layers": layers} if layers else {}
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:

@@ -1,42 +1,13 @@
-"""Measuring cost: latency with a fixed thread count, and peak memory of one inference call."""
+"""Measuring cost: latency (see slimkit.timing) and peak memory of one inference call."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import statistics
-import time
 from typing import Callable
 
 import torch
 from torch import nn
-
-
-@contextlib.contextmanager
-def fixed_threads(threads: int):
-    """Run the block with ``torch.set_num_threads(threads)``, restoring the old count after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-@torch.no_grad()
-def latency_ms(call: Callable[[], object], *, runs: int = 7, warmup: int = 2, threads: int = 2) -> float:
-    """Median wall time in milliseconds of ``runs`` calls after ``warmup`` untimed ones."""
-    if runs < 5:
-        raise ValueError(f"runs={runs}: a median needs at least 5 timed runs")
-    with fixed_threads(threads):
-        for _ in range(warmup):
-            call()
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def resident_bytes(model: nn.Module) -> int:

@@ -58,6 +58,7 @@ def write_report(records: list[EvalRecord], out_dir: str | Path, *, title: str =
     notes = _notes(records, machine)
     md = [f"# {title}", "", notes, "", markdown_table(records), ""]
     md += [f"![{name}]({name})" for name in PLOTS]
+    md += layer_speed_sections(records)
     paths["report.md"] = out / "report.md"
     paths["report.md"].write_text("\n".join(md) + "\n")
     paths["report.html"] = out / "report.html"
@@ -69,6 +70,28 @@ def read_records(run_dir: str | Path) -> tuple[list[EvalRecord], str, str]:
     """Records, title and machine line from a run folder's records.json."""
     data = json.loads((Path(run_dir) / "records.json").read_text())
     return [EvalRecord.from_dict(r) for r in data["records"]], data.get("title", ""), data.get("machine", "")
+
+
+def layer_speed_sections(records: list[EvalRecord]) -> list[str]:
+    """Per quantized layer: the path chosen for each batch-row range and its speed against the float layer."""
+    lines = []
+    for r in records:
+        layers = r.notes.get("layers")
+        if not layers:
+            continue
+        sizes = list(layers[0]["speedup_vs_float"])
+        lines += ["", f"### {r.name}: per-layer speed of the chosen path vs the float layer (× faster; <1 is slower)",
+                  "", "| layer | path by rows | " + " | ".join(f"{n} rows" for n in sizes) + " |",
+                  "|---|---|" + "---|" * len(sizes)]
+        for layer in layers:
+            paths = ", ".join(f"{'≤' + str(rows) if rows is not None else 'rest'}: {path}" for rows, path in layer["paths"])
+            cells = [f"{layer['speedup_vs_float'][n][_path_at(layer['paths'], int(n))]:.2f}" for n in sizes]
+            lines.append(f"| {layer['layer']} | {paths} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _path_at(paths: list, rows: int) -> str:
+    return next(path for limit, path in paths if limit is None or rows <= limit)
 
 
 def _notes(records: list[EvalRecord], machine: str) -> str:

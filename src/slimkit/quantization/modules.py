@@ -1,9 +1,11 @@
 """QuantLinear: a Linear whose weight is stored as packed codes and scales.
 
 The codes are real (an int4 weight takes half a byte per value on disk and in memory). The
-forward pass has two execution paths, chosen per layer and recorded in the manifest:
-"dequant" rebuilds the float weight on every call (least memory), "cached" keeps a float copy
-(float speed, float memory). ``slimkit.quantization.paths.choose_paths`` measures which to use.
+forward pass has several execution paths, chosen per layer and per range of batch rows and
+recorded in the manifest: "dequant" rebuilds the float weight on every call (least memory),
+"cached" keeps a float copy (float speed, float memory), "int4pack"/"int8pack" call torch's
+weight-only kernels (see kernels.py). ``slimkit.quantization.paths.choose_paths`` measures which
+is fastest for each layer; the default is "dequant" for every batch size.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slimkit.formats import EncodedTensor
+from slimkit.quantization import kernels
 
-PATHS = ("dequant", "cached")
+PATHS = ("dequant", "cached", "int4pack", "int8pack")
 
 
 class QuantLinear(nn.Module):
@@ -33,8 +36,11 @@ class QuantLinear(nn.Module):
             self.register_buffer(f"w_{name}", tensor)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.register_buffer("input_scale", None if input_scale is None else input_scale.float())
-        self.path = "dequant"
-        self._cached: Tensor | None = None
+        self.paths: list[tuple[int | None, str]] = [(None, "dequant")]  # (up to this many rows, path)
+        # Caches the chosen paths need: non-persistent buffers, so that memory reports count them
+        # and artifacts do not store them (they are rebuilt from the codes on load).
+        for name in ("float_cache", "kernel_weight", "kernel_scale"):
+            self.register_buffer(name, None, persistent=False)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, encoded: EncodedTensor, input_scale: Tensor | None = None) -> QuantLinear:
@@ -48,32 +54,55 @@ class QuantLinear(nn.Module):
         weight = self.encoded().dequantize()
         return weight if self.input_scale is None else weight / self.input_scale
 
+    def available_paths(self) -> list[str]:
+        """The paths this layer can run: always dequant and cached, plus a kernel if one fits."""
+        kernel = kernels.kernel_for(self.encoded())
+        return ["dequant", "cached"] + ([kernel] if kernel else [])
+
+    def set_paths(self, paths: list[tuple[int | None, str]]) -> None:
+        """Use ``paths[i][1]`` for inputs of at most ``paths[i][0]`` rows; the last limit is None (any)."""
+        if not paths or paths[-1][0] is not None:
+            raise ValueError("the last path must cover any number of rows: (None, path)")
+        for _, path in paths:
+            if path not in self.available_paths():
+                raise ValueError(f"path {path!r} cannot run this {self._meta['fmt']} layer; "
+                                 f"available: {', '.join(self.available_paths())}")
+        self.paths = [(rows, path) for rows, path in paths]
+        used = {path for _, path in self.paths}
+        self.float_cache = self.dequantized_weight() if "cached" in used else None
+        kernel = next((p for p in used if p.endswith("pack")), None)
+        self.kernel_weight, self.kernel_scale = kernels.prepare(self.encoded(), kernel) if kernel else (None, None)
+
     def set_path(self, path: str) -> None:
-        if path not in PATHS:
-            raise ValueError(f"unknown path {path!r}; choose one of {', '.join(PATHS)}")
-        self.path = path
-        self._cached = self.dequantized_weight() if path == "cached" else None
+        """One path for every batch size."""
+        self.set_paths([(None, path)])
+
+    def path_for(self, rows: int) -> str:
+        return next(path for limit, path in self.paths if limit is None or rows <= limit)
 
     def forward(self, x: Tensor) -> Tensor:
-        weight = self._cached if self._cached is not None else self.dequantized_weight()
+        path = self.path_for(x.numel() // self.in_features)
         bias = None if self.bias is None else self.bias.to(x.dtype)
+        if path in ("int4pack", "int8pack"):
+            rows = x.reshape(-1, self.in_features)
+            if self.input_scale is not None:
+                rows = rows / self.input_scale
+            y = kernels.run(path, self.kernel_weight, self.kernel_scale, self._meta["group_size"], rows)
+            y = y.reshape(*x.shape[:-1], self.out_features)
+            return y if bias is None else y + bias
+        weight = self.float_cache if path == "cached" else self.dequantized_weight()
         return F.linear(x, weight.to(x.dtype), bias)
 
     def encoded_weight_counts(self) -> tuple[int, int]:
         """(values, nonzero values) of the weight held as codes, for parameter counts in reports."""
         return self.out_features * self.in_features, int(self.encoded().dequantize().count_nonzero())
 
-    def stored_bytes(self) -> int:
-        """Bytes of the codes, scales and extras (the memory the weight takes when not cached)."""
-        extra = 0 if self.input_scale is None else self.input_scale.numel() * 4
-        return self.encoded().nbytes() + extra
-
     def slimkit_spec(self) -> dict:
         tensors = {n: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
                    for n, t in self.encoded().tensors().items()}
         return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,
                 "input_scale": self.input_scale is not None, "meta": self._meta, "tensors": tensors,
-                "path": self.path}
+                "paths": [list(p) for p in self.paths]}
 
     @classmethod
     def from_slimkit_spec(cls, spec: dict) -> QuantLinear:
@@ -82,10 +111,10 @@ class QuantLinear(nn.Module):
         module = cls(spec["in_features"], spec["out_features"], EncodedTensor.from_parts(spec["meta"], tensors),
                      torch.zeros(spec["out_features"]) if spec["bias"] else None,
                      torch.ones(spec["in_features"]) if spec["input_scale"] else None)
-        module.path = spec["path"]  # a cached float copy is rebuilt once the weights have loaded:
-        module.register_load_state_dict_post_hook(lambda m, _: m.set_path(m.path))
+        paths = [tuple(p) for p in spec["paths"]]  # caches are rebuilt once the weights have loaded:
+        module.register_load_state_dict_post_hook(lambda m, _: m.set_paths(paths))
         return module
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"format={self._meta.get('fmt')}, group_size={self._meta.get('group_size')}, path={self.path}")
+                f"format={self._meta.get('fmt')}, group_size={self._meta.get('group_size')}, paths={self.paths}")
