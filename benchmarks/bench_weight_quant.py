@@ -36,7 +36,8 @@ GPT_ROWS = [
 def quantized(base, config, method, calib):
     model = copy.deepcopy(base)
     start = time.perf_counter()
-    cfg = WeightQuantConfig(**{**config.to_dict(), "method": method})
+    act_order = method == "gptq-act-order"
+    cfg = WeightQuantConfig(**{**config.to_dict(), "method": method.split("-")[0], "act_order": act_order})
     quantize(model, cfg, calib=calib if method != "rtn" else None)
     return model, time.perf_counter() - start
 
@@ -50,7 +51,7 @@ def gpt_table() -> None:
     print("|---|---|---|---|---|---|")
     for label, config in GPT_ROWS:
         rtn_increase = None
-        for method in ("rtn", "gptq", "awq"):
+        for method in ("rtn", "gptq", "gptq-act-order", "awq"):
             model, seconds = quantized(base, config, method, calib)
             bpb = task.quality(model)["bits_per_byte"]
             increase = (bpb - fp32) / fp32
@@ -64,7 +65,7 @@ def minilm_table() -> None:
     calib = task.calibration(16)
     print("\n### MiniLM (fidelity to fp32 on 400 sentences), int4 g128\n")
     print("| method | cosine mean | cosine min | top-10 agreement | quantize s |\n|---|---|---|---|---|")
-    for method in ("rtn", "gptq", "awq"):
+    for method in ("rtn", "gptq", "gptq-act-order", "awq"):
         model, seconds = quantized(base, WeightQuantConfig("int4", group_size=128), method, calib)
         q = task.quality(model)
         print(f"| {method} | {q['cosine_mean']:.4f} | {q['cosine_min']:.4f} | {q['top10_agreement']:.4f} | {seconds:.1f} |")

@@ -18,13 +18,21 @@ def test_demo_prints_the_table_and_writes_the_report(capsys, tmp_path, trained):
     code = main(["demo", "--out", str(tmp_path / "report"), "--quiet"])
     out = capsys.readouterr().out
     assert code == 0
-    names = ["mlp", "cnn", "gpt"] + (["minilm"] if minilm_available() else [])
-    for name in names:
+    bases = ["mlp", "cnn", "gpt"] + (["minilm"] if minilm_available() else [])
+    for name in bases:
         assert f"| {name} | baseline |" in out
     md = (tmp_path / "report" / "report.md").read_text()
-    assert all(f"| {name} | baseline |" in md for name in names)
+    assert all(f"| {name} | baseline |" in md for name in bases)
     records = json.loads((tmp_path / "report" / "records.json").read_text())["records"]
-    assert [r["name"] for r in records] == names
+    names = [r["name"] for r in records]
+    assert names[:len(bases)] == bases
+    for suffix in ("int8", "int4-rtn", "int4-gptq", "int4-awq", "nf4-dq", "fp8"):
+        assert f"gpt-{suffix}" in names
+        assert f"| gpt-{suffix} | weight-only " in out
+    int4 = next(r for r in records if r["name"] == "gpt-int4-gptq")
+    gpt = next(r for r in records if r["name"] == "gpt")
+    assert int4["baseline"] == "gpt" and int4["artifact_bytes"] < gpt["artifact_bytes"] / 4
+    assert "per-layer speed of the chosen path" in md
     for r in records:
         artifact = tmp_path / "report" / "artifacts" / r["name"]
         assert r["artifact_bytes"] == sum(p.stat().st_size for p in artifact.iterdir())
@@ -33,7 +41,8 @@ def test_demo_prints_the_table_and_writes_the_report(capsys, tmp_path, trained):
 def test_report_verb_rebuilds_from_records(capsys, tmp_path, trained):
     main(["demo", "--out", str(tmp_path), "--quiet", "--no-minilm", "--json"])
     demo = json.loads(capsys.readouterr().out)
-    assert [r["name"] for r in demo["records"]] == ["mlp", "cnn", "gpt"]
+    assert [r["name"] for r in demo["records"]][:3] == ["mlp", "cnn", "gpt"]
+    assert not any(r["name"].startswith("minilm") for r in demo["records"])
     (tmp_path / "report.md").unlink()
     assert main(["report", str(tmp_path)]) == 0
     assert "| gpt | baseline |" in (tmp_path / "report.md").read_text()

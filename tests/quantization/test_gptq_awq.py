@@ -63,3 +63,17 @@ def test_awq_never_worse_than_plain_rounding():
 
     deq = quantize(W * scale, "int3", granularity="group", axis=0, group_size=16).dequantize() / scale
     assert output_error(W, deq, X) <= output_error(W, rtn(W, "int3", 16), X) + 1e-9
+
+
+def test_awq_clip_never_raises_a_groups_output_error():
+    from slimkit.quantization.awq import awq_clip
+
+    X, W = correlated_inputs(seed=4), torch.randn(32, 64)
+    scales, zeros = awq_clip(W, X, "int4", group_size=16, grid=10)
+    assert scales.shape == (32, 4) and zeros is None
+    clipped = fake_quantize(W, "int4", scales.repeat_interleave(16, dim=1), None)
+    for g in range(4):
+        cols = slice(16 * g, 16 * g + 16)
+        err = ((X[:, cols] @ (clipped[:, cols] - W[:, cols]).T) ** 2).sum(0)
+        plain = ((X[:, cols] @ (rtn(W, "int4", 16)[:, cols] - W[:, cols]).T) ** 2).sum(0)
+        assert (err <= plain * (1 + 1e-5)).all()  # each row's choice includes the unclipped range
