@@ -114,7 +114,8 @@ def peer_variants(linear: nn.Linear, skipped: list[str]):
             module, dtype = make()
             yield label, module, dtype, saved_bytes(module), 0
         except Exception as exc:  # noqa: BLE001 - any failure of an optional peer is reported, not fatal
-            skipped.append(f"{label}: skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})")
+            reason = str(exc).splitlines()[0][:120] if str(exc) else ""
+            skipped.append(f"{label}: skipped ({type(exc).__name__}: {reason})")
 
 
 @torch.no_grad()

@@ -131,3 +131,31 @@ def test_a_path_the_layer_cannot_run_is_refused():
     quantize(layer, WeightQuantConfig("int4", group_size=50))
     with pytest.raises(ValueError, match="path 'int4pack' cannot run this int4 layer; available: dequant, cached"):
         layer[0].set_path("int4pack")
+
+
+def test_embeddings_are_quantized_on_request_and_looked_up_row_by_row(tmp_path):
+    from slimkit.quantization import QuantEmbedding
+
+    model = small_gpt()
+    quantize(model, WeightQuantConfig("int4", group_size=32, embeddings=True))
+    assert isinstance(model.wpe, QuantEmbedding)
+    assert not isinstance(model.wte, QuantEmbedding)  # tied to lm_head: skipped with the reason
+    idx = torch.tensor([[0, 5, 127], [3, 3, 1]])
+    table = model.wpe.encoded().dequantize()
+    assert torch.equal(model.wpe(idx), torch.nn.functional.embedding(idx, table))
+    loaded = load(save(model, tmp_path))
+    x = torch.randint(0, 256, (2, 20))
+    assert torch.equal(model(x), loaded(x))
+    skipped = {e["layer"]: e["skipped"] for e in get_manifest(model) if "skipped" in e}
+    assert "wte" in skipped and "lm_head" in skipped
+
+
+@pytest.mark.parametrize("fmt, group", [("int4", 16), ("int3", 8), ("nf4", 64), ("fp8_e4m3", None), ("int8", 7)])
+def test_row_lookup_equals_full_dequantization(fmt, group):
+    from slimkit.formats import quantize as quantize_tensor
+
+    table = torch.randn(50, 64)
+    enc = quantize_tensor(table, fmt, granularity="group" if group else "channel", axis=0, group_size=group or 64,
+                          double_quant=fmt == "nf4")
+    idx = torch.randint(0, 50, (3, 7))
+    assert torch.equal(enc.dequantize_rows(idx), enc.dequantize()[idx])

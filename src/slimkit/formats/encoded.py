@@ -69,6 +69,30 @@ class EncodedTensor:
         values = decode(blocks, self.fmt, scale[..., None], zero_point)
         return from_rows(from_blocks(values, grid), self.shape, self.axis)
 
+    def dequantize_rows(self, index: Tensor) -> Tensor:
+        """float32 rows ``index`` (any shape of row numbers along axis 0) of a 2-D tensor, decoding
+        only those rows: an embedding lookup on codes. Needs per-channel or group layout on axis 0
+        and rows that fill whole bytes; otherwise it dequantizes everything and indexes.
+
+        Example:
+            >>> from slimkit.formats import quantize
+            >>> enc = quantize(torch.randn(10, 8), "int4", group_size=4)
+            >>> torch.equal(enc.dequantize_rows(torch.tensor([3, 1])), enc.dequantize()[[3, 1]])
+            True
+        """
+        bits = format_bits(self.fmt)
+        grid = make_grid(self.shape, self.granularity, self.axis, self.group_size)
+        if len(self.shape) != 2 or self.axis != 0 or bits > 8 or (grid.row_len * bits) % 8:
+            return self.dequantize()[index]
+        flat = index.reshape(-1)
+        row_bytes = grid.row_len * bits // 8
+        codes = load_codes(self.codes.view(grid.rows, row_bytes)[flat].reshape(-1), bits, flat.numel() * grid.row_len)
+        picked = make_grid((flat.numel(), grid.row_len), self.granularity, 0, self.group_size)
+        blocks = to_blocks(codes.reshape(flat.numel(), grid.row_len), picked)  # (n, groups, group_size)
+        zero_point = None if self.zero_point is None else self.zero_point[flat].float()[..., None]
+        values = decode(blocks, self.fmt, self.scales()[flat][..., None], zero_point)
+        return from_blocks(values, picked).reshape(*index.shape, grid.row_len)
+
     def tensors(self) -> dict[str, Tensor]:
         """The stored tensors by field name (None fields left out)."""
         return {key: getattr(self, key) for key in _TENSOR_KEYS if getattr(self, key) is not None}

@@ -12,13 +12,15 @@ from slimkit.progress import progress
 from slimkit.quantization.awq import awq_clip, awq_input_scale
 from slimkit.quantization.calibrate import layer_inputs
 from slimkit.quantization.config import WeightQuantConfig
+from slimkit.quantization.embedding import QuantEmbedding
 from slimkit.quantization.gptq import gptq
 from slimkit.quantization.modules import QuantLinear
 from slimkit.quantization.select import select_layers
 
 
 def quantize(model: nn.Module, config: WeightQuantConfig = WeightQuantConfig(), calib=None) -> nn.Module:
-    """Replace the chosen Linear layers of ``model`` by QuantLinear (in place) and return it.
+    """Replace the chosen Linear layers of ``model`` by QuantLinear (and, with
+    ``config.embeddings``, Embedding tables by QuantEmbedding), in place; returns the model.
 
     ``calib`` (needed by gptq and awq) is a list of model inputs: tensors, or dicts of tensors
     passed as keyword arguments (a tokenizer's output). Every layer touched or skipped gets a
@@ -26,14 +28,19 @@ def quantize(model: nn.Module, config: WeightQuantConfig = WeightQuantConfig(), 
 
     >>> quantize(gpt, WeightQuantConfig("int4", group_size=128, method="gptq"), calib=batches)  # doctest: +SKIP
     """
-    chosen, skipped = select_layers(model, config.include, config.exclude)
+    types = (nn.Linear, nn.Embedding) if config.embeddings else (nn.Linear,)
+    chosen, skipped = select_layers(model, config.include, config.exclude, types)
     calib = _check_calibration(config, calib)
     technique = f"weight-only {config.method}"
     model.eval()
     for name, layer in progress(chosen, desc=f"quantizing ({config.method} {config.format})", unit="layer"):
         _check_finite(name, layer.weight)
-        encoded, input_scale, notes = _quantize_layer(model, layer, config, calib)
-        model.set_submodule(name, QuantLinear.from_linear(layer, encoded, input_scale))
+        if isinstance(layer, nn.Embedding):  # a lookup table: no inputs to calibrate on, so RTN
+            encoded, notes = _encode(layer.weight.detach().float(), config), {"method": "rtn (embedding)"}
+            model.set_submodule(name, QuantEmbedding.from_embedding(layer, encoded))
+        else:
+            encoded, input_scale, notes = _quantize_layer(model, layer, config, calib)
+            model.set_submodule(name, QuantLinear.from_linear(layer, encoded, input_scale))
         add_entry(model, {"layer": name, "technique": technique, "format": config.format,
                           "group_size": config.group_size, "symmetric": config.symmetric,
                           "double_quant": config.double_quant, "bits_per_weight": round(encoded.bits_per_element(), 4),
