@@ -58,7 +58,11 @@ _QUANT = [
     Variant("nf4-dq", "weight-only rtn", WeightQuantConfig("nf4", group_size=64, double_quant=True)),
     Variant("fp8", "weight-only rtn", WeightQuantConfig("fp8_e4m3", group_size=None)),
 ]
-VARIANTS: dict[str, list[Variant]] = {"gpt": _QUANT, "minilm": _QUANT}
+VARIANTS: dict[str, list[Variant]] = {
+    "gpt": _QUANT,
+    "minilm": _QUANT + [Variant("int8-all", "weight-only rtn (+ embeddings)",
+                                WeightQuantConfig("int8", group_size=None, embeddings=True))],
+}
 
 
 def machine_line(threads: int) -> str:
@@ -127,6 +131,8 @@ def _artifact(base: str, variant, destination: Path, retrain: bool) -> Path:
 def _variant_cache(base: str, variant: Variant) -> Path:
     """Cache folder of a variant; its key covers the base model's cache key and the variant's config."""
     base_key = zoo.cache_path(base).name if base in zoo.NAMES else f"minilm-torch{torch.__version__}"
-    described = json.dumps([base_key, variant.suffix, variant.config.to_dict()], sort_keys=True)
+    from slimkit import __version__
+
+    described = json.dumps([base_key, variant.suffix, variant.config.to_dict(), __version__], sort_keys=True)
     digest = hashlib.sha256(described.encode()).hexdigest()[:12]
     return zoo.cache_root() / "variants" / f"{base}-{variant.suffix}-{digest}"

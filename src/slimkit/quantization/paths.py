@@ -1,15 +1,17 @@
 """Never slower by surprise: measure each quantized layer's execution paths and keep the fastest.
 
 For every QuantLinear and each probe size (rows of input), the float layer and every available
-path are timed on the same random input; the fastest path wins that size's range. The choice and
+path are timed on the same random input, interleaved over a few rounds (median of medians); the
+fastest path wins that size's range, and the largest probe's winner covers every larger input. The choice and
 each path's speed relative to the float layer go into the manifest, so the report can show per
 layer whether quantization made it faster or slower.
 """
 
 from __future__ import annotations
 
+import statistics
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from slimkit.manifest import add_entry
@@ -17,12 +19,12 @@ from slimkit.progress import progress
 from slimkit.quantization.modules import QuantLinear
 from slimkit.timing import latency_ms
 
-PROBE_ROWS = (1, 16, 128, 1024)
+PROBE_ROWS = (1, 16, 256)
 
 
 @torch.no_grad()
 def choose_paths(model: nn.Module, *, probe_rows: tuple[int, ...] = PROBE_ROWS, allow_cache: bool = True,
-                 threads: int = 2, runs: int = 5) -> list[dict]:
+                 threads: int = 2, runs: int = 5, rounds: int = 3) -> list[dict]:
     """Pick each QuantLinear's path per batch-row range; returns (and records) one entry per layer.
 
     ``allow_cache=False`` keeps float copies out (memory stays at the codes' size).
@@ -35,11 +37,8 @@ def choose_paths(model: nn.Module, *, probe_rows: tuple[int, ...] = PROBE_ROWS, 
         choice, speedups = [], {}
         for rows in probe_rows:
             x = torch.randn(rows, layer.in_features)
-            float_ms = latency_ms(lambda: F.linear(x, weight, layer.bias), runs=runs, threads=threads)
-            timed = {}
-            for path in candidates:
-                layer.set_path(path)
-                timed[path] = latency_ms(lambda: layer(x), runs=runs, threads=threads)
+            timed = _interleaved_ms(layer, candidates, x, weight, rounds=rounds, runs=runs, threads=threads)
+            float_ms = timed.pop("float")
             best = min(timed, key=timed.get)
             choice.append((rows, best))
             speedups[str(rows)] = {p: round(float_ms / ms, 3) for p, ms in timed.items()}
@@ -49,6 +48,21 @@ def choose_paths(model: nn.Module, *, probe_rows: tuple[int, ...] = PROBE_ROWS, 
         add_entry(model, entry)
         entries.append(entry)
     return entries
+
+
+def _interleaved_ms(layer: QuantLinear, paths: list[str], x, weight, *, rounds: int, runs: int,
+                    threads: int) -> dict[str, float]:
+    """Median over ``rounds`` of each candidate's median time, candidates interleaved in every round,
+    so that a burst of load on a shared machine cannot decide the choice on its own."""
+    reference = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)  # the float layer
+    reference.weight.data, reference.bias = weight, layer.bias
+    times: dict[str, list[float]] = {"float": [], **{p: [] for p in paths}}
+    for _ in range(rounds):
+        times["float"].append(latency_ms(lambda: reference(x), runs=runs, threads=threads))
+        for path in paths:
+            layer.set_path(path)
+            times[path].append(latency_ms(lambda: layer(x), runs=runs, threads=threads))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _merge(choice: list[tuple[int, str]]) -> list[tuple[int | None, str]]:
