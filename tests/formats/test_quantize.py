@@ -127,3 +127,15 @@ def test_errors_name_the_problem():
         quantize(x, "nf4", symmetric=False)
     with pytest.raises(UserInputError, match="floating-point"):
         quantize(torch.ones(4, dtype=torch.int64), "int4")
+
+
+def test_float16_scales_are_stored_rounded_and_cost_16_bits_per_group():
+    x = torch.randn(64, 512)
+    enc = quantize(x, "int4", group_size=128, scale_dtype=torch.float16)
+    assert enc.scale.dtype == torch.float16 and abs(enc.bits_per_element() - (4 + 16 / 128)) < 1e-9
+    full = quantize(x, "int4", group_size=128)
+    # same codes up to a rare rounding flip; the float16 scale is the float32 one rounded
+    torch.testing.assert_close(enc.scale.float(), full.scale, rtol=1e-3, atol=0)
+    assert (enc.dequantize() - x).pow(2).mean() < 1.01 * (full.dequantize() - x).pow(2).mean()
+    with pytest.raises(UserInputError, match="exceeds float16's range"):
+        quantize(x * 1e6, "int4", group_size=128, scale_dtype=torch.float16)

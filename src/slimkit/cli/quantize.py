@@ -26,6 +26,7 @@ def add_arguments(p) -> None:
     p.add_argument("--method", default="rtn", choices=METHODS, help="rounding method (default rtn)")
     p.add_argument("--asymmetric", action="store_true", help="int formats: min/max affine with a zero point")
     p.add_argument("--double-quant", action="store_true", help="quantize the scales to 8 bits (QLoRA)")
+    p.add_argument("--fp32-scales", action="store_true", help="store scales in float32 (default float16)")
     p.add_argument("--embeddings", action="store_true", help="also quantize embedding tables (RTN)")
     p.add_argument("--act-order", action="store_true", help="GPTQ: columns by decreasing Hessian diagonal")
     p.add_argument("--calib", choices=["digits", "pycorpus", "minilm"],
@@ -57,6 +58,7 @@ def run(args) -> int:
         format=args.weights, group_size=None if args.per_channel else args.group_size,
         symmetric=not args.asymmetric, method=args.method, double_quant=args.double_quant,
         include=tuple(args.include), exclude=tuple(args.exclude), act_order=args.act_order, embeddings=args.embeddings,
+        scale_dtype="float32" if args.fp32_scales else "float16",
         calib_samples=args.calib_batches)
     model = load(args.model_dir)
     task = args.task or infer_task(model)

@@ -53,7 +53,7 @@ class EncodedTensor:
     def scales(self) -> Tensor | None:
         """The first-level scales (rows, groups), rebuilt from their codes when double-quantized."""
         if self.scale_codes is None:
-            return self.scale
+            return None if self.scale is None else self.scale.float()
         grid = make_grid(self.shape, self.granularity, self.axis, self.group_size)
         return dequantize_scales(self.scale_codes, self.scale_scale, self.scale_offset, (grid.rows, grid.groups))
 

@@ -24,12 +24,15 @@ def quantize(
     double_quant: bool = False,
     scale: Tensor | None = None,
     zero_point: Tensor | None = None,
+    scale_dtype: torch.dtype = torch.float32,
 ) -> EncodedTensor:
     """Quantize `x` to `fmt` with one scale per tensor, channel (index along `axis`) or group.
 
     fp16/bf16/tf32 are stored unscaled: the layout arguments are ignored and recorded as "tensor".
     `scale` (and `zero_point` when asymmetric), shaped (rows, groups) like `EncodedTensor.scale`,
     replace the computed ones: for weights already on a chosen grid, such as GPTQ's output.
+    `scale_dtype=torch.float16` stores the scales in half precision (rounded before encoding, so
+    the codes match the stored scales): int4 g128 then costs 4 + 16/128 bits per weight.
 
     Example:
         >>> enc = quantize(torch.randn(16, 100), "int4", group_size=64)
@@ -54,8 +57,9 @@ def quantize(
         scale, zero_point = block_qparams(rows, fmt, grid, symmetric)  # (rows, groups)
     else:
         scale, zero_point = _given_qparams(grid, symmetric, scale, zero_point)
+    scale = _stored_scale(scale, scale_dtype, double_quant)
     zero_blocks = None if zero_point is None else zero_point[..., None]
-    codes = encode(to_blocks(rows, grid), fmt, scale[..., None], zero_blocks)  # (rows, groups, group_size)
+    codes = encode(to_blocks(rows, grid), fmt, scale.float()[..., None], zero_blocks)  # (rows, groups, group_size)
     enc = EncodedTensor(
         fmt=fmt,
         shape=shape,
@@ -82,6 +86,17 @@ def dequantize(enc: EncodedTensor) -> Tensor:
         tensor(True)
     """
     return enc.dequantize()
+
+
+def _stored_scale(scale: Tensor, scale_dtype: torch.dtype, double_quant: bool) -> Tensor:
+    """The scales as they will be stored: float32, or rounded to float16 (inside its normal range)."""
+    if scale_dtype == torch.float32 or double_quant:  # double quantization re-encodes fp32 scales itself
+        return scale
+    if scale_dtype != torch.float16:
+        raise UserInputError(f"scale_dtype must be torch.float32 or torch.float16, got {scale_dtype}")
+    if scale.max() > 65504:
+        raise UserInputError(f"a scale of {scale.max().item():.3g} exceeds float16's range; use scale_dtype=torch.float32")
+    return scale.clamp_min(2.0**-14).half()
 
 
 def _given_qparams(

@@ -71,7 +71,8 @@ def _encode(weight: torch.Tensor, config: WeightQuantConfig, scale=None, zero_po
     granularity = "group" if config.group_size else "channel"
     return quantize_tensor(weight, config.format, granularity=granularity, axis=0,
                            group_size=config.group_size or weight.shape[1], symmetric=config.symmetric,
-                           double_quant=config.double_quant, scale=scale, zero_point=zero_point)
+                           double_quant=config.double_quant, scale=scale, zero_point=zero_point,
+                           scale_dtype=getattr(torch, config.scale_dtype))
 
 
 def _check_calibration(config: WeightQuantConfig, calib) -> list | None:

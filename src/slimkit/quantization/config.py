@@ -23,6 +23,7 @@ class WeightQuantConfig:
     method: "rtn" (round to nearest), "gptq" (second-order error compensation) or "awq"
         (activation-aware per-input-channel scaling); gptq and awq need calibration data.
     double_quant: quantize the scales themselves to 8 bits in blocks of 256 (QLoRA).
+    scale_dtype: "float16" (int4 g128 costs 4 + 16/128 bits per weight) or "float32".
     include / exclude: fnmatch patterns of module names; empty include means every Linear.
     embeddings: also quantize nn.Embedding tables (RTN).
     damp: GPTQ damping, a fraction of the mean Hessian diagonal added to its diagonal.
@@ -37,6 +38,7 @@ class WeightQuantConfig:
     symmetric: bool = True
     method: str = "rtn"
     double_quant: bool = False
+    scale_dtype: str = "float16"
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     embeddings: bool = False
@@ -53,6 +55,8 @@ class WeightQuantConfig:
                                  f"{', '.join(WEIGHT_FORMATS)}")
         if self.method not in METHODS:
             raise UserInputError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.scale_dtype not in ("float16", "float32"):
+            raise UserInputError(f"scale_dtype={self.scale_dtype!r}: choose 'float16' or 'float32'")
         if self.group_size is not None and self.group_size < 1:
             raise UserInputError(f"group_size={self.group_size}: must be a positive whole number or None")
         if not 0 < self.damp < 1:
