@@ -86,8 +86,7 @@ def linear_bits(model) -> None:
                          for k in f.keys() if ".w_" in k)
     theory = 4 + 16 / 128
     print(f"\nMiniLM Linear weights at int4 g128 on disk: {stored:,} bytes for {weights:,} weights = "
-          f"{8 * stored / weights:.4f} bits/weight (theory with fp16 scales 4 + 16/128 = {theory}; "
-          f"slimkit stores fp32 scales, 4 + 32/128 = 4.25)")
+          f"{8 * stored / weights:.4f} bits/weight (theory with float16 scales: 4 + 16/128 = {theory})")
 
 
 def nf4_vs_int4() -> None:
