@@ -58,3 +58,11 @@ def test_report_rejects_a_foreign_records_file(capsys, tmp_path):
     (tmp_path / "records.json").write_text('{"records": [{"bogus": 1}]}')
     code, _, err = run(capsys, "report", str(tmp_path))
     assert code == 2 and "not a slimkit records file" in err
+
+
+def test_eval_names_the_technique_of_a_quantized_artifact(capsys, tmp_path):
+    from slimkit.quantization import WeightQuantConfig, quantize
+
+    save(quantize(MLP(), WeightQuantConfig("int8", group_size=None)), tmp_path)
+    code, out, _ = run(capsys, "eval", str(tmp_path), "--json", "--runs", "5", "--quiet")
+    assert code == 0 and json.loads(out)["technique"] == "weight-only rtn"

@@ -26,9 +26,12 @@ def run(args) -> int:
     from slimkit.evaluation import evaluate
     from slimkit.evaluation.report import markdown_table
     from slimkit.io import load
+    from slimkit.manifest import get_manifest
 
     model = load(args.model_dir)
+    techniques = [e["technique"] for e in get_manifest(model) if e["technique"] != "path choice"]
     record = evaluate(model, args.task, name=args.model_dir, artifact_dir=args.model_dir,
+                      technique=", ".join(dict.fromkeys(techniques)) or "baseline",
                       batch_size=args.batch, threads=args.threads, runs=args.runs)
     print(json.dumps(record.to_dict(), indent=2) if args.json else markdown_table([record]))
     return 0
