@@ -117,13 +117,15 @@ def _pareto_plot(records: list[EvalRecord], field: str, label: str, path: Path) 
     fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(5.2 * max(1, len(tasks)), 4.2), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         group = [r for r in records if r.task == task]
+        # neighbouring points get their labels above, below or level in turn, so labels do not overlap
+        offsets = {id(r): (6, (4, -11, 14)[i % 3]) for i, r in enumerate(sorted(group, key=lambda r: r.value))}
         for r in group:
             is_base = r.baseline is None
             ax.scatter(getattr(r, field), r.value, marker="*" if is_base else "o",
                        s=180 if is_base else 50, color="tab:red" if is_base else "tab:blue", zorder=3,
                        label="baseline" if is_base else "compressed variant")
             ax.annotate(f"{r.name} (baseline)" if is_base else r.name, (getattr(r, field), r.value),
-                        textcoords="offset points", xytext=(6, 4), fontsize=8)
+                        textcoords="offset points", xytext=offsets[id(r)], fontsize=8)
         front = _pareto_front(group, field)
         if len(front) > 1:
             ax.plot([getattr(r, field) for r in front], [r.value for r in front], "--", color="gray",
