@@ -27,9 +27,10 @@ def run(args) -> int:
     from slimkit.evaluation.report import markdown_table
     from slimkit.io import load
     from slimkit.manifest import get_manifest
+    from slimkit.quantization.paths import TECHNIQUE as PATH_CHOICE
 
     model = load(args.model_dir)
-    techniques = [e["technique"] for e in get_manifest(model) if e["technique"] != "path choice"]
+    techniques = [e["technique"] for e in get_manifest(model) if e["technique"] != PATH_CHOICE]
     record = evaluate(model, args.task, name=args.model_dir, artifact_dir=args.model_dir,
                       technique=", ".join(dict.fromkeys(techniques)) or "baseline",
                       batch_size=args.batch, threads=args.threads, runs=args.runs)

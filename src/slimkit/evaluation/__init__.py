@@ -67,9 +67,10 @@ def evaluate(
 def _layer_notes(model: nn.Module) -> dict:
     """Per-layer execution-path choices recorded in the manifest, for the report's per-layer table."""
     from slimkit.manifest import get_manifest
+    from slimkit.quantization.paths import TECHNIQUE as PATH_CHOICE
 
     layers = [{"layer": e["layer"], "paths": e["paths"], "speedup_vs_float": e["speedup_vs_float"]}
-              for e in get_manifest(model) if e.get("technique") == "path choice"]
+              for e in get_manifest(model) if e.get("technique") == PATH_CHOICE]
     return {"layers": layers} if layers else {}
 
 

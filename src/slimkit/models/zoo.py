@@ -72,14 +72,10 @@ def cache_root() -> Path:
 def cache_path(name: str) -> Path:
     """Folder of the cached artifact; its name changes whenever the model or recipe does."""
     key = json.dumps({
-        "name": name, "recipe": asdict(RECIPES[name]), "config": _config_dict(build(name)),
+        "name": name, "recipe": asdict(RECIPES[name]), "config": asdict(build(name).config),
         "python": platform.python_version(), "torch": torch.__version__.split("+")[0],
     }, sort_keys=True)
     return cache_root() / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-
-
-def _config_dict(model: nn.Module) -> dict:
-    return asdict(model.config)
 
 
 def reference(name: str, *, retrain: bool = False) -> nn.Module:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from slimkit.formats import EncodedTensor
+from slimkit.quantization import stored
 
 
 class QuantEmbedding(nn.Module):
@@ -18,10 +18,7 @@ class QuantEmbedding(nn.Module):
             raise ValueError(f"encoded table of shape {tuple(encoded.shape)} does not fit a "
                              f"({num_embeddings}, {embedding_dim}) embedding")
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
-        self._meta = encoded.meta()
-        self._names = sorted(encoded.tensors())
-        for name, tensor in encoded.tensors().items():
-            self.register_buffer(f"w_{name}", tensor)
+        stored.store(self, encoded)
 
     @classmethod
     def from_embedding(cls, embedding: nn.Embedding, encoded: EncodedTensor) -> QuantEmbedding:
@@ -35,27 +32,22 @@ class QuantEmbedding(nn.Module):
         return self.encoded().dequantize()
 
     def encoded(self) -> EncodedTensor:
-        return EncodedTensor.from_parts(self._meta, {n: getattr(self, f"w_{n}") for n in self._names})
+        return stored.stored(self)
 
     def forward(self, index: Tensor) -> Tensor:
         return self.encoded().dequantize_rows(index)
 
     def encoded_weight_counts(self) -> tuple[int, int]:
-        """(values, nonzero values) of the table held as codes, for parameter counts in reports."""
-        return self.num_embeddings * self.embedding_dim, int(self.weight.count_nonzero())
+        return stored.value_counts(self)
 
     def slimkit_spec(self) -> dict:
-        tensors = {n: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
-                   for n, t in self.encoded().tensors().items()}
         return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim,
-                "padding_idx": self.padding_idx, "meta": self._meta, "tensors": tensors}
+                "padding_idx": self.padding_idx, **stored.describe(self)}
 
     @classmethod
     def from_slimkit_spec(cls, spec: dict) -> QuantEmbedding:
-        tensors = {n: torch.zeros(t["shape"], dtype=getattr(torch, t["dtype"])) for n, t in spec["tensors"].items()}
-        return cls(spec["num_embeddings"], spec["embedding_dim"], EncodedTensor.from_parts(spec["meta"], tensors),
-                   spec["padding_idx"])
+        return cls(spec["num_embeddings"], spec["embedding_dim"], stored.empty(spec), spec["padding_idx"])
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}, format={self._meta.get('fmt')}"
+        return f"{self.num_embeddings}, {self.embedding_dim}, format={self._encoded_meta['fmt']}"
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slimkit.formats import EncodedTensor
-from slimkit.quantization import kernels
+from slimkit.quantization import kernels, stored
 
 PATHS = ("dequant", "cached", "int4pack", "int8pack")
 
@@ -30,10 +30,7 @@ class QuantLinear(nn.Module):
             raise ValueError(f"encoded weight of shape {tuple(encoded.shape)} does not fit a "
                              f"({out_features}, {in_features}) Linear")
         self.in_features, self.out_features = in_features, out_features
-        self._meta = encoded.meta()
-        self._names = sorted(encoded.tensors())
-        for name, tensor in encoded.tensors().items():
-            self.register_buffer(f"w_{name}", tensor)
+        stored.store(self, encoded)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.register_buffer("input_scale", None if input_scale is None else input_scale.float())
         self.paths: list[tuple[int | None, str]] = [(None, "dequant")]  # (up to this many rows, path)
@@ -47,7 +44,7 @@ class QuantLinear(nn.Module):
         return cls(linear.in_features, linear.out_features, encoded, linear.bias, input_scale)
 
     def encoded(self) -> EncodedTensor:
-        return EncodedTensor.from_parts(self._meta, {n: getattr(self, f"w_{n}") for n in self._names})
+        return stored.stored(self)
 
     def dequantized_weight(self) -> Tensor:
         """The float32 weight (out, in) this layer computes with."""
@@ -65,7 +62,7 @@ class QuantLinear(nn.Module):
             raise ValueError("the last path must cover any number of rows: (None, path)")
         for _, path in paths:
             if path not in self.available_paths():
-                raise ValueError(f"path {path!r} cannot run this {self._meta['fmt']} layer; "
+                raise ValueError(f"path {path!r} cannot run this {self._encoded_meta['fmt']} layer; "
                                  f"available: {', '.join(self.available_paths())}")
         self.paths = [(rows, path) for rows, path in paths]
         used = {path for _, path in self.paths}
@@ -89,28 +86,24 @@ class QuantLinear(nn.Module):
             rows = x.reshape(-1, self.in_features)
             if self.input_scale is not None:
                 rows = rows / self.input_scale
-            y = kernels.run(path, self.kernel_weight, self.kernel_scale, self._meta["group_size"], rows)
+            y = kernels.run(path, self.kernel_weight, self.kernel_scale, self._encoded_meta["group_size"], rows)
             y = y.reshape(*x.shape[:-1], self.out_features)
             return y if bias is None else y + bias
         weight = self.float_cache if path == "cached" else self.dequantized_weight()
         return F.linear(x, weight.to(x.dtype), bias)
 
     def encoded_weight_counts(self) -> tuple[int, int]:
-        """(values, nonzero values) of the weight held as codes, for parameter counts in reports."""
-        return self.out_features * self.in_features, int(self.encoded().dequantize().count_nonzero())
+        return stored.value_counts(self)
 
     def slimkit_spec(self) -> dict:
-        tensors = {n: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
-                   for n, t in self.encoded().tensors().items()}
         return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,
-                "input_scale": self.input_scale is not None, "meta": self._meta, "tensors": tensors,
-                "paths": [list(p) for p in self.paths]}
+                "input_scale": self.input_scale is not None, "paths": [list(p) for p in self.paths],
+                **stored.describe(self)}
 
     @classmethod
     def from_slimkit_spec(cls, spec: dict) -> QuantLinear:
         """An empty layer of the right shapes; ``load_state_dict`` fills it."""
-        tensors = {n: torch.zeros(t["shape"], dtype=getattr(torch, t["dtype"])) for n, t in spec["tensors"].items()}
-        module = cls(spec["in_features"], spec["out_features"], EncodedTensor.from_parts(spec["meta"], tensors),
+        module = cls(spec["in_features"], spec["out_features"], stored.empty(spec),
                      torch.zeros(spec["out_features"]) if spec["bias"] else None,
                      torch.ones(spec["in_features"]) if spec["input_scale"] else None)
         paths = [tuple(p) for p in spec["paths"]]  # caches are rebuilt once the weights have loaded:
@@ -119,4 +112,5 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"format={self._meta.get('fmt')}, group_size={self._meta.get('group_size')}, paths={self.paths}")
+                f"format={self._encoded_meta['fmt']}, group_size={self._encoded_meta['group_size']}, "
+                f"paths={self.paths}")

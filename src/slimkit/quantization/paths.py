@@ -20,6 +20,7 @@ from slimkit.quantization.modules import QuantLinear
 from slimkit.timing import latency_ms
 
 PROBE_ROWS = (1, 16, 256)
+TECHNIQUE = "path choice"  # manifest label of the entries choose_paths adds
 
 
 @torch.no_grad()
@@ -43,7 +44,7 @@ def choose_paths(model: nn.Module, *, probe_rows: tuple[int, ...] = PROBE_ROWS, 
             choice.append((rows, best))
             speedups[str(rows)] = {p: round(float_ms / ms, 3) for p, ms in timed.items()}
         layer.set_paths(_merge(choice))
-        entry = {"layer": name, "technique": "path choice", "paths": [list(p) for p in layer.paths],
+        entry = {"layer": name, "technique": TECHNIQUE, "paths": [list(p) for p in layer.paths],
                  "speedup_vs_float": speedups}
         add_entry(model, entry)
         entries.append(entry)
