@@ -51,3 +51,18 @@ def test_report_verb_rebuilds_from_records(capsys, tmp_path, trained):
 def test_console_script_runs():
     result = subprocess.run([sys.executable, "-m", "slimkit.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "demo" in result.stdout
+
+
+def test_retrain_trains_each_reference_model_once(monkeypatch, tmp_path):
+    from slimkit import demo
+    from slimkit.models import zoo
+    from slimkit.quantization import WeightQuantConfig
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # untrained stand-ins stay out of the shared cache
+    calls = []
+    monkeypatch.setattr(zoo, "train_reference", lambda name: calls.append(name) or (zoo.build(name).eval(), 0.0))
+    monkeypatch.setattr(demo, "VARIANTS", {"gpt": [
+        demo.Variant("int8", "weight-only rtn", WeightQuantConfig("int8", group_size=None))]})
+    records, _, _ = demo.run_demo(tmp_path / "out", retrain=True, minilm_rows=False)
+    assert sorted(calls) == ["cnn", "gpt", "mlp"]
+    assert [r.name for r in records] == ["mlp", "cnn", "gpt", "gpt-int8"]

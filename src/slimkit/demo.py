@@ -7,6 +7,7 @@ repeat run only measures. Each variant row is compared with its base model's row
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -88,6 +89,13 @@ def run_demo(out_dir: str | Path = "slimkit-report", *, retrain: bool = False, m
     records, skipped = [], []
     bases = BASES if minilm_rows else tuple(b for b in BASES if b != "minilm")
     jobs = [(base, None) for base in bases] + [(b, v) for b in bases for v in VARIANTS.get(b, [])]
+    loaded: dict[str, nn.Module] = {}  # each base model is trained or loaded once per run
+
+    def base_model(base: str) -> nn.Module:
+        if base not in loaded:
+            loaded[base] = minilm().model if base == "minilm" else zoo.reference(base, retrain=retrain)
+        return loaded[base]
+
     with progress(jobs, desc="demo", unit="row") as bar:
         for base, variant in bar:
             name = base if variant is None else f"{base}-{variant.suffix}"
@@ -95,11 +103,18 @@ def run_demo(out_dir: str | Path = "slimkit-report", *, retrain: bool = False, m
             if base == "minilm" and skipped:
                 continue
             try:
-                artifact = _artifact(base, variant, out / "artifacts" / name, retrain)
+                model = base_model(base)
             except MissingDependencyError as exc:
                 skipped.append(f"minilm skipped: {exc}")
                 continue
-            model = load(artifact) if variant else _base_model(base, retrain)
+            destination = out / "artifacts" / name
+            if destination.exists():
+                shutil.rmtree(destination)
+            if variant is None:
+                artifact = save(model, destination)
+            else:
+                artifact = shutil.copytree(_variant_artifact(base, model, variant, retrain), destination)
+                model = load(artifact)
             records.append(evaluate(model, name=name, technique="baseline" if variant is None else variant.technique,
                                     baseline=None if variant is None else base, artifact_dir=artifact,
                                     threads=threads))
@@ -107,25 +122,16 @@ def run_demo(out_dir: str | Path = "slimkit-report", *, retrain: bool = False, m
     return records, paths, skipped
 
 
-def _base_model(base: str, retrain: bool) -> nn.Module:
-    return minilm().model if base == "minilm" else zoo.reference(base, retrain=retrain)
-
-
-def _artifact(base: str, variant, destination: Path, retrain: bool) -> Path:
-    """Save the base model or build (or fetch from the cache) the variant, into ``destination``."""
-    if destination.exists():
-        shutil.rmtree(destination)
-    if variant is None:
-        return save(_base_model(base, retrain), destination)
+def _variant_artifact(base: str, base_model: nn.Module, variant: Variant, rebuild: bool) -> Path:
+    """The cached artifact of ``variant`` applied to a copy of ``base_model``, built if missing."""
     cached = _variant_cache(base, variant)
-    if retrain or not cached.exists():
-        model = _base_model(base, retrain)
+    if rebuild or not cached.exists():
+        model = copy.deepcopy(base_model)
         start = time.perf_counter()
         apply_variant(model, variant.config)
         save(model, cached, metrics={"config": variant.config.to_dict(),
                                      "transform_seconds": round(time.perf_counter() - start, 2)})
-    shutil.copytree(cached, destination)
-    return destination
+    return cached
 
 
 def _variant_cache(base: str, variant: Variant) -> Path:
