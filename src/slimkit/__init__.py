@@ -11,10 +11,11 @@ from slimkit.errors import ArtifactError, MissingDependencyError, SlimkitError, 
 from slimkit.evaluation import EvalRecord, evaluate
 from slimkit.io import load, save
 from slimkit.quantization import WeightQuantConfig, quantize
+from slimkit.training import TrainConfig, train
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ArtifactError", "EvalRecord", "MissingDependencyError", "SlimkitError", "UserInputError",
-    "WeightQuantConfig", "data", "evaluate", "formats", "load", "models", "quantize", "save",
+    "ArtifactError", "EvalRecord", "MissingDependencyError", "SlimkitError", "TrainConfig", "UserInputError",
+    "WeightQuantConfig", "data", "evaluate", "formats", "load", "models", "quantize", "save", "train",
 ]

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import platform
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from slimkit.data import digits, pycorpus, random_windows
@@ -26,7 +23,7 @@ from slimkit.errors import UserInputError
 from slimkit.models.gpt import GPT, GPTConfig
 from slimkit.models.mlp import MLP, MLPConfig
 from slimkit.models.resnet import ResNet, ResNetConfig
-from slimkit.progress import progress
+from slimkit.training.batches import GeneratorBatches, random_examples
 
 NAMES = ("mlp", "cnn", "gpt")
 
@@ -95,48 +92,20 @@ def reference(name: str, *, retrain: bool = False) -> nn.Module:
 
 
 def train_reference(name: str) -> tuple[nn.Module, float]:
-    """Train ``name`` from scratch with its recipe; returns the model and the seconds it took."""
+    """Train ``name`` from scratch with its recipe (through ``slimkit.train``); returns the model and seconds."""
+    from slimkit.training import TrainConfig, train  # layer 3; models sit in layer 5 and may use it
+
     recipe = RECIPES[name]
-    model = build(name).train()
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(recipe.threads)
-    generator = torch.Generator().manual_seed(recipe.seed)
-    next_batch = _batches(name, recipe, generator)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, recipe))
-    start = time.perf_counter()
-    try:
-        with progress(range(recipe.steps), desc=f"training {name}", unit="step") as bar:
-            for _ in bar:
-                x, y = next_batch()
-                logits = model(x)
-                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                schedule.step()
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    finally:
-        torch.set_num_threads(previous_threads)
-    return model.eval(), time.perf_counter() - start
+    model = build(name)
+    config = TrainConfig(steps=recipe.steps, lr=recipe.lr, weight_decay=recipe.weight_decay, warmup=recipe.warmup,
+                         clip_grad_norm=1.0, seed=recipe.seed, threads=recipe.threads)
+    result = train(model, _batches(name, recipe), config)
+    return model.eval(), result.seconds
 
 
-def _lr_factor(step: int, recipe: Recipe) -> float:
-    if step < recipe.warmup:
-        return (step + 1) / recipe.warmup
-    progress_frac = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
-    return 0.5 * (1 + math.cos(math.pi * progress_frac))
-
-
-def _batches(name: str, recipe: Recipe, generator: torch.Generator):
+def _batches(name: str, recipe: Recipe) -> GeneratorBatches:
     if name == "gpt":
         data, block = pycorpus().train, GPTConfig().block_size
-        return lambda: random_windows(data, recipe.batch_size, block, generator)
-    train = digits().train
-
-    def digit_batch():
-        idx = torch.randint(0, len(train), (recipe.batch_size,), generator=generator)
-        return train.x[idx], train.y[idx]
-
-    return digit_batch
+        return GeneratorBatches(lambda g: random_windows(data, recipe.batch_size, block, g), recipe.seed)
+    train_split = digits().train
+    return random_examples(train_split.x, train_split.y, recipe.batch_size, recipe.seed)
