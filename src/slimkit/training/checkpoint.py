@@ -68,7 +68,7 @@ def load_checkpoint(checkpoint_dir, *, config: dict, model, optimizer, scheduler
 
 def _check_config(path: Path, saved: dict, current: dict) -> None:
     differ = [f"{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}"
-              for k in sorted(set(saved) | set(current)) - FREE_FIELDS if saved.get(k) != current.get(k)]
+              for k in sorted((set(saved) | set(current)) - FREE_FIELDS) if saved.get(k) != current.get(k)]
     if differ:
         raise ArtifactError(f"{path} was written by a run with other settings ({'; '.join(differ)}); "
                             "resume with the same settings or start a new checkpoint_dir")

@@ -128,7 +128,8 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig(), *, loss_f
             state.step = step
             stepped = _step(model, [source.next() for _ in range(config.accumulate)], loss_fn, precision,
                             state, callbacks)
-            scheduler.step()
+            if stepped:  # a skipped step does not advance the schedule (warm-up stays intact)
+                scheduler.step()
             bad_in_a_row = 0 if stepped else bad_in_a_row + 1
             if not math.isfinite(state.loss) and bad_in_a_row >= config.max_bad_steps:
                 raise TrainingError(f"the loss was NaN/inf for {bad_in_a_row} steps in a row (last at step {step}); "
