@@ -1,0 +1,136 @@
+"""slimkit train"""
+
+from __future__ import annotations
+
+import json
+
+from slimkit.cli import positive_int
+
+HELP = ("Train or fine-tune a model with slimkit's training loop: precision (fp32/tf32/bf16/fp16), gradient "
+        "accumulation, activation checkpointing, 8-bit AdamW, LoRA/QLoRA adapters, resumable checkpoints. "
+        "Prints quality before and after, time, tokens/s, peak memory and trainable parameters.")
+EXAMPLE = ("example:\n  slimkit train --model gpt --data pycorpus --steps 200 --precision bf16 --accumulate 4 "
+           "--checkpointing --optimizer adamw8bit --lora r=8,alpha=16,targets=blocks.*.attn.qkv --out gpt-lora\n"
+           "  slimkit train --model mlp --scratch --steps 1500 --lr 3e-3 --checkpoint-dir run1 --resume")
+
+
+def add_arguments(p) -> None:
+    from slimkit.training import OPTIMIZERS, PRECISIONS
+
+    p.add_argument("--model", required=True, metavar="NAME|MODEL_DIR",
+                   help="a reference model (mlp, cnn, gpt: the trained one from the cache) or a saved model folder")
+    p.add_argument("--scratch", action="store_true", help="reference models: start from fresh random weights")
+    p.add_argument("--data", choices=["digits", "pycorpus"], help="training data (default: the model's task)")
+    p.add_argument("--steps", type=positive_int, default=200, help="optimizer steps (default 200)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="examples per micro-batch (default 16)")
+    p.add_argument("--accumulate", type=positive_int, default=1, help="micro-batches per step (default 1)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="decoupled weight decay (default 0)")
+    p.add_argument("--warmup", type=int, default=0, help="linear warm-up steps (default 0)")
+    p.add_argument("--schedule", choices=["cosine", "constant"], default="cosine", help="after warm-up")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="numeric precision (default fp32)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="optimizer (default adamw)")
+    p.add_argument("--checkpointing", nargs="*", metavar="PATTERN",
+                   help="activation checkpointing: alone, every block; with patterns, the modules they name "
+                        "(e.g. 'blocks.*.mlp' for selective checkpointing)")
+    p.add_argument("--lora", metavar="SPEC", help="train LoRA adapters only, e.g. r=8,alpha=16,targets=*qkv|*proj; "
+                   "add base=nf4 for QLoRA (the frozen base stored as NF4 with double quantization)")
+    p.add_argument("--merge", action="store_true", help="with --lora: fold the adapters into the weights before --out")
+    p.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping (default 1.0; 0 turns it off)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the batches and dropout (default 0)")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
+    p.add_argument("--log-dir", help="write metrics.jsonl (and TensorBoard events if installed) here")
+    p.add_argument("--checkpoint-dir", help="save a resumable training checkpoint here")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (default: end only)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
+    p.add_argument("--out", help="save the trained model as a slimkit artifact here")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def run(args) -> int:
+    from slimkit.evaluation.tasks import get_task, infer_task
+    from slimkit.io import save
+    from slimkit.training import TrainConfig, train
+
+    config = TrainConfig(
+        steps=args.steps, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup, schedule=args.schedule,
+        optimizer=args.optimizer, precision=args.precision, accumulate=args.accumulate,
+        checkpointing=_checkpointing(args.checkpointing), clip_grad_norm=args.clip or None, seed=args.seed,
+        threads=args.threads, log_dir=args.log_dir, checkpoint_dir=args.checkpoint_dir,
+        checkpoint_every=args.checkpoint_every, resume=args.resume)
+    model = _load_model(args.model, args.scratch)
+    task_name = infer_task(model)
+    task = get_task(task_name)
+    before = task.quality(model)
+    adapters = _add_lora(model, args.lora) if args.lora else None
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    result = train(model, batches_for(args.data or task_name, model, args.batch_size, args.seed), config)
+    if adapters and args.merge:
+        from slimkit import lora
+
+        lora.merge(model)
+    after = task.quality(model)
+    summary = {"model": args.model, "data": args.data or task_name, "config": config.to_dict(),
+               "quality_before": before, "quality_after": after, "steps": result.steps,
+               "final_loss": result.final_loss, "seconds": result.seconds, "tokens_per_s": result.tokens_per_second,
+               "peak_memory_bytes": result.peak_memory_bytes, "precision": result.precision,
+               "skipped_steps": result.skipped_steps, "trainable_parameters": trainable, "parameters": total,
+               "lora_layers": adapters, "metrics": result.metrics_path, "out": args.out}
+    if args.out:
+        save(model, args.out, metrics={"train": summary})
+    print(json.dumps(summary, indent=2) if args.json else _table(summary))
+    return 0
+
+
+def batches_for(data: str, model, batch_size: int, seed: int):
+    """A resumable batch source of ``data`` for ``model``."""
+    from slimkit.data import digits, pycorpus, random_windows
+    from slimkit.errors import UserInputError
+    from slimkit.training import GeneratorBatches, random_examples
+
+    if data == "pycorpus":
+        block = getattr(getattr(model, "config", None), "block_size", None)
+        if block is None:
+            raise UserInputError(f"--data pycorpus needs a language model with config.block_size, "
+                                 f"not {type(model).__name__}")
+        train_split = pycorpus().train
+        return GeneratorBatches(lambda g: random_windows(train_split, batch_size, block, g), seed)
+    split = digits().train
+    return random_examples(split.x, split.y, batch_size, seed)
+
+
+def _checkpointing(patterns):
+    if patterns is None:
+        return None
+    return tuple(patterns) or "blocks"
+
+
+def _load_model(spec: str, scratch: bool):
+    from slimkit.io import load
+    from slimkit.models import zoo
+
+    if spec in zoo.NAMES:
+        return zoo.build(spec) if scratch else zoo.reference(spec)
+    return load(spec)
+
+
+def _add_lora(model, spec: str) -> list[str]:
+    from slimkit import lora
+
+    return lora.inject(model, lora.LoRAConfig.parse(spec))
+
+
+def _table(s: dict) -> str:
+    def fmt(quality: dict) -> str:
+        return ", ".join(f"{k} {v:.4g}" for k, v in quality.items())
+
+    rows = [("quality before", fmt(s["quality_before"])), ("quality after", fmt(s["quality_after"])),
+            ("steps", f"{s['steps']} ({s['skipped_steps']} skipped)"), ("final train loss", f"{s['final_loss']:.4f}"),
+            ("precision", s["precision"]), ("time", f"{s['seconds']:.1f} s"),
+            ("targets/s (tokens or examples)", f"{s['tokens_per_s']:,.0f}"), ("peak memory (process)", f"{s['peak_memory_bytes'] / 2**20:,.0f} MiB"),
+            ("trainable parameters", f"{s['trainable_parameters']:,} of {s['parameters']:,} "
+                                     f"({100 * s['trainable_parameters'] / s['parameters']:.2f}%)")]
+    if s["out"]:
+        rows.append(("saved", s["out"]))
+    return "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
