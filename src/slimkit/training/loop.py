@@ -126,7 +126,7 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig(), *, loss_f
         bar.update(state.step)
         for step in bar:
             state.step = step
-            stepped = _step(model, [source.next() for _ in range(config.accumulate)], loss_fn, precision,
+            stepped = train_step(model, [source.next() for _ in range(config.accumulate)], loss_fn, precision,
                             state, callbacks)
             if stepped:  # a skipped step does not advance the schedule (warm-up stays intact)
                 scheduler.step()
@@ -153,7 +153,7 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig(), *, loss_f
                        str(log.path) if log.path else None)
 
 
-def _step(model, micro_batches, loss_fn, precision: Precision, state: TrainState, callbacks) -> bool:
+def train_step(model, micro_batches, loss_fn, precision: Precision, state: TrainState, callbacks) -> bool:
     """Forward/backward over the micro-batches, then one optimizer step. Returns False if skipped."""
     state.optimizer.zero_grad(set_to_none=True)
     total_loss, estimate, targets = 0.0, None, 0
