@@ -216,3 +216,9 @@ def test_model_without_trainable_parameters_is_refused():
     model = tiny_gpt().requires_grad_(False)
     with pytest.raises(UserInputError, match="GPT has no trainable parameters"):
         train(model, token_batches(2), TrainConfig(steps=1))
+
+
+def test_precision_without_autocast_on_the_device_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.amp, "is_autocast_available", lambda device_type: False)
+    with pytest.raises(UserInputError, match="precision='fp16': torch has no autocast on device 'cpu'; use fp32"):
+        train(tiny_gpt(), token_batches(2), TrainConfig(steps=1, precision="fp16"))
