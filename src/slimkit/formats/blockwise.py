@@ -1,0 +1,114 @@
+"""Block-wise 8-bit code-book quantization (Dettmers et al., "8-bit Optimizers via Block-wise
+Quantization", 2022): a flat tensor is cut into blocks, each block is divided by its absmax and
+every value is replaced by the index of the nearest entry of a 256-entry code book in [-1, 1].
+
+Code books: ``dynamic`` (dynamic tree quantization, built as bitsandbytes' ``create_dynamic_map``)
+and ``linear`` (bitsandbytes' ``create_linear_map``), each signed or unsigned.
+
+Example:
+    >>> x = torch.randn(1000)
+    >>> book = code_book("dynamic", signed=True)
+    >>> codes, absmax = blockwise_encode(x, book, block_size=256)
+    >>> codes.dtype, absmax.shape
+    (torch.uint8, torch.Size([4]))
+    >>> bool((blockwise_decode(codes, absmax, book, 256) - x).abs().max() < 0.05)
+    True
+"""
+
+import torch
+from torch import Tensor
+
+from slimkit.errors import UserInputError
+from slimkit.formats.reduce import safe_scale
+
+CODE_BOOKS = ("dynamic", "linear")
+BLOCK_SIZES = (256, 2048)
+
+
+def dynamic_map(signed: bool) -> Tensor:
+    """The 256-entry dynamic tree code book, sorted, as bitsandbytes' ``create_dynamic_map``.
+
+    A run of e = 0..6 zero bits after the sign bit scales by 10^-e; the bits left after the next
+    (indicator) bit split the linear range [0.1, 1] into equal bins whose midpoints are the
+    fractions. The unsigned book spends the sign bit on one more fraction bit. 0 and 1 complete it.
+
+    Example:
+        >>> book = dynamic_map(signed=True)
+        >>> book.shape, book[0] < -0.99, book[-1].item()
+        (torch.Size([256]), tensor(True), 1.0)
+    """
+    data: list[float] = []
+    for e in range(7):
+        fraction_count = 2 ** (6 - e if signed else 7 - e)
+        # float32 linspace and midpoints: the arithmetic behind bitsandbytes' table.
+        boundaries = torch.linspace(0.1, 1, fraction_count + 1, dtype=torch.float32)
+        means = (boundaries[:-1] + boundaries[1:]) / 2.0
+        scale = 10**-e
+        data += (scale * means).tolist()
+        if signed:
+            data += (-scale * means).tolist()
+    data += [0.0, 1.0]
+    return torch.tensor(sorted(data), dtype=torch.float32)
+
+
+def linear_map(signed: bool) -> Tensor:
+    """256 evenly spaced codes, as bitsandbytes' ``create_linear_map``: unsigned [0, 1]; signed
+    [-1, 1] with 255 steps so that 0 is a code, the spare slot holding a second 0.
+
+    Example:
+        >>> linear_map(signed=False)[[0, 255]]
+        tensor([0., 1.])
+    """
+    if not signed:
+        return torch.linspace(0.0, 1.0, 256)
+    values = torch.linspace(-1.0, 1.0, 255)
+    return torch.cat([values[:127], torch.zeros(1), values[127:]])
+
+
+def code_book(name: str, signed: bool) -> Tensor:
+    """The sorted (256,) float32 code book called ``name`` (``dynamic`` or ``linear``)."""
+    if name == "dynamic":
+        return dynamic_map(signed)
+    if name == "linear":
+        return linear_map(signed)
+    raise UserInputError(f"unknown code book {name!r}; choose one of {', '.join(CODE_BOOKS)}")
+
+
+def check_block_size(block_size: int) -> None:
+    """Raise UserInputError unless ``block_size`` is one of BLOCK_SIZES."""
+    if block_size not in BLOCK_SIZES:
+        raise UserInputError(
+            f"block_size={block_size!r} is not supported; use {' or '.join(map(str, BLOCK_SIZES))}"
+        )
+
+
+def _blocks(x: Tensor, block_size: int) -> Tensor:
+    """Flat float32 view of ``x`` as (blocks, block_size), the last block padded with zeros."""
+    flat = x.reshape(-1).float()
+    pad = -flat.numel() % block_size
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    return flat.view(-1, block_size)
+
+
+def blockwise_encode(x: Tensor, code: Tensor, block_size: int = 256) -> tuple[Tensor, Tensor]:
+    """(codes, absmax): uint8 codes shaped like ``x`` (nearest entry of the sorted ``code``
+    book to x / absmax of its block; a tie goes to the lower code) and float32 absmax (blocks,).
+
+    Example:
+        >>> codes, absmax = blockwise_encode(torch.tensor([0.5, -1.0]), linear_map(True))
+        >>> codes.tolist(), absmax.tolist()
+        ([191, 0], [1.0])
+    """
+    blocks = _blocks(x, block_size)  # (blocks, block_size)
+    absmax = safe_scale(blocks.abs().amax(dim=1))  # (blocks,)
+    normalised = blocks / absmax[:, None]
+    midpoints = (code[1:] + code[:-1]) / 2  # (255,) decision boundaries between neighbours
+    codes = torch.bucketize(normalised, midpoints.to(normalised.device)).to(torch.uint8)
+    return codes.view(-1)[: x.numel()].view(x.shape), absmax
+
+
+def blockwise_decode(codes: Tensor, absmax: Tensor, code: Tensor, block_size: int = 256) -> Tensor:
+    """float32 code[codes] * absmax of each block, shaped like ``codes``."""
+    values = _blocks(code.to(codes.device)[codes.long()], block_size)  # (blocks, block_size)
+    return (values * absmax[:, None]).view(-1)[: codes.numel()].view(codes.shape)

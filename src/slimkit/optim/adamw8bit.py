@@ -1,0 +1,106 @@
+"""AdamW with 8-bit block-wise quantized moments (Dettmers et al., "8-bit Optimizers via
+Block-wise Quantization", 2022).
+
+Between steps each moment of a large tensor is stored as uint8 codes plus one float32 absmax per
+block (slimkit.formats.blockwise): the first moment with a signed code book, the second (never
+negative) with an unsigned one. A step decodes both moments to float32, runs the same
+``adamw_update_`` as ``AdamW`` and encodes them again. Tensors with fewer than ``min_8bit_size``
+elements (biases, norms) keep float32 moments, as bitsandbytes does.
+
+Example:
+    >>> model = torch.nn.Linear(256, 64)
+    >>> optimizer = AdamW8bit(model.parameters(), lr=1e-3)
+    >>> model(torch.randn(8, 256)).square().mean().backward()
+    >>> optimizer.step()
+    >>> sorted(optimizer.state[model.weight])
+    ['exp_avg_absmax', 'exp_avg_codes', 'exp_avg_sq_absmax', 'exp_avg_sq_codes', 'step']
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor
+
+from slimkit.errors import UserInputError
+from slimkit.formats.blockwise import (
+    CODE_BOOKS,
+    blockwise_decode,
+    blockwise_encode,
+    check_block_size,
+    code_book,
+)
+from slimkit.optim.adamw import FP32_STATE_KEYS, AdamW
+
+MOMENTS = ("exp_avg", "exp_avg_sq")
+SIGNED = {"exp_avg": True, "exp_avg_sq": False}  # the second moment is never negative
+QUANTIZED_STATE_KEYS = frozenset({"step"} | {f"{m}_{part}" for m in MOMENTS for part in ("codes", "absmax")})
+_BOOKS = {(name, signed): code_book(name, signed) for name in CODE_BOOKS for signed in (True, False)}
+
+
+class AdamW8bit(AdamW):
+    """AdamW whose moments are stored as 8-bit block-wise codes: about 2 bytes per parameter
+    instead of 8. Same arguments as ``AdamW``, plus:
+
+    Args:
+        block_size: elements per absmax block, 256 or 2048.
+        code: code book, ``"dynamic"`` (dynamic tree quantization) or ``"linear"``.
+        min_8bit_size: tensors with fewer elements keep float32 moments.
+
+    Example:
+        >>> optimizer = AdamW8bit(torch.nn.Linear(4, 2).parameters(), block_size=2048, code="linear")
+    """
+
+    def __init__(
+        self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8, weight_decay: float = 1e-2, *, block_size: int = 256, code: str = "dynamic",
+        min_8bit_size: int = 4096,
+    ) -> None:
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, block_size=block_size,
+                        code=code, min_8bit_size=min_8bit_size)
+        torch.optim.Optimizer.__init__(self, params, defaults)
+
+    def _check_group(self, group: dict[str, Any], index: int) -> None:
+        super()._check_group(group, index)
+        where = f"param group {index}"
+        try:
+            check_block_size(group["block_size"])
+        except UserInputError as error:
+            raise UserInputError(f"{where}: {error}") from None
+        if group["code"] not in CODE_BOOKS:
+            raise UserInputError(f"{where}: code={group['code']!r} is unknown; choose one of {', '.join(CODE_BOOKS)}")
+        size = group["min_8bit_size"]
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise UserInputError(f"{where}: min_8bit_size={size!r} must be an integer >= 0")
+
+    def _init_state(self, param: Tensor, state: dict[str, Tensor], group: dict[str, Any]) -> None:
+        if param.numel() < group["min_8bit_size"]:
+            return super()._init_state(param, state, group)
+        state["step"] = torch.tensor(0.0)
+        zeros = torch.zeros(param.shape, device=param.device)
+        self._write_moments(state, group, zeros, zeros)
+
+    def _read_moments(self, state: dict[str, Tensor], group: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        if "exp_avg" in state:
+            return super()._read_moments(state, group)
+        exp_avg, exp_avg_sq = (
+            blockwise_decode(state[f"{m}_codes"], state[f"{m}_absmax"], self._book(group, m), group["block_size"])
+            for m in MOMENTS
+        )
+        return exp_avg, exp_avg_sq
+
+    def _write_moments(self, state: dict[str, Tensor], group: dict[str, Any], exp_avg: Tensor,
+                       exp_avg_sq: Tensor) -> None:
+        if "exp_avg" in state:
+            return
+        for moment, values in zip(MOMENTS, (exp_avg, exp_avg_sq)):
+            codes, absmax = blockwise_encode(values, self._book(group, moment), group["block_size"])
+            state[f"{moment}_codes"], state[f"{moment}_absmax"] = codes, absmax
+
+    @staticmethod
+    def _book(group: dict[str, Any], moment: str) -> Tensor:
+        return _BOOKS[group["code"], SIGNED[moment]]
+
+    def _state_layouts(self) -> tuple[frozenset[str], ...]:
+        return (FP32_STATE_KEYS, QUANTIZED_STATE_KEYS)
