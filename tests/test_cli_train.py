@@ -38,7 +38,7 @@ def test_train_help_has_an_example(capsys):
     (["--resume"], "resume=True needs checkpoint_dir"),
     (["--warmup", "500"], "warmup=500 must be in [0, steps=200)"),
     (["--precision", "fp8"], "invalid choice: 'fp8'"),
-    (["--data", "pycorpus"], "--data pycorpus needs a language model with config.block_size, not MLP"),
+    (["--data", "pycorpus"], "pycorpus training needs a language model with config.block_size, not MLP"),
 ])
 def test_train_user_errors_exit_2_with_one_line(capsys, argv, message):
     try:

@@ -65,7 +65,8 @@ def run(args) -> int:
     adapters = _add_lora(model, args.lora) if args.lora else None
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    result = train(model, batches_for(args.data or task_name, model, args.batch_size, args.seed), config)
+    batches = get_task(args.data or task_name).training_batches(model, args.batch_size, args.seed)
+    result = train(model, batches, config)
     if adapters and args.merge:
         from slimkit import lora
 
@@ -81,23 +82,6 @@ def run(args) -> int:
         save(model, args.out, metrics={"train": summary})
     print(json.dumps(summary, indent=2) if args.json else _table(summary))
     return 0
-
-
-def batches_for(data: str, model, batch_size: int, seed: int):
-    """A resumable batch source of ``data`` for ``model``."""
-    from slimkit.data import digits, pycorpus, random_windows
-    from slimkit.errors import UserInputError
-    from slimkit.training import GeneratorBatches, random_examples
-
-    if data == "pycorpus":
-        block = getattr(getattr(model, "config", None), "block_size", None)
-        if block is None:
-            raise UserInputError(f"--data pycorpus needs a language model with config.block_size, "
-                                 f"not {type(model).__name__}")
-        train_split = pycorpus().train
-        return GeneratorBatches(lambda g: random_windows(train_split, batch_size, block, g), seed)
-    split = digits().train
-    return random_examples(split.x, split.y, batch_size, seed)
 
 
 def _checkpointing(patterns):

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from slimkit.data import digits, embed, eval_windows, minilm, pycorpus, random_windows, sentences
 from slimkit.errors import UserInputError
+from slimkit.training import GeneratorBatches, random_examples
 
 
 class Task(Protocol):
@@ -37,6 +38,9 @@ class Task(Protocol):
     def calibration(self, batches: int) -> list:
         """``batches`` model inputs drawn from the training split (never from evaluation data)."""
 
+    def training_batches(self, model: nn.Module, batch_size: int, seed: int = 0):
+        """A resumable source of (inputs, targets) batches from the training split, for ``slimkit.train``."""
+
 
 class DigitsTask:
     name, metric, higher_is_better, default_batch = "digits", "accuracy", True, 64
@@ -52,6 +56,10 @@ class DigitsTask:
 
     def calibration(self, batches: int) -> list:
         return list(digits().train.x.split(64))[:batches]
+
+    def training_batches(self, model: nn.Module, batch_size: int, seed: int = 0):
+        train = digits().train
+        return random_examples(train.x, train.y, batch_size, seed)
 
 
 class PyCorpusTask:
@@ -73,6 +81,14 @@ class PyCorpusTask:
     def calibration(self, batches: int) -> list:
         generator = torch.Generator().manual_seed(1)
         return [random_windows(pycorpus().train, 8, self.block, generator)[0] for _ in range(batches)]
+
+    def training_batches(self, model: nn.Module, batch_size: int, seed: int = 0):
+        block = getattr(getattr(model, "config", None), "block_size", None)
+        if block is None:
+            raise UserInputError(f"pycorpus training needs a language model with config.block_size, "
+                                 f"not {type(model).__name__}")
+        train = pycorpus().train
+        return GeneratorBatches(lambda g: random_windows(train, batch_size, block, g), seed)
 
 
 class MiniLMTask:
@@ -100,6 +116,10 @@ class MiniLMTask:
         texts = calibration_sentences(16 * batches)
         return [self.tokenizer(list(texts[i:i + 16]), padding=True, truncation=True, max_length=128,
                                return_tensors="pt") for i in range(0, len(texts), 16)]
+
+    def training_batches(self, model: nn.Module, batch_size: int, seed: int = 0):
+        raise UserInputError("the minilm task has no training objective yet (it measures fidelity to the fp32 "
+                             "encoder); fine-tune it from Python with slimkit.train and your own loss_fn")
 
 
 @lru_cache(maxsize=1)
