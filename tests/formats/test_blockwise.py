@@ -55,24 +55,39 @@ def test_encode_matches_the_per_element_reference(name, signed, block_size):
     x = x if signed else x.abs()
     book = code_book(name, signed)
     codes, absmax = blockwise_encode(x, book, block_size)
-    ref_codes, ref_absmax = blockwise_quantize(x.tolist(), book.tolist(), block_size)
+    ref_codes, ref_absmax = blockwise_quantize(x.tolist(), book.values.tolist(), block_size)
     assert absmax.tolist() == ref_absmax
     # compare values, not indices: the signed linear book holds 0 twice
     decoded = blockwise_decode(codes, absmax, book, block_size)
-    expected = torch.tensor(blockwise_dequantize(ref_codes, ref_absmax, book.tolist(), block_size))
+    expected = torch.tensor(blockwise_dequantize(ref_codes, ref_absmax, book.values.tolist(), block_size))
     assert torch.equal(decoded, expected.float())
 
 
 def test_encode_keeps_the_shape_and_zero_blocks_decode_to_zero():
     x = torch.zeros(3, 300)
     x[0, :10] = torch.linspace(-1, 1, 10)
-    book = dynamic_map(True)
+    book = code_book("dynamic", True)
     codes, absmax = blockwise_encode(x, book, 256)
     assert codes.shape == (3, 300) and codes.dtype == torch.uint8 and absmax.shape == (4,)
     decoded = blockwise_decode(codes, absmax, book, 256)
     assert torch.equal(decoded[1:], torch.zeros(2, 300))
     # +absmax round-trips (the book ends at 1); the signed book's lowest code is -0.993, not -1
-    assert decoded[0, 9] == 1 and decoded[0, 0] == book[0]
+    assert decoded[0, 9] == 1 and decoded[0, 0] == book.values[0]
+
+
+@pytest.mark.parametrize("name", ["dynamic", "linear"])
+@pytest.mark.parametrize("signed", [True, False])
+def test_lookup_table_finds_the_same_code_as_binary_search(name, signed):
+    book = code_book(name, signed)
+    generator = torch.Generator().manual_seed(7)
+    uniform = torch.rand(20000, generator=generator) * 2 - 1
+    tiny = torch.randn(20000, generator=generator) * 10.0 ** torch.randint(-9, 0, (20000,), generator=generator)
+    midpoints = book.midpoints[:-1]
+    # the midpoints themselves and their float32 neighbours are where a table could go wrong
+    edges = torch.cat([midpoints, midpoints.nextafter(torch.tensor(2.0)), midpoints.nextafter(torch.tensor(-2.0))])
+    special = torch.tensor([-1.0, -0.0, 0.0, 1.0, torch.finfo(torch.float32).tiny])
+    y = torch.cat([uniform, tiny.clamp(-1, 1), edges.clamp(-1, 1), special])
+    assert torch.equal(book.nearest(y), torch.bucketize(y, midpoints).to(torch.uint8))
 
 
 def test_bad_code_book_and_block_size_name_the_value():

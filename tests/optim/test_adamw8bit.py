@@ -42,7 +42,7 @@ def test_steps_match_the_reference_quantized_adamw(code):
     param = nn.Parameter(torch.randn(600, generator=generator))  # 2 blocks of 256 and a short one
     hyper = dict(lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1)
     optimizer = AdamW8bit([param], lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1, code=code, min_8bit_size=0)
-    books = {"exp_avg": code_book(code, True).tolist(), "exp_avg_sq": code_book(code, False).tolist()}
+    books = {"exp_avg": code_book(code, True).values.tolist(), "exp_avg_sq": code_book(code, False).values.tolist()}
     ref_param, moments = param.tolist(), {"exp_avg": [0.0] * 600, "exp_avg_sq": [0.0] * 600}
     for step in (1, 2, 3):
         param.grad = torch.randn(600, generator=generator)

@@ -15,6 +15,9 @@ Example:
     True
 """
 
+from dataclasses import dataclass
+from functools import lru_cache
+
 import torch
 from torch import Tensor
 
@@ -65,12 +68,68 @@ def linear_map(signed: bool) -> Tensor:
     return torch.cat([values[:127], torch.zeros(1), values[127:]])
 
 
-def code_book(name: str, signed: bool) -> Tensor:
-    """The sorted (256,) float32 code book called ``name`` (``dynamic`` or ``linear``)."""
+@dataclass(frozen=True, eq=False)
+class CodeBook:
+    """A sorted (256,) float32 code book, the midpoints between neighbouring codes (255,) and a
+    lookup table that finds the nearest code fast on CPU (see ``nearest``)."""
+
+    values: Tensor
+    midpoints: Tensor
+    table: Tensor  # (cells,) int64: midpoints below each cell's first key
+    first_cell: int
+
+    @classmethod
+    def from_values(cls, values: Tensor) -> "CodeBook":
+        midpoints = (values[1:] + values[:-1]) / 2
+        cells = torch.arange(_ordered_key(torch.tensor(-1.0)).item() >> _SHIFT,
+                             (_ordered_key(torch.tensor(1.0)).item() >> _SHIFT) + 1)
+        keys = _ordered_key(midpoints).long()
+        table = torch.searchsorted(keys, cells << _SHIFT)  # midpoints with a key below the cell
+        if (torch.searchsorted(keys, (cells + 1) << _SHIFT) - table).max() > 1:
+            raise ValueError("code book too dense for the lookup table: two midpoints share a cell")
+        # a +inf sentinel: the comparison in `nearest` may look one past the last midpoint
+        return cls(values, torch.cat([midpoints, torch.full((1,), torch.inf)]), table, int(cells[0]))
+
+    def nearest(self, normalised: Tensor) -> Tensor:
+        """uint8 index of the code nearest to each float32 value in [-1, 1] (a tie: the lower).
+
+        Equal to ``torch.bucketize(normalised, midpoints)``: the table gives the count of
+        midpoints below the value's cell, and a cell holds at most one midpoint, so one comparison
+        finishes the count. On CPU that is ~10x faster than bucketize's binary search.
+        """
+        if normalised.device.type != "cpu":
+            midpoints = self.midpoints[:-1].to(normalised.device)
+            return torch.bucketize(normalised, midpoints).to(torch.uint8)
+        # index_select, not [], for the look-ups: several times faster on CPU
+        flat = normalised.reshape(-1)
+        cell = (_ordered_key(flat) >> _SHIFT).long().sub_(self.first_cell).clamp_(0, len(self.table) - 1)
+        below = self.table.index_select(0, cell)
+        codes = below.add_(flat > self.midpoints.index_select(0, below)).to(torch.uint8)
+        return codes.view(normalised.shape)
+
+
+# Cells of 2^15 float32 ulps are 0.4% of a value wide: narrower than any gap between midpoints.
+_SHIFT = 15
+
+
+def _ordered_key(x: Tensor) -> Tensor:
+    """int32 keys that sort as the float32 values do (negative floats have their order flipped)."""
+    bits = x.float().contiguous().view(torch.int32)
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+@lru_cache(maxsize=None)
+def code_book(name: str, signed: bool) -> CodeBook:
+    """The code book called ``name`` (``dynamic`` or ``linear``), signed or unsigned.
+
+    Example:
+        >>> code_book("dynamic", signed=False).values[-1].item()
+        1.0
+    """
     if name == "dynamic":
-        return dynamic_map(signed)
+        return CodeBook.from_values(dynamic_map(signed))
     if name == "linear":
-        return linear_map(signed)
+        return CodeBook.from_values(linear_map(signed))
     raise UserInputError(f"unknown code book {name!r}; choose one of {', '.join(CODE_BOOKS)}")
 
 
@@ -91,24 +150,23 @@ def _blocks(x: Tensor, block_size: int) -> Tensor:
     return flat.view(-1, block_size)
 
 
-def blockwise_encode(x: Tensor, code: Tensor, block_size: int = 256) -> tuple[Tensor, Tensor]:
-    """(codes, absmax): uint8 codes shaped like ``x`` (nearest entry of the sorted ``code``
-    book to x / absmax of its block; a tie goes to the lower code) and float32 absmax (blocks,).
+def blockwise_encode(x: Tensor, book: CodeBook, block_size: int = 256) -> tuple[Tensor, Tensor]:
+    """(codes, absmax): uint8 codes shaped like ``x`` (nearest entry of ``book`` to x / absmax
+    of its block; a tie goes to the lower code) and float32 absmax (blocks,).
 
     Example:
-        >>> codes, absmax = blockwise_encode(torch.tensor([0.5, -1.0]), linear_map(True))
+        >>> codes, absmax = blockwise_encode(torch.tensor([0.5, -1.0]), code_book("linear", True))
         >>> codes.tolist(), absmax.tolist()
         ([191, 0], [1.0])
     """
     blocks = _blocks(x, block_size)  # (blocks, block_size)
     absmax = safe_scale(blocks.abs().amax(dim=1))  # (blocks,)
-    normalised = blocks / absmax[:, None]
-    midpoints = (code[1:] + code[:-1]) / 2  # (255,) decision boundaries between neighbours
-    codes = torch.bucketize(normalised, midpoints.to(normalised.device)).to(torch.uint8)
+    codes = book.nearest(blocks / absmax[:, None])
     return codes.view(-1)[: x.numel()].view(x.shape), absmax
 
 
-def blockwise_decode(codes: Tensor, absmax: Tensor, code: Tensor, block_size: int = 256) -> Tensor:
-    """float32 code[codes] * absmax of each block, shaped like ``codes``."""
-    values = _blocks(code.to(codes.device)[codes.long()], block_size)  # (blocks, block_size)
+def blockwise_decode(codes: Tensor, absmax: Tensor, book: CodeBook, block_size: int = 256) -> Tensor:
+    """float32 book.values[codes] * absmax of each block, shaped like ``codes``."""
+    values = book.values.to(codes.device).index_select(0, codes.reshape(-1).long())
+    values = _blocks(values, block_size)  # (blocks, block_size)
     return (values * absmax[:, None]).view(-1)[: codes.numel()].view(codes.shape)

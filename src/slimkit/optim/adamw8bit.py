@@ -26,6 +26,7 @@ from torch import Tensor
 from slimkit.errors import UserInputError
 from slimkit.formats.blockwise import (
     CODE_BOOKS,
+    CodeBook,
     blockwise_decode,
     blockwise_encode,
     check_block_size,
@@ -36,7 +37,6 @@ from slimkit.optim.adamw import FP32_STATE_KEYS, AdamW
 MOMENTS = ("exp_avg", "exp_avg_sq")
 SIGNED = {"exp_avg": True, "exp_avg_sq": False}  # the second moment is never negative
 QUANTIZED_STATE_KEYS = frozenset({"step"} | {f"{m}_{part}" for m in MOMENTS for part in ("codes", "absmax")})
-_BOOKS = {(name, signed): code_book(name, signed) for name in CODE_BOOKS for signed in (True, False)}
 
 
 class AdamW8bit(AdamW):
@@ -99,8 +99,8 @@ class AdamW8bit(AdamW):
             state[f"{moment}_codes"], state[f"{moment}_absmax"] = codes, absmax
 
     @staticmethod
-    def _book(group: dict[str, Any], moment: str) -> Tensor:
-        return _BOOKS[group["code"], SIGNED[moment]]
+    def _book(group: dict[str, Any], moment: str) -> CodeBook:
+        return code_book(group["code"], SIGNED[moment])
 
     def _state_layouts(self) -> tuple[frozenset[str], ...]:
         return (FP32_STATE_KEYS, QUANTIZED_STATE_KEYS)
