@@ -1,0 +1,204 @@
+"""The sizes the timeline is made of: bytes of weights, gradients, optimizer states, and the
+activations one block keeps for backward, per token.
+
+Every activation term names the tensor autograd saves (Korthikanti et al. 2022, "Reducing
+activation recomputation in large transformer models", section 4, counted for this code's ops) and
+the dtype it is saved in under each precision regime. The constants fitted from measurement are
+in ``FITTED`` with a reason each; docs/memory.md shows the arithmetic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from slimkit.formats.doublequant import double_quant_bits
+from slimkit.memory.presets import ModelShape
+from slimkit.memory.setup import TrainSetup
+
+
+@dataclass(frozen=True)
+class Regime:
+    """Bytes per element of each kind of tensor under one precision.
+
+    weight / grad / state: trainable weights, their gradients, one optimizer moment.
+    residual: the residual stream and norm inputs/outputs (fp32 under autocast: adds and norms run
+        in fp32). compute: tensors made by or fed to matmuls (bf16/fp16 under autocast).
+    loss: the log-probabilities cross-entropy keeps (fp32 under autocast, which upcasts the loss).
+    """
+
+    weight: int
+    grad: int
+    state: int
+    residual: int
+    compute: int
+    loss: int
+
+
+REGIMES = {
+    "fp32": Regime(4, 4, 4, 4, 4, 4),
+    "tf32": Regime(4, 4, 4, 4, 4, 4),
+    "bf16": Regime(2, 2, 2, 2, 2, 2),
+    "amp-bf16": Regime(4, 4, 4, 4, 2, 4),
+    "amp-fp16": Regime(4, 4, 4, 4, 2, 4),
+}
+
+QLORA_BITS = double_quant_bits("nf4", 64, True)  # 4.127 bits per weight: NF4 codes + 8-bit scales
+ADAMW8BIT_BLOCK = 256  # elements per absmax of slimkit.optim.AdamW8bit (a float32 each)
+
+FITTED = {
+    # Gradients in flight inside one block's backward on top of its saved activations: the grad of
+    # the MLP's wide input (I elements) plus the grad of the residual stream, measured 4.4 h per
+    # token in fp32 on the reference GPT (the I + h count gives 5 h).
+    "backward_inner": 1.0,
+    # LoRA adds a second gradient path through every adapted Linear: measured on the reference GPT
+    # as about 0.5 I extra elements in flight in fp32 and bf16. Under autocast the adapters' float32
+    # weights make LoRALinear upcast its input, so the MLP-wide gradient also passes through
+    # float32 (counted exactly, not fitted: I * (4 + 2) bytes).
+    "lora_inflight": 0.5,
+    # slimkit AdamW8bit's per-tensor step temporaries, in float32 copies of the largest tensor (both
+    # moments decoded, the update, code-book search indices, re-encoded codes): measured 11.3 and
+    # 11.7 on reference GPTs with h = 256 and h = 128.
+    "adamw8bit_temporaries": 11.5,
+    # CUDA caching allocator: rounding and fragmentation over max_memory_allocated; not yet
+    # measured (no GPU in the session that fitted these), so an assumption.
+    "cuda_slack": 0.05,
+}
+
+
+def regime(setup: TrainSetup) -> Regime:
+    return REGIMES[setup.precision]
+
+
+def lora_params(shape: ModelShape, rank: int) -> int:
+    """Adapter parameters: rank * (in + out) for every Linear of every block."""
+    return shape.n_layer * sum(rank * (a + b) for a, b in shape.linear_shapes())
+
+
+def trainable_params(shape: ModelShape, setup: TrainSetup) -> int:
+    return lora_params(shape, setup.lora_rank) if setup.lora else shape.n_params()
+
+
+def parameter_bytes(shape: ModelShape, setup: TrainSetup) -> float:
+    """Weights as stored: frozen base (NF4 for QLoRA's block Linears) plus trainable adapters."""
+    r = regime(setup)
+    if not setup.lora:
+        return shape.n_params() * r.weight
+    base = shape.n_params() * r.weight
+    if setup.qlora:
+        linear = shape.block_linear_params()
+        base += linear * (QLORA_BITS / 8 - r.weight)
+    return base + lora_params(shape, setup.lora_rank) * r.weight
+
+
+def gradient_bytes(shape: ModelShape, setup: TrainSetup) -> float:
+    return trainable_params(shape, setup) * regime(setup).grad
+
+
+def optimizer_state_bytes(shape: ModelShape, setup: TrainSetup) -> float:
+    """AdamW: two moments in the weights' dtype; 8-bit: one byte each plus a float32 per block;
+    SGD: one momentum buffer."""
+    n, r = trainable_params(shape, setup), regime(setup)
+    if setup.optimizer == "sgd":
+        return n * r.state
+    if setup.optimizer == "adamw8bit":
+        return 2 * n * (1 + 4 / ADAMW8BIT_BLOCK)
+    return 2 * n * r.state
+
+
+def optimizer_temporary_bytes(shape: ModelShape, setup: TrainSetup) -> float:
+    """Extra bytes while the optimizer steps: foreach AdamW (CUDA default) makes a square-root
+    list as large as one moment; the per-tensor loop (CPU default) two temporaries of the largest
+    tensor; fused AdamW and SGD none."""
+    r = regime(setup)
+    largest = max(a * b for a, b in shape.linear_shapes() + [(shape.vocab, shape.hidden)])
+    if setup.lora:
+        largest = max(setup.lora_rank * max(a, b) for a, b in shape.linear_shapes())
+    if setup.optimizer in ("sgd", "adamw-fused"):
+        return 0.0
+    if setup.optimizer == "adamw8bit":
+        return FITTED["adamw8bit_temporaries"] * largest * 4
+    if setup.device == "cuda":
+        return trainable_params(shape, setup) * r.state
+    return 2 * largest * r.state
+
+
+@dataclass(frozen=True)
+class BlockActivations:
+    """Bytes per token one block keeps for backward (``stored``), the bytes its forward keeps when
+    run in full (``full``: what a checkpointed block recomputes), and the gradients in flight
+    during its backward (``inflight``)."""
+
+    stored: float
+    full: float
+    inflight: float
+
+
+def block_activations(shape: ModelShape, setup: TrainSetup) -> BlockActivations:
+    """Per-token activation bytes of one block under ``setup``.
+
+    >>> from slimkit.memory.presets import preset
+    >>> block_activations(preset("gpt2-1.5b"), TrainSetup(precision="bf16")).full / 1600  # 34 sbh
+    34.02
+    """
+    r = regime(setup)
+    h, kv, i = shape.hidden, shape.kv_hidden, shape.intermediate
+    norm_inputs = 2 * h * r.residual  # x and x + attention, kept by the two norms
+    norm_stats = 2 * (8 if shape.norm == "layernorm" else 4)  # fp32 mean and 1/std per token
+    linear_inputs = 2 * h * r.compute  # the norms' outputs as the qkv and fc1 inputs keep them
+    qkv = (h + 2 * kv) * r.compute
+    attention_out = h * r.compute  # the output projection's input
+    attention = shape.n_head * 4 if setup.attention == "sdpa" else _eager_scores(shape, setup)
+    mlp_inner = (2 if shape.mlp == "gelu" else 4) * i * r.compute  # fc1 out + act out (+ gate, up)
+    dropout_masks = 2 * h if shape.dropout else 0  # one byte per element, residual dropouts
+    lora = (len(shape.linear_shapes()) * setup.lora_rank * r.compute) if setup.lora else 0
+    full = (norm_inputs + norm_stats + linear_inputs + qkv + attention_out + attention + mlp_inner
+            + dropout_masks + lora)
+    inflight = FITTED["backward_inner"] * (i + h) * r.compute
+    if setup.lora:
+        inflight += i * (4 + r.compute) if setup.autocast else FITTED["lora_inflight"] * i * r.compute
+    if setup.checkpointing == "full":
+        return BlockActivations(h * r.residual, full, inflight)
+    if setup.checkpointing == "selective":
+        # the MLP keeps only its input (the second norm's output, in the residual dtype)
+        mlp = linear_inputs / 2 + mlp_inner + (dropout_masks / 2)
+        return BlockActivations(full - mlp + h * r.residual, full, inflight)
+    return BlockActivations(full, full, inflight)
+
+
+def _eager_scores(shape: ModelShape, setup: TrainSetup) -> float:
+    """Eager attention keeps the softmax output (a s scores per token) and, with dropout, its
+    one-byte mask and dropped-out copy: Korthikanti's 5 a s^2 b bytes in 16-bit."""
+    c = regime(setup).compute
+    per_score = c + (1 + c if shape.dropout else 0)
+    return shape.n_head * setup.seq * per_score
+
+
+def head_activation_bytes(shape: ModelShape, setup: TrainSetup) -> float:
+    """Per token: the final norm's input and stats, and its output as the LM head keeps it."""
+    r = regime(setup)
+    return shape.hidden * (r.residual + r.compute) + (8 if shape.norm == "layernorm" else 4)
+
+
+def logit_bytes(shape: ModelShape, setup: TrainSetup) -> float:
+    """Per token at the loss's backward: the saved log-probabilities, their gradient and the
+    logits' gradient (three V-wide tensors in the loss dtype), plus the cast back to the compute
+    dtype under autocast: 12 bytes per logit in fp32, 14 under AMP, 6 in bf16."""
+    r = regime(setup)
+    cast_back = r.compute if r.compute != r.loss else 0
+    return shape.vocab * (3 * r.loss + cast_back)
+
+
+def weight_copy_bytes(shape: ModelShape, setup: TrainSetup) -> float:
+    """Per block: weight copies kept for backward. Autocast keeps a 16-bit copy of every Linear
+    weight it casts; slimkit's QLoRA dequantizes each NF4 weight in forward and autograd keeps
+    the result (in the compute dtype) for the input gradient."""
+    per_block = sum(a * b for a, b in shape.linear_shapes())
+    r = regime(setup)
+    if setup.autocast:
+        return per_block * r.compute
+    return per_block * r.compute if setup.qlora else 0.0
+
+
+def input_bytes(setup: TrainSetup) -> float:
+    """The batch: int64 token ids for inputs and targets."""
+    return 2 * 8 * setup.batch * setup.seq
