@@ -10,7 +10,7 @@ import sys
 
 from slimkit.errors import SlimkitError
 
-VERBS = ("demo", "eval", "report", "quantize", "formats", "train")
+VERBS = ("demo", "eval", "report", "quantize", "formats", "train", "memory")
 
 
 class Parser(argparse.ArgumentParser):
