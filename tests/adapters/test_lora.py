@@ -172,3 +172,20 @@ def test_second_inject_and_empty_selection_are_rejected():
         lora.inject(model, LoRAConfig(rank=2))
     with pytest.raises(UserInputError, match="no Linear layer left to adapt: .*lm_head: weight tied"):
         lora.inject(GPT(SMALL), LoRAConfig(targets=("lm_head",)))
+
+
+@pytest.mark.parametrize("base", ["float", "nf4"])
+def test_bfloat16_autocast_computes_adapters_in_bfloat16(base):
+    model = GPT(SMALL)
+    lora.inject(model, LoRAConfig(rank=4, base=base, targets=ATTN))
+    randomize_adapters(model)
+    x = tokens()
+    reference = model(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert out.dtype == torch.bfloat16
+    # bfloat16 keeps 8 significant bits: ~1% of the largest logit after two blocks
+    assert (out.float() - reference).abs().max() < 0.02 * reference.abs().max()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        grads = adapter_grads(model, x)
+    assert len(grads) == 8 and {g.dtype for g in grads.values()} == {torch.float32}
