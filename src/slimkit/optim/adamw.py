@@ -15,7 +15,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -51,16 +51,29 @@ def adamw_update_(
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes of every tensor the optimizer keeps in its per-parameter state (moments, codes,
-    scales, step counters); works for any torch optimizer.
+    scales, step counters), each allocation counted once (bitsandbytes shares its code books
+    between parameters) and tensor subclasses (torchao's 8-bit states) counted by their parts.
+    Works for any torch optimizer.
 
     Example:
         >>> state_bytes(torch.optim.SGD([torch.zeros(3, requires_grad=True)], lr=0.1))
         0
     """
-    return sum(
-        value.nbytes for state in optimizer.state.values() for value in state.values()
-        if isinstance(value, Tensor)
-    )
+    counted = {
+        (tensor.device, tensor.data_ptr(), tensor.nbytes): tensor.nbytes
+        for state in optimizer.state.values() for value in state.values() for tensor in _plain_tensors(value)
+    }
+    return sum(counted.values())
+
+
+def _plain_tensors(value: object) -> Iterator[Tensor]:
+    if not isinstance(value, Tensor):
+        return
+    if type(value) is not Tensor and hasattr(value, "__tensor_flatten__"):
+        for name in value.__tensor_flatten__()[0]:
+            yield from _plain_tensors(getattr(value, name))
+    else:
+        yield value
 
 
 def _where(group_index: int, param_index: int, param: Tensor) -> str:
