@@ -71,7 +71,7 @@ def from_hf_config(config: dict, name: str | None = None) -> ModelShape:
     return ModelShape(
         name=name or kind or "config",
         n_layer=values["n_layer"], hidden=values["hidden"], n_head=values["n_head"],
-        n_kv_head=values["n_kv_head"], intermediate=values["intermediate"] or 4 * values["hidden"],
+        n_kv_head=None if values["n_kv_head"] == values["n_head"] else values["n_kv_head"], intermediate=values["intermediate"] or 4 * values["hidden"],
         vocab=values["vocab"], mlp="swiglu" if llama_like else "gelu",
         norm="rmsnorm" if llama_like else "layernorm",
         positions=0 if llama_like else values["positions"] or 0,
