@@ -111,3 +111,30 @@ def test_sparse_gradients_are_refused_with_the_parameter():
     embedding(torch.tensor([1, 2])).sum().backward()
     with pytest.raises(UserInputError, match=r"parameter 0 of param group 0 \(shape \(10, 4\)\) has a sparse"):
         optimizer.step()
+
+
+class PackedState(torch.Tensor):
+    """A tensor subclass made of two plain tensors, as torchao's 8-bit optimizer states are."""
+
+    @staticmethod
+    def __new__(cls, codes, scale):
+        return torch.Tensor._make_wrapper_subclass(cls, codes.shape, dtype=torch.float32)
+
+    def __init__(self, codes, scale):
+        self.codes, self.scale = codes, scale
+
+    def __tensor_flatten__(self):
+        return ["codes", "scale"], None
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        raise NotImplementedError(f"{func} is not needed by this test")
+
+
+def test_state_bytes_counts_shared_tensors_once_and_subclasses_by_their_parts():
+    param = nn.Parameter(torch.zeros(1000))
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    shared = torch.zeros(256)  # e.g. a code book every parameter's state refers to
+    packed = PackedState(torch.zeros(1000, dtype=torch.uint8), torch.zeros(4))
+    optimizer.state[param] = {"book1": shared, "book2": shared, "moment": packed, "step": 3}
+    assert state_bytes(optimizer) == 256 * 4 + 1000 + 4 * 4
