@@ -105,6 +105,20 @@ def test_resumed_from_a_saved_state_continues_bit_identically():
         assert torch.equal(a, b)
 
 
+def test_bfloat16_model_keeps_float32_scales_through_a_state_dict():
+    model = tiny_gpt().to(torch.bfloat16)
+    optimizer = AdamW8bit(model.parameters())
+    model(torch.zeros(2, 8, dtype=torch.long)).float().square().mean().backward()
+    optimizer.step()
+    buffer = io.BytesIO()
+    torch.save(optimizer.state_dict(), buffer)
+    resumed = AdamW8bit(model.parameters())
+    resumed.load_state_dict(torch.load(io.BytesIO(buffer.getvalue())))
+    weight = model.blocks[0].mlp[0].weight
+    for key, value in optimizer.state[weight].items():
+        assert resumed.state[weight][key].dtype == value.dtype and torch.equal(resumed.state[weight][key], value)
+
+
 def test_an_8bit_state_does_not_load_into_fp32_adamw():
     model = tiny_gpt()
     optimizer = AdamW8bit(model.parameters())
