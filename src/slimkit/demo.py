@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from slimkit.adapters import LoRAConfig, lora
 from slimkit.data.minilm import minilm
 from slimkit.errors import MissingDependencyError
 from slimkit.evaluation import EvalRecord, evaluate
@@ -30,6 +31,7 @@ from slimkit.models import zoo
 from slimkit.progress import progress
 from slimkit.quantization import WeightQuantConfig, quantize
 from slimkit.quantization.paths import choose_paths
+from slimkit.training import TrainConfig, train
 
 BASES = ("mlp", "cnn", "gpt", "minilm")
 
@@ -41,12 +43,32 @@ class Variant:
     config: object  # a technique config (has to_dict); apply_variant knows what to do with it
 
 
-def apply_variant(model: nn.Module, config) -> None:
-    """Apply one technique config to ``model`` in place (calibrating on the model's task)."""
+@dataclass(frozen=True)
+class Training:
+    """A row made by training: the base retrained from scratch, or fine-tuned (optionally with LoRA/QLoRA)."""
+
+    train: TrainConfig
+    batch_size: int
+    lora: LoRAConfig | None = None
+    scratch: bool = False
+
+    def to_dict(self) -> dict:
+        return {"train": self.train.to_dict(), "batch_size": self.batch_size, "scratch": self.scratch,
+                "lora": self.lora.to_dict() if self.lora else None}
+
+
+def apply_variant(model: nn.Module, config, base: str) -> None:
+    """Apply one technique config to ``model`` (a copy of the trained ``base``) in place."""
+    task = get_task(infer_task(model))
     if isinstance(config, WeightQuantConfig):
-        calib = get_task(infer_task(model)).calibration(16) if config.method != "rtn" else None
-        quantize(model, config, calib=calib)
+        quantize(model, config, calib=task.calibration(16) if config.method != "rtn" else None)
         choose_paths(model)
+    elif isinstance(config, Training):
+        if config.scratch:
+            model.load_state_dict(zoo.build(base).state_dict())
+        if config.lora:
+            lora.inject(model, config.lora)
+        train(model, task.training_batches(model, config.batch_size, config.train.seed), config.train)
     else:
         raise TypeError(f"the demo does not know how to apply a {type(config).__name__}")
 
@@ -59,8 +81,15 @@ _QUANT = [
     Variant("nf4-dq", "weight-only rtn", WeightQuantConfig("nf4", group_size=64, double_quant=True)),
     Variant("fp8", "weight-only rtn", WeightQuantConfig("fp8_e4m3", group_size=None)),
 ]
+_MLP_RECIPE = zoo.RECIPES["mlp"]
 VARIANTS: dict[str, list[Variant]] = {
-    "gpt": _QUANT,
+    "mlp": [Variant("adamw8bit", "trained with 8-bit AdamW", Training(
+        TrainConfig(steps=_MLP_RECIPE.steps, lr=_MLP_RECIPE.lr, weight_decay=_MLP_RECIPE.weight_decay,
+                    warmup=_MLP_RECIPE.warmup, optimizer="adamw8bit", threads=2),
+        batch_size=_MLP_RECIPE.batch_size, scratch=True))],
+    "gpt": _QUANT + [Variant("qlora", "QLoRA fine-tune (NF4 base + r=8 adapters)", Training(
+        TrainConfig(steps=40, lr=2e-3, warmup=5, threads=2), batch_size=16,
+        lora=LoRAConfig(rank=8, alpha=16, targets=("blocks.*",), base="nf4")))],
     "minilm": _QUANT + [Variant("int8-all", "weight-only rtn (+ embeddings)",
                                 WeightQuantConfig("int8", group_size=None, embeddings=True))],
 }
@@ -128,7 +157,7 @@ def _variant_artifact(base: str, base_model: nn.Module, variant: Variant, rebuil
     if rebuild or not cached.exists():
         model = copy.deepcopy(base_model)
         start = time.perf_counter()
-        apply_variant(model, variant.config)
+        apply_variant(model, variant.config, base)
         save(model, cached, metrics={"config": variant.config.to_dict(),
                                      "transform_seconds": round(time.perf_counter() - start, 2)})
     return cached
