@@ -33,6 +33,11 @@ def test_demo_prints_the_table_and_writes_the_report(capsys, tmp_path, trained):
     gpt = next(r for r in records if r["name"] == "gpt")
     assert int4["baseline"] == "gpt" and int4["artifact_bytes"] < gpt["artifact_bytes"] / 4
     assert "per-layer speed of the chosen path" in md
+    by_name = {r["name"]: r for r in records}
+    assert by_name["mlp-adamw8bit"]["quality"]["accuracy"] > 0.95  # the MLP recipe trained with 8-bit states
+    # QLoRA fine-tuning recovers part of what NF4 lost, in a smaller artifact than the float model
+    assert by_name["gpt-qlora"]["quality"]["bits_per_byte"] < by_name["gpt-nf4-dq"]["quality"]["bits_per_byte"]
+    assert by_name["gpt-qlora"]["artifact_bytes"] < gpt["artifact_bytes"] / 3
     for r in records:
         artifact = tmp_path / "report" / "artifacts" / r["name"]
         assert r["artifact_bytes"] == sum(p.stat().st_size for p in artifact.iterdir())
