@@ -1,7 +1,7 @@
 """LoRA/QLoRA training step time against full fine-tuning and peft's LoRA, on the GPT and on MiniLM.
 
-Run:
-    python benchmarks/bench_lora.py [--threads 2] [--runs 7] [--rank 8]
+Run (the peft rows need peft, the peft QLoRA row also bitsandbytes; each missing one is reported):
+    python benchmarks/bench_lora.py [--threads 2] [--runs 7] [--rank 8] [--models gpt minilm]
 
 Prints the machine line, one markdown table per model, then the command. A step is forward, loss,
 backward, AdamW step (lr 1e-4, over the trainable parameters), zero_grad. Each variant gets 2
@@ -9,10 +9,11 @@ warm-up steps; then --runs rounds each time one step of every variant in turn (i
 batch), and the table gives the median step time and the median over rounds of (variant time /
 full fine-tuning time in the same round), so load from other processes cancels out as far as it can.
 "peak MiB" = parameters + buffers + optimizer state + the peak of what the step allocates (torch's
-profiler on CPU, as in slimkit.evaluation.bench; max_memory_allocated on CUDA), measured on one extra step.
+profiler, as slimkit.evaluation.bench measures it), measured on one extra step. CPU only.
 Models: the reference GPT architecture (fresh, seed 0; pycorpus windows of batch 16 x 128; next-byte
 cross-entropy; adapters on every block Linear) and MiniLM (32 real sentences a batch; loss 1 - cosine
 of the mean-pooled embedding, dropout on, against the frozen fp32 model's; adapters on query/value).
+"trainable %" is against the base model's parameter count (plus the adapters).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ MINILM_TARGETS = ("query", "value")
 
 
 def variants(base: nn.Module, targets: tuple[str, ...], rank: int) -> dict[str, nn.Module]:
-    """The models to train: full fine-tuning, slimkit LoRA, peft LoRA, slimkit QLoRA (fp32 and bf16 adapters)."""
+    """Full fine-tuning, slimkit LoRA and QLoRA (fp32 and bf16 adapters), peft LoRA and QLoRA where installed."""
     patterns = tuple(f"*.{t}" for t in targets)
     models = {"full fine-tuning (fp32)": copy.deepcopy(base).requires_grad_(True)}
     for label, extra in [("slimkit LoRA", {}), ("slimkit QLoRA (NF4 base, fp32 adapters)", {"base": "nf4"}),
@@ -53,8 +54,32 @@ def variants(base: nn.Module, targets: tuple[str, ...], rank: int) -> dict[str, 
         config = peft.LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(targets))
         models[f"peft {peft.__version__} LoRA"] = peft.get_peft_model(copy.deepcopy(base), config)
     except ImportError:
-        print("peft not installed: its row is left out (pip install peft)")
+        print("peft not installed: its rows are left out (pip install peft)")
+        return {label: model.train() for label, model in models.items()}
+    try:
+        import bitsandbytes as bnb
+
+        config = peft.LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(targets))
+        label = f"peft QLoRA (bitsandbytes {bnb.__version__} Linear4bit nf4 bs64, double quant)"
+        models[label] = peft.get_peft_model(bnb_nf4_copy(bnb, base, targets), config)
+    except ImportError:
+        print("bitsandbytes not installed: the peft QLoRA row is left out (pip install bitsandbytes)")
     return {label: model.train() for label, model in models.items()}
+
+
+def bnb_nf4_copy(bnb, base: nn.Module, targets: tuple[str, ...]) -> nn.Module:
+    """A copy of ``base`` whose targeted Linears are bitsandbytes NF4 layers (QLoRA's storage)."""
+    model = copy.deepcopy(base)
+    for name, module in list(model.named_modules()):
+        if type(module) is nn.Linear and any(name.endswith(f".{t}") for t in targets):
+            q = bnb.nn.Linear4bit(module.in_features, module.out_features, bias=module.bias is not None,
+                                  compute_dtype=torch.float32, quant_type="nf4", compress_statistics=True)
+            q.weight = bnb.nn.Params4bit(module.weight.data.clone(), requires_grad=False, quant_type="nf4",
+                                         blocksize=64, compress_statistics=True)
+            if module.bias is not None:
+                q.bias = nn.Parameter(module.bias.data.clone(), requires_grad=False)
+            model.set_submodule(name, q.to("cpu"))  # moving the layer is what quantizes it
+    return model
 
 
 def gpt_task(generator: torch.Generator):
@@ -128,11 +153,15 @@ def bench(title: str, task, rank: int, runs: int, generator: torch.Generator) ->
     print("|---|---|---|---|---|---|")
     for label, model in models.items():
         step, optimizer = steps[label]
-        trainable, total = lora.trainable_parameters(model)
+        trainable = lora.trainable_parameters(model)[0]
+        total = params + (trainable if trainable != params else 0)
         peak = peak_memory_bytes(model, lambda: step(batches[0])) + optimizer_state_bytes(optimizer)
         ratio = statistics.median(t / f for t, f in zip(times[label], times[full]))
         print(f"| {label} | {statistics.median(times[label]) * 1e3:.1f} | {ratio:.2f} | {trainable:,} | "
               f"{100 * trainable / total:.2f} | {peak / 2**20:.1f} |")
+
+
+TASKS = {"gpt": ("reference GPT architecture", gpt_task), "minilm": ("MiniLM-L6", minilm_task)}
 
 
 def main() -> None:
@@ -140,6 +169,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=7, help="interleaved timed steps per variant (>= 5)")
     parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--models", nargs="+", choices=list(TASKS), default=list(TASKS))
     args = parser.parse_args()
     if args.runs < 5:
         parser.error("--runs must be at least 5 (the table gives medians)")
@@ -147,10 +177,12 @@ def main() -> None:
     logging.disable(logging.WARNING)
     torch.set_num_threads(args.threads)
     print(machine_line(args.threads))
-    for title, task in [("reference GPT architecture", gpt_task), ("MiniLM-L6", minilm_task)]:
+    for name in args.models:
+        title, task = TASKS[name]
         torch.manual_seed(0)
         bench(title, task, args.rank, args.runs, torch.Generator().manual_seed(0))
-    print(f"\nReproduce: python benchmarks/bench_lora.py --threads {args.threads} --runs {args.runs} --rank {args.rank}")
+    print(f"\nReproduce: python benchmarks/bench_lora.py --threads {args.threads} --runs {args.runs} --rank {args.rank} "
+          f"--models {' '.join(args.models)}")
 
 
 if __name__ == "__main__":

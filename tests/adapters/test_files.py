@@ -74,3 +74,13 @@ def test_whole_model_round_trips_through_slimkit_save(tmp_path, base_kind):
     assert loaded.blocks[0].attn.qkv.merged == (base_kind == "float")
     lora.freeze(loaded)
     assert lora.trainable_parameters(loaded) == lora.trainable_parameters(model)
+
+
+def test_saving_without_adapters_and_loading_into_merged_adapters_are_refused(tmp_path):
+    with pytest.raises(UserInputError, match="no LoRA adapters to save; call slimkit.lora.inject first"):
+        lora.save_adapters(GPT(SMALL), tmp_path)
+    _, model = tuned(LoRAConfig(rank=4, targets=("*.qkv",)))
+    lora.save_adapters(model, tmp_path)
+    lora.merge(model)
+    with pytest.raises(UserInputError, match="'blocks.0.attn.qkv' are merged into its weight; unmerge"):
+        lora.load_adapters(model, tmp_path)

@@ -189,3 +189,8 @@ def test_bfloat16_autocast_computes_adapters_in_bfloat16(base):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         grads = adapter_grads(model, x)
     assert len(grads) == 8 and {g.dtype for g in grads.values()} == {torch.float32}
+
+
+def test_model_without_linear_layers_is_rejected():
+    with pytest.raises(UserInputError, match="Embedding has no nn.Linear layers for LoRA to adapt"):
+        lora.inject(torch.nn.Embedding(10, 4), LoRAConfig())

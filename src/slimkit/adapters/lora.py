@@ -31,6 +31,7 @@ from slimkit.adapters.layer import LoRALinear
 from slimkit.errors import ArtifactError, UserInputError
 from slimkit.formats import quantize as quantize_tensor
 from slimkit.manifest import add_entry
+from slimkit.progress import progress
 from slimkit.quantization.modules import QuantLinear
 
 __all__ = ["LoRAConfig", "LoRALinear", "adapter_layers", "freeze", "inject", "load_adapters", "merge",
@@ -61,7 +62,7 @@ def inject(model: nn.Module, config: LoRAConfig = LoRAConfig()) -> list[str]:
                                  f"of layer {name!r} ({layer.in_features} -> {layer.out_features}); lower the rank "
                                  "or leave the layer out with exclude")
     technique = "qlora" if config.base == "nf4" else "lora"
-    for name, layer in chosen:
+    for name, layer in progress(chosen, desc=f"injecting {technique} adapters", unit="layer"):
         base = _nf4_base(layer, config) if config.base == "nf4" else layer
         adapter = LoRALinear(base, config.rank, config.alpha, config.dropout, getattr(torch, config.dtype))
         adapter.reset_adapters(config.init)
