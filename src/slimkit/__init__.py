@@ -7,6 +7,8 @@
 """
 
 from slimkit import data, formats, models
+from slimkit.adapters import lora
+from slimkit.distillation import DistillConfig, distill
 from slimkit.errors import ArtifactError, MissingDependencyError, SlimkitError, UserInputError
 from slimkit.evaluation import EvalRecord, evaluate
 from slimkit.io import load, save
@@ -16,6 +18,7 @@ from slimkit.training import TrainConfig, train
 __version__ = "0.1.0"
 
 __all__ = [
-    "ArtifactError", "EvalRecord", "MissingDependencyError", "SlimkitError", "TrainConfig", "UserInputError",
-    "WeightQuantConfig", "data", "evaluate", "formats", "load", "models", "quantize", "save", "train",
+    "ArtifactError", "DistillConfig", "EvalRecord", "MissingDependencyError", "SlimkitError", "TrainConfig",
+    "UserInputError", "WeightQuantConfig", "data", "distill", "evaluate", "formats", "load", "lora", "models",
+    "quantize", "save", "train",
 ]
