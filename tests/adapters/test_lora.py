@@ -194,3 +194,30 @@ def test_bfloat16_autocast_computes_adapters_in_bfloat16(base):
 def test_model_without_linear_layers_is_rejected():
     with pytest.raises(UserInputError, match="Embedding has no nn.Linear layers for LoRA to adapt"):
         lora.inject(torch.nn.Embedding(10, 4), LoRAConfig())
+
+
+def test_nf4_base_input_gradient_matches_a_float_base_holding_the_dequantized_weight():
+    model = GPT(SMALL)
+    lora.inject(model, LoRAConfig(rank=4, base="nf4", targets=ATTN))
+    randomize_adapters(model)
+    quantized = model.blocks[0].attn.qkv
+    floated = copy.deepcopy(quantized)
+    floated.dequantize_base()
+    x = torch.randn(3, 5, 64)
+    grads = []
+    for layer in (quantized, floated):
+        xi = x.clone().requires_grad_(True)
+        (layer(xi) * torch.linspace(-1, 1, 192)).sum().backward()
+        grads.append((xi.grad, layer.lora_A.weight.grad, layer.lora_B.weight.grad))
+    for ours, reference in zip(*grads):
+        torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_nf4_base_keeps_no_float_weight_for_backward():
+    model = GPT(SMALL)
+    lora.inject(model, LoRAConfig(rank=4, base="nf4", targets=("*.mlp.0",)))
+    layer = model.blocks[0].mlp[0]
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+        layer(torch.randn(10, 64, requires_grad=True))
+    assert saved and (256, 64) not in saved and (64, 256) not in saved  # only inputs and low-rank tensors

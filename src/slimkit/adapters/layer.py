@@ -47,7 +47,7 @@ class LoRALinear(nn.Module):
         nn.init.zeros_(self.lora_B.weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.base(x)
+        y = _QuantBase.apply(x, self.base) if self.quantized and x.requires_grad else self.base(x)
         if self.merged:
             return y
         # the adapters compute in the base's output dtype (bfloat16 under autocast), whatever they are stored in
@@ -156,3 +156,22 @@ class _LoRAUpdate(torch.autograd.Function):
         grad_a = grad_h.t() @ x  # (r, in)
         grad_x = grad_h @ a if ctx.needs_input_grad[1] else None  # (N, in)
         return grad, grad_x, grad_a, grad_b, None
+
+
+class _QuantBase(torch.autograd.Function):
+    """A QuantLinear base's forward, with its float weight rebuilt from the codes again in backward.
+
+    Called plainly, ``F.linear`` would keep each layer's dequantized float weight alive from the
+    forward until the backward: 32 bits per weight, which is what QLoRA's 4-bit storage is meant
+    to avoid. Only the input gradient is needed (the codes are frozen): grad @ W.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, base: QuantLinear) -> Tensor:
+        ctx.base = base
+        return base(x)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        return grad @ ctx.base.dequantized_weight().to(grad.dtype), None
