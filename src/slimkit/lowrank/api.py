@@ -16,6 +16,7 @@ from slimkit.lowrank.conv import LowRankConv2d, spatial_rank, tucker2_params, tu
 from slimkit.lowrank.svd import LowRankLinear, energy_kept, matrix_rank_rule
 from slimkit.manifest import add_entry
 from slimkit.progress import progress
+from slimkit.timing import fixed_threads
 
 TECHNIQUE = "low-rank"
 
@@ -83,13 +84,16 @@ def factorize(model: nn.Module, config: LowRankConfig) -> LowRankReport:
     0.498...
     """
     chosen, reports = _select(model, config)
-    for name, layer in progress(chosen, desc=f"factorizing ({config.rule})", unit="layer"):
-        _check_finite(name, layer.weight)
-        report, module = _factorize_linear(name, layer, config) if isinstance(layer, nn.Linear) else \
-            _factorize_conv(name, layer, config)
-        if module is not None:
-            model.set_submodule(name, module)
-        reports.append(report)
+    # One thread: LAPACK's SVD on several OpenMP threads stalls on a busy CPU (a 1536x384 float64 SVD
+    # measured 4.4 s on 2 threads against 0.16 s on 1), and these per-layer SVDs are small.
+    with fixed_threads(1):
+        for name, layer in progress(chosen, desc=f"factorizing ({config.rule})", unit="layer"):
+            _check_finite(name, layer.weight)
+            report, module = _factorize_linear(name, layer, config) if isinstance(layer, nn.Linear) else \
+                _factorize_conv(name, layer, config)
+            if module is not None:
+                model.set_submodule(name, module)
+            reports.append(report)
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     reports.sort(key=lambda r: order.get(r.layer, len(order)))
     for r in reports:
