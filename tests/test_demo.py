@@ -35,6 +35,8 @@ def test_demo_prints_the_table_and_writes_the_report(capsys, tmp_path, trained):
     assert "per-layer speed of the chosen path" in md
     by_name = {r["name"]: r for r in records}
     assert by_name["mlp-adamw8bit"]["quality"]["accuracy"] > 0.95  # the MLP recipe trained with 8-bit states
+    student = by_name["mlp-student-kd"]  # a 0.13x MLP distilled from the reference MLP
+    assert student["quality"]["accuracy"] > 0.95 and student["artifact_bytes"] < by_name["mlp"]["artifact_bytes"] / 4
     # QLoRA fine-tuning recovers part of what NF4 lost, in a smaller artifact than the float model
     assert by_name["gpt-qlora"]["quality"]["bits_per_byte"] < by_name["gpt-nf4-dq"]["quality"]["bits_per_byte"]
     assert by_name["gpt-qlora"]["artifact_bytes"] < gpt["artifact_bytes"] / 3

@@ -8,6 +8,7 @@ repeat run only measures. Each variant row is compared with its base model's row
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -22,12 +23,14 @@ from torch import nn
 
 from slimkit.adapters import LoRAConfig, lora
 from slimkit.data.minilm import minilm
+from slimkit.distillation import DistillConfig, distill
 from slimkit.errors import MissingDependencyError
 from slimkit.evaluation import EvalRecord, evaluate
 from slimkit.evaluation.report import write_report
 from slimkit.evaluation.tasks import get_task, infer_task
 from slimkit.io import load, save
 from slimkit.models import zoo
+from slimkit.models.spec import from_spec
 from slimkit.progress import progress
 from slimkit.quantization import WeightQuantConfig, quantize
 from slimkit.quantization.paths import choose_paths
@@ -57,9 +60,28 @@ class Training:
                 "lora": self.lora.to_dict() if self.lora else None}
 
 
-def apply_variant(model: nn.Module, config, base: str) -> None:
-    """Apply one technique config to ``model`` (a copy of the trained ``base``) in place."""
+@dataclass(frozen=True)
+class Distilled:
+    """A row made by distilling the trained base (the teacher) into a new, smaller architecture."""
+
+    student: str  # a models.spec string, e.g. "mlp:hidden=64-32"
+    distill: DistillConfig
+    train: TrainConfig
+    batch_size: int
+
+    def to_dict(self) -> dict:
+        return {"student": self.student, "distill": self.distill.to_dict(), "train": self.train.to_dict(),
+                "batch_size": self.batch_size}
+
+
+def apply_variant(model: nn.Module, config, base: str) -> nn.Module:
+    """Apply one technique config to ``model`` (a copy of the trained ``base``); returns the resulting model."""
     task = get_task(infer_task(model))
+    if isinstance(config, Distilled):
+        student = from_spec(config.student, seed=config.train.seed)
+        distill(model, student, task.training_batches(student, config.batch_size, config.train.seed),
+                config.distill, config.train)
+        return student
     if isinstance(config, WeightQuantConfig):
         quantize(model, config, calib=task.calibration(16) if config.method != "rtn" else None)
         choose_paths(model)
@@ -71,6 +93,7 @@ def apply_variant(model: nn.Module, config, base: str) -> None:
         train(model, task.training_batches(model, config.batch_size, config.train.seed), config.train)
     else:
         raise TypeError(f"the demo does not know how to apply a {type(config).__name__}")
+    return model
 
 
 _QUANT = [
@@ -82,14 +105,22 @@ _QUANT = [
     Variant("fp8", "weight-only rtn", WeightQuantConfig("fp8_e4m3", group_size=None)),
 ]
 _MLP_RECIPE = zoo.RECIPES["mlp"]
-VARIANTS: dict[str, list[Variant]] = {
-    "mlp": [Variant("adamw8bit", "trained with 8-bit AdamW", Training(
-        TrainConfig(steps=_MLP_RECIPE.steps, lr=_MLP_RECIPE.lr, weight_decay=_MLP_RECIPE.weight_decay,
-                    warmup=_MLP_RECIPE.warmup, optimizer="adamw8bit", threads=2),
-        batch_size=_MLP_RECIPE.batch_size, scratch=True))],
-    "gpt": _QUANT + [Variant("qlora", "QLoRA fine-tune (NF4 base + r=8 adapters)", Training(
+_MLP_TRAINING = TrainConfig(steps=_MLP_RECIPE.steps, lr=_MLP_RECIPE.lr, weight_decay=_MLP_RECIPE.weight_decay,
+                            warmup=_MLP_RECIPE.warmup, threads=2)
+_MLP = [
+    Variant("adamw8bit", "trained with 8-bit AdamW", Training(
+        dataclasses.replace(_MLP_TRAINING, optimizer="adamw8bit"), _MLP_RECIPE.batch_size, scratch=True)),
+    Variant("student-kd", "distilled into a 0.13x MLP", Distilled(
+        "mlp:hidden=64-32", DistillConfig(temperature=4.0, alpha=0.9), _MLP_TRAINING, _MLP_RECIPE.batch_size)),
+]
+_GPT_TRAINING = [
+    Variant("qlora", "QLoRA fine-tune (NF4 base + r=8 adapters)", Training(
         TrainConfig(steps=40, lr=2e-3, warmup=5, threads=2), batch_size=16,
-        lora=LoRAConfig(rank=8, alpha=16, targets=("blocks.*",), base="nf4")))],
+        lora=LoRAConfig(rank=8, alpha=16, targets=("blocks.*",), base="nf4"))),
+]
+VARIANTS: dict[str, list[Variant]] = {
+    "mlp": _MLP,
+    "gpt": _QUANT + _GPT_TRAINING,
     "minilm": _QUANT + [Variant("int8-all", "weight-only rtn (+ embeddings)",
                                 WeightQuantConfig("int8", group_size=None, embeddings=True))],
 }
@@ -157,7 +188,7 @@ def _variant_artifact(base: str, base_model: nn.Module, variant: Variant, rebuil
     if rebuild or not cached.exists():
         model = copy.deepcopy(base_model)
         start = time.perf_counter()
-        apply_variant(model, variant.config, base)
+        model = apply_variant(model, variant.config, base)
         save(model, cached, metrics={"config": variant.config.to_dict(),
                                      "transform_seconds": round(time.perf_counter() - start, 2)})
     return cached
