@@ -1,0 +1,82 @@
+"""slimkit factorize"""
+
+from __future__ import annotations
+
+import json
+
+from slimkit.cli import positive_int
+
+HELP = ("Low-rank factorization: truncated SVD of Linear layers, Tucker-2 (or spatial SVD) of Conv2d layers, "
+        "the rank chosen by --energy, --rank or --param-budget; optionally fine-tunes on the task's training "
+        "data; writes a slimkit artifact to --out and prints the before/after table. MODEL_DIR is a slimkit "
+        "artifact or a Hugging Face model folder.")
+EXAMPLE = ("example:\n  slimkit factorize ~/.cache/slimkit/gpt-* --param-budget 0.5 --include 'blocks.*.mlp.*' "
+           "--finetune 200 --out gpt-lowrank\n  slimkit factorize MODEL_DIR --energy 0.9 --out m-lowrank --layers")
+
+
+def add_arguments(p) -> None:
+    from slimkit.lowrank import CONV_METHODS
+
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("--out", required=True, help="folder for the factorized artifact")
+    rule = p.add_mutually_exclusive_group(required=True)
+    rule.add_argument("--energy", type=float, help="keep this fraction of each layer's squared singular values")
+    rule.add_argument("--rank", type=positive_int, help="the same rank for every layer")
+    rule.add_argument("--param-budget", type=float, help="fraction of each layer's weights the factors may keep")
+    p.add_argument("--include", action="append", default=[], metavar="PATTERN",
+                   help="only layers whose name matches (fnmatch; repeatable)")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="leave out layers whose name matches (fnmatch; repeatable)")
+    p.add_argument("--conv", default="tucker2", choices=CONV_METHODS,
+                   help="Conv2d layers: tucker2 (default), spatial SVD, or skip")
+    p.add_argument("--finetune", type=int, default=0, metavar="STEPS",
+                   help="fine-tune this many steps on the task's training data afterwards (digits, pycorpus)")
+    p.add_argument("--lr", type=float, default=3e-4, help="fine-tuning learning rate (default 3e-4)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="fine-tuning batch size (default 16)")
+    p.add_argument("--task", choices=["digits", "pycorpus", "minilm"], help="task for the table (default: inferred)")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
+    p.add_argument("--layers", action="store_true", help="also print the per-layer table (ranks, skip reasons)")
+    p.add_argument("--json", action="store_true", help="print the records, the per-layer report and the manifest")
+
+
+def run(args) -> int:
+    from slimkit.errors import UserInputError
+    from slimkit.evaluation import evaluate
+    from slimkit.evaluation.report import markdown_table
+    from slimkit.evaluation.tasks import get_task, infer_task
+    from slimkit.io import load, save
+    from slimkit.lowrank import LowRankConfig, factorize
+    from slimkit.manifest import get_manifest
+    from slimkit.training import TrainConfig, train
+
+    config = LowRankConfig(rank=args.rank, energy=args.energy, param_budget=args.param_budget,
+                           include=tuple(args.include), exclude=tuple(args.exclude), conv=args.conv)
+    if args.finetune < 0:
+        raise UserInputError(f"--finetune {args.finetune}: the number of steps cannot be negative")
+    model = load(args.model_dir)
+    task = args.task or infer_task(model)
+    batches = get_task(task).training_batches(model, args.batch_size) if args.finetune else None
+    before = evaluate(model, task, name="before", threads=args.threads)
+    report = factorize(model, config)
+    records = [before]
+    label = f"low-rank ({config.rule})"
+    if args.finetune:
+        records.append(evaluate(model, task, name=f"after {label}", technique="low-rank", baseline="before",
+                                threads=args.threads))
+        train(model, batches, TrainConfig(steps=args.finetune, lr=args.lr, threads=args.threads))
+        label += f" + {args.finetune} fine-tuning steps"
+    save(model, args.out, metrics={"factorize": config.to_dict(), "finetune_steps": args.finetune})
+    records.append(evaluate(model, task, name=f"after {label}", technique="low-rank", baseline="before",
+                            artifact_dir=args.out, threads=args.threads))
+    if args.json:
+        print(json.dumps({"records": [r.to_dict() for r in records], "report": report.to_dict(),
+                          "manifest": get_manifest(model), "out": args.out}, indent=2))
+        return 0
+    print(markdown_table(records))
+    if args.layers:
+        print("\n" + report.table())
+    hint = "" if args.layers else " (--layers for the reasons)"
+    print(f"\nfactorized {len(report.factorized)} layer(s), their weights {report.params_before:,} -> "
+          f"{report.params_after:,}; left alone {len(report.skipped)}{hint}")
+    print(f"wrote {args.out}")
+    return 0
