@@ -10,14 +10,17 @@ lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight decay 0.01, constant. "train loss"
 last 20 training losses; "val loss" the mean cross-entropy on 64 fixed validation windows
 (eval_windows) after training; "Δ" is relative to torch AdamW. "state bytes" is
 slimkit.optim.state_bytes after training (every state tensor once; torchao's state subclasses by
-their codes, scales and code book). Times are medians over the steps after the first 5: "step" is
-forward + backward + optimizer step, "opt step" the optimizer step alone, both as a ratio to torch
-AdamW's. A row whose loss turns NaN stops there and says at which step.
+their codes, scales and code book). A row whose loss turns NaN stops there and says at which step.
+Times are ratios to torch AdamW's: "opt step" the optimizer step alone, "step" forward + backward +
+optimizer step on one batch; each of --rounds interleaved rounds times every variant
+(slimkit.timing.latency_ms: median of 7 calls after warm-up, fixed threads) and the table gives the
+median ratio over rounds, so load from other processes on a shared CPU cancels out as far as it can.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import time
@@ -32,10 +35,10 @@ from slimkit.data.pycorpus import eval_windows, random_windows
 from slimkit.demo import machine_line
 from slimkit.models.gpt import GPT, GPTConfig
 from slimkit.optim import AdamW, AdamW8bit, state_bytes
-from slimkit.timing import fixed_threads
+from slimkit.timing import fixed_threads, latency_ms
 
 HYPER = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
-BATCH, WARMUP, LAST = 16, 5, 20
+BATCH, LAST = 16, 20
 Factory = Callable[[object], torch.optim.Optimizer]
 
 
@@ -62,33 +65,61 @@ VARIANTS: list[tuple[str, Factory]] = [
 ]
 
 
+def loss_of(model: GPT, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+
+
 def train(make: Factory, batches: list, val: tuple) -> dict:
-    """Train a fresh GPT with the optimizer ``make`` builds; losses, bytes and median times."""
+    """Train a fresh GPT with the optimizer ``make`` builds: losses, state bytes, first-step time."""
     torch.manual_seed(0)
     model = GPT(GPTConfig())
     optimizer = make(model.parameters())
-    losses, step_times, opt_times, diverged = [], [], [], None
+    losses, diverged, first_step = [], None, None
     for index, (x, y) in enumerate(batches):
         start = time.perf_counter()
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        loss = loss_of(model, x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        middle = time.perf_counter()
         optimizer.step()
-        end = time.perf_counter()
+        first_step = first_step or time.perf_counter() - start
         losses.append(loss.item())
-        step_times.append(end - start)
-        opt_times.append(end - middle)
         if not torch.isfinite(loss):
             diverged = index + 1
             break
     with torch.no_grad():
-        val_loss = F.cross_entropy(model(val[0]).flatten(0, 1), val[1].flatten()).item()
-    return dict(
-        bytes=state_bytes(optimizer), train=statistics.fmean(losses[-LAST:]), val=val_loss, diverged=diverged,
-        step=statistics.median(step_times[WARMUP:]), opt=statistics.median(opt_times[WARMUP:]),
-        first_step=step_times[0],
-    )
+        val_loss = loss_of(model, *val).item()
+    return dict(bytes=state_bytes(optimizer), train=statistics.fmean(losses[-LAST:]), val=val_loss,
+                diverged=diverged, first_step=first_step)
+
+
+def step_time_ratios(makers: dict[str, Factory], batch: tuple, rounds: int, threads: int) -> dict[str, tuple]:
+    """(step ratio, optimizer-step ratio) against the first maker, median over interleaved rounds.
+
+    Each round times forward + backward once and every optimizer's step (latency_ms: median of 7
+    calls after warm-up), so load from other processes hits every variant alike.
+    """
+    torch.manual_seed(0)
+    model = GPT(GPTConfig())
+    optimizers = {}
+    for label, make in makers.items():
+        replica = copy.deepcopy(model)
+        loss_of(replica, *batch).backward()
+        optimizers[label] = make(replica.parameters())
+
+    def forward_backward() -> None:
+        with torch.enable_grad():
+            model.zero_grad(set_to_none=True)
+            loss_of(model, *batch).backward()
+
+    per_round: dict[str, list[tuple[float, float]]] = {label: [] for label in makers}
+    for _ in range(rounds):
+        fb = latency_ms(forward_backward, threads=threads)
+        opt = {label: latency_ms(optimizer.step, threads=threads) for label, optimizer in optimizers.items()}
+        base = opt[next(iter(makers))]
+        for label in makers:
+            per_round[label].append(((fb + opt[label]) / (fb + base), opt[label] / base))
+    return {label: tuple(statistics.median(r[i] for r in ratios) for i in (0, 1))
+            for label, ratios in per_round.items()}
 
 
 def relative(value: float, base: float) -> str:
@@ -105,7 +136,7 @@ def table(results: dict[str, dict], skipped: list[str]) -> list[str]:
         if r["diverged"]:
             loss = f"NaN at step {r['diverged']} | — | {r['val']:.4f} | —"
         lines.append(f"| {label} | {r['bytes']:,} | {r['bytes'] / base['bytes']:.3f} | {loss} | "
-                     f"{r['step'] / base['step']:.2f}x | {r['opt'] / base['opt']:.2f}x |")
+                     f"{r['step']:.2f}x | {r['opt']:.2f}x |")
     lines += [f"| {reason} | — | — | — | — | — | — | — | — |" for reason in skipped]
     return lines
 
@@ -114,9 +145,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     args = parser.parse_args()
-    if args.steps < WARMUP + 5:
-        parser.error(f"--steps must be at least {WARMUP + 5}: timings are medians of >= 5 steps after warm-up")
     warnings.filterwarnings("ignore")
     corpus, generator = pycorpus(), torch.Generator().manual_seed(0)
     block = GPTConfig().block_size
@@ -131,6 +161,10 @@ def main() -> None:
                 results[label] = train(make, batches, val)
             except Exception as error:  # a peer that does not import or step here is skipped, with why
                 skipped.append(f"{label}: skipped ({type(error).__name__}: {str(error).splitlines()[0][:120]})")
+        makers = {label: make for label, make in VARIANTS if label in results}
+        ratios = step_time_ratios(makers, batches[0], args.rounds, args.threads)
+    for label, (step, opt) in ratios.items():
+        results[label].update(step=step, opt=opt)
     print(f"\n### 8-bit AdamW: GPT {sum(p.numel() for p in GPT().parameters()):,} parameters, "
           f"{args.steps} steps of batch {BATCH} x {block} tokens on pycorpus\n")
     print("\n".join(table(results, skipped)))
@@ -139,7 +173,7 @@ def main() -> None:
     if firsts:
         print(f"First step (compilation, not in the medians): {firsts}.")
     print(f"\nReproduce: /tmp/peers/venv/bin/python benchmarks/bench_adamw8bit.py --steps {args.steps} "
-          f"--threads {args.threads}")
+          f"--threads {args.threads} --rounds {args.rounds}")
 
 
 if __name__ == "__main__":
