@@ -38,6 +38,7 @@ MATRIX = [
     dict(precision="amp-bf16", checkpointing="full"),
     dict(precision="bf16", checkpointing="selective"),
     dict(precision="fp32", checkpointing="full", lora_rank=4),
+    dict(precision="amp-bf16", lora_rank=4, qlora=True),
     dict(precision="fp32", optimizer="adamw8bit"),
     dict(precision="amp-bf16", optimizer="sgd", accumulate=2),
 ]

@@ -50,15 +50,18 @@ FITTED = {
     # the MLP's wide input (I elements) plus the grad of the residual stream, measured 4.4 h per
     # token in fp32 on the reference GPT (the I + h count gives 5 h).
     "backward_inner": 1.0,
-    # LoRA adds a second gradient path through every adapted Linear: measured on the reference GPT
-    # as about 0.5 I extra elements in flight in fp32 and bf16. Under autocast the adapters' float32
-    # weights make LoRALinear upcast its input, so the MLP-wide gradient also passes through
-    # float32 (counted exactly, not fitted: I * (4 + 2) bytes).
+    # LoRA adds a second gradient path through every adapted Linear (the adapters' input gradient
+    # beside the base's): measured about 0.5 I extra elements in flight on the reference GPT in
+    # fp32, bf16 and under autocast.
     "lora_inflight": 0.5,
     # slimkit AdamW8bit's per-tensor step temporaries, in float32 copies of the largest tensor (both
     # moments decoded, the update, code-book search indices, re-encoded codes): measured 11.3 and
     # 11.7 on reference GPTs with h = 256 and h = 128.
     "adamw8bit_temporaries": 11.5,
+    # slimkit's QLoRA rebuilds each float weight from its NF4 codes in forward and again in backward:
+    # unpacked codes, code-book lookups, scales and the float32 weight, measured 3.4-3.6 float32
+    # copies of the largest Linear at widths 512 (fp32 and autocast).
+    "qlora_dequantize": 3.5,
     # CUDA caching allocator: rounding and fragmentation over max_memory_allocated; not yet
     # measured (no GPU in the session that fitted these), so an assumption.
     "cuda_slack": 0.05,
@@ -155,7 +158,7 @@ def block_activations(shape: ModelShape, setup: TrainSetup) -> BlockActivations:
             + dropout_masks + lora)
     inflight = FITTED["backward_inner"] * (i + h) * r.compute
     if setup.lora:
-        inflight += i * (4 + r.compute) if setup.autocast else FITTED["lora_inflight"] * i * r.compute
+        inflight += FITTED["lora_inflight"] * i * r.compute
     if setup.checkpointing == "full":
         return BlockActivations(h * r.residual, full, inflight)
     if setup.checkpointing == "selective":
@@ -189,14 +192,18 @@ def logit_bytes(shape: ModelShape, setup: TrainSetup) -> float:
 
 
 def weight_copy_bytes(shape: ModelShape, setup: TrainSetup) -> float:
-    """Per block: weight copies kept for backward. Autocast keeps a 16-bit copy of every Linear
-    weight it casts; slimkit's QLoRA dequantizes each NF4 weight in forward and autograd keeps
-    the result (in the compute dtype) for the input gradient."""
-    per_block = sum(a * b for a, b in shape.linear_shapes())
-    r = regime(setup)
-    if setup.autocast:
-        return per_block * r.compute
-    return per_block * r.compute if setup.qlora else 0.0
+    """Per block: the 16-bit copies autocast makes of float Linear weights, which autograd keeps for
+    the input gradient. An NF4 base (QLoRA) is dequantized inside its op and nothing is kept."""
+    if not setup.autocast or setup.qlora:
+        return 0.0
+    return sum(a * b for a, b in shape.linear_shapes()) * regime(setup).compute
+
+
+def dequantize_workspace_bytes(shape: ModelShape, setup: TrainSetup) -> float:
+    """Transient bytes while one NF4 Linear is rebuilt as float (QLoRA only)."""
+    if not setup.qlora:
+        return 0.0
+    return FITTED["qlora_dequantize"] * max(a * b for a, b in shape.linear_shapes()) * 4
 
 
 def input_bytes(setup: TrainSetup) -> float:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from slimkit.memory.estimate import (
     FITTED,
     block_activations,
+    dequantize_workspace_bytes,
     gradient_bytes,
     head_activation_bytes,
     input_bytes,
@@ -94,17 +95,19 @@ def plan(shape: ModelShape, setup: TrainSetup) -> Plan:
         parts["total"] = sum(parts.values())
         return parts
 
-    # autocast's cache holds every cast weight until forward ends, checkpointed or not
-    forward_copies = L * copies + head_copy if setup.autocast else L * kept_copies
+    # autocast caches its casts of trainable weights until forward ends, checkpointed or not;
+    # casts of frozen ones (LoRA) live only as long as autograd keeps them
+    forward_copies = (L * kept_copies if setup.lora else L * copies) + head_copy
+    workspace = dequantize_workspace_bytes(shape, setup)  # while a block's backward rebuilds a weight
     recomputed = tokens * (block.full + block.inflight) - tokens * block.stored
     phases = {
         "forward": moment(stored, tokens * logits_forward, accumulated, forward_copies),
         "backward (loss)": moment(stored, tokens * logit_bytes(shape, setup), accumulated,
                                   L * kept_copies + head_copy),
         "backward (last block)": moment(stored + recomputed, 0.0, max(accumulated, head_grad),
-                                        L * kept_copies + copies - kept_copies),
+                                        L * kept_copies + copies - kept_copies + workspace),
         "backward (first block)": moment(tokens * (block.full + block.inflight) + input_bytes(setup), 0.0, grads,
-                                         copies),
+                                         copies + workspace),
         "optimizer step": moment(input_bytes(setup), 0.0, grads, 0.0, optimizer_temporary_bytes(shape, setup)),
     }
     return Plan(shape, setup, phases)
