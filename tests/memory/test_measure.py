@@ -47,7 +47,7 @@ MATRIX = [
 @pytest.mark.parametrize("changes", MATRIX, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
 def test_prediction_within_10_percent_of_measurement(changes):
     torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=128))
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=128, block_size=128))
     setup = TrainSetup(batch=4, seq=128, **changes)
     predicted = plan(from_module(model), setup).peak
     measured = measure(model, setup, steps=2).peak

@@ -184,11 +184,10 @@ def head_activation_bytes(shape: ModelShape, setup: TrainSetup) -> float:
 
 def logit_bytes(shape: ModelShape, setup: TrainSetup) -> float:
     """Per token at the loss's backward: the saved log-probabilities, their gradient and the
-    logits' gradient (three V-wide tensors in the loss dtype), plus the cast back to the compute
-    dtype under autocast: 12 bytes per logit in fp32, 14 under AMP, 6 in bf16."""
-    r = regime(setup)
-    cast_back = r.compute if r.compute != r.loss else 0
-    return shape.vocab * (3 * r.loss + cast_back)
+    logits' gradient, three V-wide tensors in the loss dtype: 12 bytes per logit in fp32 and
+    under autocast (the cast of the gradient back to bf16 comes after the first two are freed),
+    6 in bf16."""
+    return shape.vocab * 3 * regime(setup).loss
 
 
 def weight_copy_bytes(shape: ModelShape, setup: TrainSetup) -> float:
