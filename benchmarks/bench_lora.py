@@ -155,7 +155,7 @@ def bench(title: str, task, rank: int, runs: int, generator: torch.Generator) ->
         step, optimizer = steps[label]
         trainable = lora.trainable_parameters(model)[0]
         total = params + (trainable if trainable != params else 0)
-        peak = peak_memory_bytes(model, lambda: step(batches[0])) + optimizer_state_bytes(optimizer)
+        peak = peak_memory_bytes(model, lambda step=step: step(batches[0])) + optimizer_state_bytes(optimizer)
         ratio = statistics.median(t / f for t, f in zip(times[label], times[full]))
         print(f"| {label} | {statistics.median(times[label]) * 1e3:.1f} | {ratio:.2f} | {trainable:,} | "
               f"{100 * trainable / total:.2f} | {peak / 2**20:.1f} |")

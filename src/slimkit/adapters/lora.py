@@ -42,15 +42,16 @@ ADAPTER_META = "adapters.json"
 ADAPTER_FORMAT = "slimkit-lora-adapters"
 
 
-def inject(model: nn.Module, config: LoRAConfig = LoRAConfig()) -> list[str]:
+def inject(model: nn.Module, config: LoRAConfig | None = None) -> list[str]:
     """Give the Linear layers ``config`` chooses adapters, in place; returns their names.
 
-    Every parameter except the adapters is frozen. Each layer adapted or skipped (with the
-    reason) gets a manifest entry.
+    ``config`` defaults to ``LoRAConfig()`` (rank 8 on every Linear). Every parameter except the
+    adapters is frozen. Each layer adapted or skipped (with the reason) gets a manifest entry.
 
     >>> inject(minilm, LoRAConfig(rank=8, targets=("*.query", "*.value")))[:2]  # doctest: +SKIP
     ['encoder.layer.0.attention.self.query', 'encoder.layer.0.attention.self.value']
     """
+    config = config or LoRAConfig()
     existing = list(adapter_layers(model))
     if existing:
         raise UserInputError(f"the model already has LoRA adapters ({len(existing)} layers, e.g. {existing[0]!r}); "
