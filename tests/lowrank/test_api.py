@@ -165,3 +165,11 @@ def test_minilm_round_trip(tmp_path):
     again = load(tmp_path)
     assert type(again).__name__ == "BertModel"
     assert torch.equal(again(**batch).last_hidden_state, model(**batch).last_hidden_state)
+
+
+def test_report_table_leaves_out_unmatched_layers_unless_asked():
+    report = factorize(Net(), LowRankConfig(rank=3, include=("wide", "square")))
+    table = report.table()
+    assert "| wide | svd | 3 | 3,072 | 336 |" in table and "would keep 24 weights" in table
+    assert "thin" not in table and table.endswith("(3 layer(s) not matched by include left out)")
+    assert "| thin | svd |  | 128 | 128 |  | not matched by include ['wide', 'square'] |" in report.table(unmatched=True)

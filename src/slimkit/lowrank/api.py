@@ -19,6 +19,7 @@ from slimkit.progress import progress
 from slimkit.timing import fixed_threads
 
 TECHNIQUE = "low-rank"
+UNMATCHED = "not matched by include"
 
 
 @dataclass
@@ -62,16 +63,20 @@ class LowRankReport:
         return {"rule": self.rule, "params_before": self.params_before, "params_after": self.params_after,
                 "layers": [dataclasses.asdict(r) for r in self.layers]}
 
-    def table(self) -> str:
-        """A markdown table, one row per layer."""
+    def table(self, unmatched: bool = False) -> str:
+        """A markdown table, one row per layer (layers that ``include`` did not match only if ``unmatched``)."""
         rows = ["| layer | method | rank | weights before | weights after | energy kept | note |",
                 "| --- | --- | --- | ---: | ---: | ---: | --- |"]
+        hidden = 0
         for r in self.layers:
+            if not unmatched and (r.skipped or "").startswith(UNMATCHED):
+                hidden += 1
+                continue
             energy = "" if r.energy_kept is None else f"{r.energy_kept:.4f}"
             rank = "" if r.rank is None else "x".join(map(str, r.rank)) if isinstance(r.rank, tuple) else str(r.rank)
             rows.append(f"| {r.layer} | {r.method} | {rank} | {r.params_before:,} | {r.params_after:,} | {energy} | "
                         f"{r.skipped or ''} |")
-        return "\n".join(rows)
+        return "\n".join(rows) + (f"\n\n({hidden} layer(s) not matched by include left out)" if hidden else "")
 
 
 def factorize(model: nn.Module, config: LowRankConfig) -> LowRankReport:
@@ -188,7 +193,7 @@ def _leave_out_reason(name: str, layer: nn.Module, config: LowRankConfig, owners
     tied = [o for o in owners[id(layer.weight)] if o != f"{name}.weight"]
     inside = next((f for f in factorized if name.startswith(f"{f}.")), None)
     if config.include and not any(fnmatchcase(name, p) for p in config.include):
-        return f"not matched by include {list(config.include)}"
+        return f"{UNMATCHED} {list(config.include)}"
     if any(fnmatchcase(name, p) for p in config.exclude):
         return f"matched by exclude {list(config.exclude)}"
     if inside:
