@@ -55,8 +55,10 @@ def recommend(shape: ModelShape, setup: TrainSetup, budget: float) -> Recommenda
     Searches precision, checkpointing, 8-bit AdamW, LoRA/QLoRA and smaller micro-batches with
     gradient accumulation keeping the effective batch.
 
-    >>> recommend(shape_of("llama-7b"), TrainSetup(batch=4, seq=2048), 24e9).changes[0][0]  # doctest: +SKIP
-    'qlora'
+    >>> from slimkit.memory import shape_of
+    >>> found = recommend(shape_of("llama-7b"), TrainSetup(batch=4, seq=2048, device="cuda"), 24e9)
+    >>> [change for change, cost in found.changes]
+    ['precision=amp-bf16', 'qlora rank=16', 'micro-batch 1 x 4 accumulation steps']
     """
     best = None
     for candidate, changes in _candidates(setup):
