@@ -104,7 +104,7 @@ def _table(out: dict) -> str:
     lines += [f"| {k} | {v / gib:.3f} |" for k, v in out.items() if isinstance(v, int) and not isinstance(v, bool) and k != "budget"]
     lines += ["", "| phase | GiB |", "|---|---|"] + [f"| {k} | {v / gib:.3f} |" for k, v in out["phases"].items()]
     if "fits" in out:
-        lines.append(f"\nbudget {out['budget'] / gib:.2f} GiB: {'fits' if out['fits'] else 'does not fit'}")
+        lines.append(f"\nbudget {out['budget'] / 1e9:.2f} GB = {out['budget'] / gib:.2f} GiB: {'fits' if out['fits'] else 'does not fit'}")
         rec = out.get("recommendation", "")
         if rec:
             lines.append(f"cheapest set-up that fits ({rec['total'] / gib:.2f} GiB):")
