@@ -221,3 +221,17 @@ def test_nf4_base_keeps_no_float_weight_for_backward():
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
         layer(torch.randn(10, 64, requires_grad=True))
     assert saved and (256, 64) not in saved and (64, 256) not in saved  # only inputs and low-rank tensors
+
+
+def test_unload_leaves_plain_linears_with_the_merged_weights():
+    model = GPT(SMALL).eval()
+    lora.inject(model, LoRAConfig(rank=4, targets=ATTN))
+    randomize_adapters(model)
+    x = tokens()
+    before = model(x)
+    with pytest.raises(UserInputError, match=r"4 layer\(s\) are not merged .*call merge\(model\) first"):
+        lora.unload(model)
+    lora.merge(model)
+    assert lora.unload(model) == [f"blocks.{i}.attn.{n}" for i in range(2) for n in ("qkv", "proj")]
+    assert type(model.blocks[0].attn.qkv) is torch.nn.Linear and not lora.adapter_layers(model)
+    assert (model(x) - before).abs().max() < 1e-5

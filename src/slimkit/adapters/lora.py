@@ -35,7 +35,7 @@ from slimkit.progress import progress
 from slimkit.quantization.modules import QuantLinear
 
 __all__ = ["LoRAConfig", "LoRALinear", "adapter_layers", "freeze", "inject", "load_adapters", "merge",
-           "save_adapters", "trainable_parameters", "unmerge"]
+           "save_adapters", "trainable_parameters", "unload", "unmerge"]
 
 ADAPTER_WEIGHTS = "adapters.safetensors"
 ADAPTER_META = "adapters.json"
@@ -131,6 +131,21 @@ def unmerge(model: nn.Module) -> list[str]:
     layers = {n: m for n, m in adapter_layers(model).items() if m.merged}
     for layer in layers.values():
         layer.unmerge()
+    return list(layers)
+
+
+def unload(model: nn.Module) -> list[str]:
+    """Replace every merged LoRALinear by its base Linear (the plain model, e.g. to quantize next).
+
+    >>> merge(gpt); unload(gpt)  # doctest: +SKIP
+    """
+    layers = adapter_layers(model)
+    unmerged = [n for n, m in layers.items() if not m.merged]
+    if unmerged:
+        raise UserInputError(f"{len(unmerged)} layer(s) are not merged (e.g. {unmerged[0]!r}); unloading them would "
+                             "drop their adapters: call merge(model) first")
+    for name, layer in layers.items():
+        model.set_submodule(name, layer.base)
     return list(layers)
 
 
