@@ -134,7 +134,7 @@ def table(results: dict[str, dict], skipped: list[str]) -> list[str]:
         loss = (f"{r['train']:.4f} | {relative(r['train'], base['train'])} | {r['val']:.4f} | "
                 f"{relative(r['val'], base['val'])}")
         if r["diverged"]:
-            loss = f"NaN at step {r['diverged']} | — | {r['val']:.4f} | —"
+            loss = f"NaN at step {r['diverged']} | — | {r['val']:.4f} | —".replace("nan", "NaN")
         lines.append(f"| {label} | {r['bytes']:,} | {r['bytes'] / base['bytes']:.3f} | {loss} | "
                      f"{r['step']:.2f}x | {r['opt']:.2f}x |")
     lines += [f"| {reason} | — | — | — | — | — | — | — | — |" for reason in skipped]
