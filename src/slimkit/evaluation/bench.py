@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 from typing import Callable
 
 import torch
 from torch import nn
+
+from slimkit.profiling import cpu_allocation_events, running_peak
 
 
 def resident_bytes(model: nn.Module) -> int:
@@ -34,27 +34,4 @@ def peak_memory_bytes(model: nn.Module, call: Callable[[], object]) -> int:
         call()
         torch.cuda.synchronize()
         return resident_bytes(model) + torch.cuda.max_memory_allocated() - before
-    from torch.profiler import ProfilerActivity, profile
-
-    with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        call()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]")
-    running = peak = 0
-    for _, nbytes in events:
-        running += nbytes
-        peak = max(peak, running)
-    return resident_bytes(model) + peak
-
-
-@contextlib.contextmanager
-def _quiet_native_stderr():
-    """The profiler's C++ side prints start/stop lines to fd 2; keep them off the user's terminal."""
-    saved = os.dup(2)
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+    return resident_bytes(model) + running_peak(cpu_allocation_events(call)[0])

@@ -12,7 +12,6 @@ step say in which phase it happened.
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +20,7 @@ from torch import Tensor, nn
 
 from slimkit.errors import UserInputError
 from slimkit.memory.setup import TrainSetup
+from slimkit.profiling import cpu_allocation_events
 
 PHASES = ("forward", "backward", "optimizer")
 
@@ -125,13 +125,8 @@ def _phase_peaks(call, device: torch.device) -> dict[str, int]:
         torch.cuda.synchronize()
         # CUDA's peak counter is not time-stamped: the whole step counts as one phase
         return {"step": torch.cuda.max_memory_allocated() - before}
-    from torch.profiler import ProfilerActivity, profile
-
-    with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        call()
-    events = prof.profiler.kineto_results.events()
-    spans = [(e.start_ns(), e.end_ns(), e.name()) for e in events if e.name() in PHASES]
-    memory = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
+    memory, spans = cpu_allocation_events(call)
+    spans = [span for span in spans if span[2] in PHASES]
     peaks = dict.fromkeys(PHASES, 0)
     running = 0
     for start, nbytes in memory:
@@ -140,16 +135,3 @@ def _phase_peaks(call, device: torch.device) -> dict[str, int]:
         if phase:
             peaks[phase] = max(peaks[phase], running)
     return peaks
-
-
-@contextlib.contextmanager
-def _quiet_native_stderr():
-    """The profiler's C++ side prints start/stop lines to fd 2; keep them off the user's terminal."""
-    saved = os.dup(2)
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)

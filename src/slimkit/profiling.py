@@ -1,0 +1,47 @@
+"""CPU allocation events from torch's profiler, for peak-memory measurements (CPU has no allocator statistics).
+
+The profiler with ``profile_memory=True`` records every allocation and free the CPU allocator sees,
+including the short-lived workspaces kernels allocate inside an op. The running sum of the events
+gives the peak above the starting point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+
+
+def cpu_allocation_events(call: Callable[[], object]) -> tuple[list[tuple[int, int]], list[tuple[int, int, str]]]:
+    """Run ``call()`` under the profiler; returns (time ns, +/- bytes) allocator events in time order and the
+    (start ns, end ns, name) spans of every profiled op and ``record_function`` block."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        call()
+    events = prof.profiler.kineto_results.events()
+    memory = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
+    spans = [(e.start_ns(), e.end_ns(), e.name()) for e in events if e.name() != "[memory]"]
+    return memory, spans
+
+
+def running_peak(memory: list[tuple[int, int]]) -> int:
+    """Highest running total of the allocator events (bytes above the starting point)."""
+    running = peak = 0
+    for _, nbytes in memory:
+        running += nbytes
+        peak = max(peak, running)
+    return peak
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """The profiler's C++ side prints start/stop lines to fd 2; keep them off the user's terminal."""
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
