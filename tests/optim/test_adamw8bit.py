@@ -11,7 +11,7 @@ from slimkit.data import pycorpus, random_windows
 from slimkit.errors import UserInputError
 from slimkit.formats.blockwise import code_book
 from slimkit.models.gpt import GPT, GPTConfig
-from slimkit.optim import AdamW, AdamW8bit, state_bytes
+from slimkit.optim import AdamW, AdamW8bit, adamw8bit_state_bytes, state_bytes
 from tests.reference.optim import adamw_step, blockwise_dequantize, blockwise_quantize
 
 TINY_GPT = GPTConfig(block_size=32, n_layer=1, n_head=2, n_embd=64)
@@ -78,12 +78,17 @@ def test_state_bytes_of_the_reference_gpt_are_at_most_027_of_fp32(block_size):
     fp32.step()
     int8.step()
     params = list(model.parameters())
-    expected = sum(
-        2 * (p.numel() + 4 * -(-p.numel() // block_size)) if p.numel() >= 4096 else 8 * p.numel() for p in params
-    ) + 4 * len(params)
-    assert state_bytes(int8) == expected
+    assert state_bytes(int8) == adamw8bit_state_bytes([p.numel() for p in params], block_size)
     assert state_bytes(fp32) == 8 * sum(p.numel() for p in params) + 4 * len(params)
     assert state_bytes(int8) / state_bytes(fp32) <= 0.27
+
+
+def test_predicted_state_bytes_by_hand():
+    # 5000 elements, block 2048: 2 moments x (5000 codes + 3 scales x 4 bytes); 100 elements: 8 x 100
+    assert adamw8bit_state_bytes([5000, 100], block_size=2048) == 2 * (5000 + 12) + 800 + 2 * 4
+    assert adamw8bit_state_bytes([5000], min_8bit_size=5001) == 8 * 5000 + 4
+    with pytest.raises(UserInputError, match="block_size=100 is not supported"):
+        adamw8bit_state_bytes([5000], block_size=100)
 
 
 def test_resumed_from_a_saved_state_continues_bit_identically():

@@ -39,6 +39,21 @@ SIGNED = {"exp_avg": True, "exp_avg_sq": False}  # the second moment is never ne
 QUANTIZED_STATE_KEYS = frozenset({"step"} | {f"{m}_{part}" for m in MOMENTS for part in ("codes", "absmax")})
 
 
+def adamw8bit_state_bytes(numels: Iterable[int], block_size: int = 256, min_8bit_size: int = 4096) -> int:
+    """Bytes of the state AdamW8bit keeps for parameter tensors of these sizes, without building it:
+    per tensor of n >= min_8bit_size elements two moments of n codes + 4 * ceil(n / block_size)
+    scale bytes, else 8n; plus a 4-byte step each. (For the memory planner.)
+
+    Example:
+        >>> adamw8bit_state_bytes([65536, 128])  # 2 * (65536 + 4 * 256) + 8 * 128 + 2 * 4
+        134152
+    """
+    check_block_size(block_size)
+    return sum(
+        (2 * (n + 4 * -(-n // block_size)) if n >= min_8bit_size else 8 * n) + 4 for n in numels
+    )
+
+
 class AdamW8bit(AdamW):
     """AdamW whose moments are stored as 8-bit block-wise codes: about 2 bytes per parameter
     instead of 8. Same arguments as ``AdamW``, plus:
