@@ -46,6 +46,18 @@ def test_matches_torch_adamw_over_many_steps():
         assert (a - b).abs().max() < 1e-6
 
 
+def test_a_non_contiguous_parameter_is_updated_as_torch_does():
+    ours, theirs = (nn.Parameter(torch.randn(64, 80, generator=torch.Generator().manual_seed(3)).t())
+                    for _ in range(2))
+    optimizers = AdamW([ours]), torch.optim.AdamW([theirs], foreach=False)
+    for step in range(3):
+        grad = torch.randn(80, 64, generator=torch.Generator().manual_seed(step))
+        for param, optimizer in zip((ours, theirs), optimizers):
+            param.grad = grad.clone()
+            optimizer.step()
+    assert not ours.is_contiguous() and (ours - theirs).abs().max() < 1e-6
+
+
 def test_update_matches_the_per_element_reference():
     generator = torch.Generator().manual_seed(2)
     param, m, v = (torch.randn(50, generator=generator) for _ in range(3))

@@ -142,30 +142,41 @@ class AdamW(torch.optim.Optimizer):
         if not state:
             self._init_state(param, state, group)
         state["step"] += 1
-        exp_avg, exp_avg_sq = self._read_moments(state, group)
-        param32 = param.float()  # param itself when it is float32
-        beta1, beta2 = group["betas"]
-        adamw_update_(
-            param32, param.grad.float(), exp_avg, exp_avg_sq, int(state["step"].item()), lr=group["lr"],
-            beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
-        )
-        if param32 is not param:
-            param.copy_(param32)
-        self._write_moments(state, group, exp_avg, exp_avg_sq)
+        step, (beta1, beta2) = int(state["step"].item()), group["betas"]
+        # flat views; reshape copies only a non-contiguous parameter, written back at the end
+        flat, grad = param.reshape(-1), param.grad.reshape(-1)
+        for span in self._spans(param.numel(), group):
+            exp_avg, exp_avg_sq = self._read_moments(state, group, span)
+            view = flat[span]
+            param32 = view.float()  # the view itself when the parameter is float32
+            adamw_update_(
+                param32, grad[span].float(), exp_avg, exp_avg_sq, step, lr=group["lr"], beta1=beta1,
+                beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
+            )
+            if param32 is not view:
+                view.copy_(param32)
+            self._write_moments(state, group, span, exp_avg, exp_avg_sq)
+        if not param.is_contiguous():
+            param.copy_(flat.view(param.shape))
+
+    def _spans(self, numel: int, group: dict[str, Any]) -> list[slice]:
+        """The slices of the flattened parameter that one step updates one after the other."""
+        return [slice(0, numel)]
 
     def _init_state(self, param: Tensor, state: dict[str, Tensor], group: dict[str, Any]) -> None:
         # A float32 step tensor, as torch.optim.AdamW keeps it: state dicts stay interchangeable.
         state["step"] = torch.tensor(0.0)
-        state["exp_avg"] = torch.zeros_like(param, dtype=torch.float32, memory_format=torch.preserve_format)
-        state["exp_avg_sq"] = torch.zeros_like(param, dtype=torch.float32, memory_format=torch.preserve_format)
+        # contiguous, so that a flat view of a moment lines up with param.reshape(-1)
+        state["exp_avg"] = torch.zeros(param.shape, dtype=torch.float32, device=param.device)
+        state["exp_avg_sq"] = torch.zeros(param.shape, dtype=torch.float32, device=param.device)
 
-    def _read_moments(self, state: dict[str, Tensor], group: dict[str, Any]) -> tuple[Tensor, Tensor]:
-        """The two moments as float32 tensors that the step may update in place."""
-        return state["exp_avg"], state["exp_avg_sq"]
+    def _read_moments(self, state: dict[str, Tensor], group: dict[str, Any], span: slice) -> tuple[Tensor, Tensor]:
+        """The two moments of ``span`` as float32 tensors that the step may update in place."""
+        return state["exp_avg"].view(-1)[span], state["exp_avg_sq"].view(-1)[span]
 
-    def _write_moments(self, state: dict[str, Tensor], group: dict[str, Any], exp_avg: Tensor,
+    def _write_moments(self, state: dict[str, Tensor], group: dict[str, Any], span: slice, exp_avg: Tensor,
                        exp_avg_sq: Tensor) -> None:
-        """Store the updated moments (float32 moments were updated in place already)."""
+        """Store the updated moments of ``span`` (float32 moments were updated in place already)."""
 
     def _state_layouts(self) -> tuple[frozenset[str], ...]:
         """The key sets a parameter's state may have."""

@@ -4,7 +4,8 @@ Block-wise Quantization", 2022).
 Between steps each moment of a large tensor is stored as uint8 codes plus one float32 absmax per
 block (slimkit.formats.blockwise): the first moment with a signed code book, the second (never
 negative) with an unsigned one. A step decodes both moments to float32, runs the same
-``adamw_update_`` as ``AdamW`` and encodes them again. Tensors with fewer than ``min_8bit_size``
+``adamw_update_`` as ``AdamW`` and encodes them again, SPAN elements at a time, so its float32
+temporaries stay small however large a parameter is. Tensors with fewer than ``min_8bit_size``
 elements (biases, norms) keep float32 moments, as bitsandbytes does.
 
 Example:
@@ -35,6 +36,7 @@ from slimkit.formats.blockwise import (
 from slimkit.optim.adamw import FP32_STATE_KEYS, AdamW
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
+SPAN = 2**20  # elements per piece of a step: a multiple of every block size
 SIGNED = {"exp_avg": True, "exp_avg_sq": False}  # the second moment is never negative
 QUANTIZED_STATE_KEYS = frozenset({"step"} | {f"{m}_{part}" for m in MOMENTS for part in ("codes", "absmax")})
 
@@ -93,25 +95,42 @@ class AdamW8bit(AdamW):
         if param.numel() < group["min_8bit_size"]:
             return super()._init_state(param, state, group)
         state["step"] = torch.tensor(0.0)
-        zeros = torch.zeros(param.shape, device=param.device)
-        self._write_moments(state, group, zeros, zeros)
+        blocks = -(-param.numel() // group["block_size"])
+        for moment in MOMENTS:
+            # what encoding zeros gives, without building a float32 tensor of the parameter's size
+            codes, absmax = blockwise_encode(torch.zeros(1), self._book(group, moment), group["block_size"])
+            state[f"{moment}_codes"] = torch.full(param.shape, int(codes), dtype=torch.uint8, device=param.device)
+            state[f"{moment}_absmax"] = torch.full((blocks,), float(absmax), device=param.device)
 
-    def _read_moments(self, state: dict[str, Tensor], group: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    def _spans(self, numel: int, group: dict[str, Any]) -> list[slice]:
+        # whole blocks at a time, so the step's float32 temporaries stay bounded by SPAN elements
+        return [slice(start, min(start + SPAN, numel)) for start in range(0, numel, SPAN)]
+
+    def _read_moments(self, state: dict[str, Tensor], group: dict[str, Any], span: slice) -> tuple[Tensor, Tensor]:
         if "exp_avg" in state:
-            return super()._read_moments(state, group)
+            return super()._read_moments(state, group, span)
+        blocks = self._blocks(span, group["block_size"])
         exp_avg, exp_avg_sq = (
-            blockwise_decode(state[f"{m}_codes"], state[f"{m}_absmax"], self._book(group, m), group["block_size"])
+            blockwise_decode(state[f"{m}_codes"].view(-1)[span], state[f"{m}_absmax"][blocks],
+                             self._book(group, m), group["block_size"])
             for m in MOMENTS
         )
         return exp_avg, exp_avg_sq
 
-    def _write_moments(self, state: dict[str, Tensor], group: dict[str, Any], exp_avg: Tensor,
+    def _write_moments(self, state: dict[str, Tensor], group: dict[str, Any], span: slice, exp_avg: Tensor,
                        exp_avg_sq: Tensor) -> None:
         if "exp_avg" in state:
             return
+        blocks = self._blocks(span, group["block_size"])
         for moment, values in zip(MOMENTS, (exp_avg, exp_avg_sq)):
             codes, absmax = blockwise_encode(values, self._book(group, moment), group["block_size"])
-            state[f"{moment}_codes"], state[f"{moment}_absmax"] = codes, absmax
+            state[f"{moment}_codes"].view(-1)[span].copy_(codes)
+            state[f"{moment}_absmax"][blocks].copy_(absmax)
+
+    @staticmethod
+    def _blocks(span: slice, block_size: int) -> slice:
+        """The absmax blocks of a span that starts on a block boundary."""
+        return slice(span.start // block_size, -(-span.stop // block_size))
 
     @staticmethod
     def _book(group: dict[str, Any], moment: str) -> CodeBook:
