@@ -47,3 +47,13 @@ def test_train_user_errors_exit_2_with_one_line(capsys, argv, message):
         code = exc.code
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_saved_lora_model_trains_only_its_adapters_again(capsys, tmp_path):
+    common = ["train", "--scratch", "--steps", "2", "--quiet", "--json", "--batch-size", "2"]
+    code, out, _ = run(capsys, *common, "--model", "gpt", "--lora", "r=4,targets=blocks.0.*",
+                       "--out", str(tmp_path / "lora"))
+    first = json.loads(out)
+    assert code == 0 and first["trainable_parameters"] < first["parameters"] / 50
+    code, out, _ = run(capsys, *common, "--model", str(tmp_path / "lora"))
+    assert code == 0 and json.loads(out)["trainable_parameters"] == first["trainable_parameters"]

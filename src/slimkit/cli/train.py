@@ -62,7 +62,7 @@ def run(args) -> int:
     task_name = infer_task(model)
     task = get_task(task_name)
     before = task.quality(model)
-    adapters = _add_lora(model, args.lora) if args.lora else None
+    adapters = _add_lora(model, args.lora) if args.lora else _existing_adapters(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     batches = get_task(args.data or task_name).training_batches(model, args.batch_size, args.seed)
@@ -97,6 +97,16 @@ def _load_model(spec: str, scratch: bool):
     if spec in zoo.NAMES:
         return zoo.build(spec) if scratch else zoo.reference(spec)
     return load(spec)
+
+
+def _existing_adapters(model) -> list[str] | None:
+    """A saved LoRA model loads with every parameter trainable: train only its adapters again."""
+    from slimkit import lora
+
+    names = list(lora.adapter_layers(model))
+    if names:
+        lora.freeze(model)
+    return names or None
 
 
 def _add_lora(model, spec: str) -> list[str]:
