@@ -130,7 +130,7 @@ def _factorize_conv(name: str, conv: nn.Conv2d, config: LowRankConfig):
     weight = conv.weight.detach().double()
     c_out, c_in, kh, kw = weight.shape
     before = weight.numel()
-    if config.conv == "spatial" or kh * kw == 1:
+    if _method(conv, config) == "spatial":
         rank, _ = spatial_rank(weight, config)
         method, ranks, after, full = "spatial", (rank,), rank * (c_in * kh + c_out * kw), (min(c_in * kh, c_out * kw),)
     else:
@@ -144,8 +144,16 @@ def _factorize_conv(name: str, conv: nn.Conv2d, config: LowRankConfig):
         return report, None
     module = LowRankConv2d.from_conv(conv, method, ranks)
     approx = module.full_weight().detach().double()
-    report.params_after, report.energy_kept = after, (approx.square().sum() / weight.square().sum()).item()
+    total = weight.square().sum()
+    report.params_after, report.energy_kept = after, (approx.square().sum() / total).item() if total > 0 else 1.0
     return report, module
+
+
+def _method(layer: nn.Module, config: LowRankConfig) -> str:
+    """"svd" for a Linear; for a Conv2d the configured method, except that a 1x1 conv is a plain SVD ("spatial")."""
+    if isinstance(layer, nn.Linear):
+        return "svd"
+    return "spatial" if config.conv == "spatial" or layer.kernel_size == (1, 1) else "tucker2"
 
 
 def _skip_reason(config: LowRankConfig, rank: str, full_rank: str | None, after: int, before: int) -> str | None:
@@ -180,7 +188,7 @@ def _select(model: nn.Module, config: LowRankConfig) -> tuple[list[tuple[str, nn
     factorized = [name for name, m in model.named_modules() if isinstance(m, (LowRankLinear, LowRankConv2d))]
     chosen, skipped = [], []
     for name, layer in candidates.items():
-        method = "svd" if isinstance(layer, nn.Linear) else "spatial" if config.conv == "spatial" else "tucker2"
+        method = _method(layer, config)
         reason = _leave_out_reason(name, layer, config, owners, factorized)
         if reason:
             skipped.append(LayerReport(name, method, layer.weight.numel(), layer.weight.numel(), skipped=reason))
