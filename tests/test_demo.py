@@ -40,6 +40,10 @@ def test_demo_prints_the_table_and_writes_the_report(capsys, tmp_path, trained):
     # QLoRA fine-tuning recovers part of what NF4 lost, in a smaller artifact than the float model
     assert by_name["gpt-qlora"]["quality"]["bits_per_byte"] < by_name["gpt-nf4-dq"]["quality"]["bits_per_byte"]
     assert by_name["gpt-qlora"]["artifact_bytes"] < gpt["artifact_bytes"] / 3
+    tucker = by_name["cnn-tucker2"]  # Tucker-2 at 90% energy, no fine-tuning
+    assert tucker["params"] < by_name["cnn"]["params"] and tucker["quality"]["accuracy"] > 0.98
+    lowrank = by_name["gpt-lowrank-mlp"]  # the MLP weights halved by SVD
+    assert gpt["params"] - lowrank["params"] > 250_000 and lowrank["quality"]["bits_per_byte"] < 2.2
     for r in records:
         artifact = tmp_path / "report" / "artifacts" / r["name"]
         assert r["artifact_bytes"] == sum(p.stat().st_size for p in artifact.iterdir())

@@ -12,13 +12,14 @@ from slimkit.distillation import DistillConfig, distill
 from slimkit.errors import ArtifactError, MissingDependencyError, SlimkitError, UserInputError
 from slimkit.evaluation import EvalRecord, evaluate
 from slimkit.io import load, save
+from slimkit.lowrank import LowRankConfig, factorize
 from slimkit.quantization import WeightQuantConfig, quantize
 from slimkit.training import TrainConfig, train
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ArtifactError", "DistillConfig", "EvalRecord", "MissingDependencyError", "SlimkitError", "TrainConfig",
-    "UserInputError", "WeightQuantConfig", "data", "distill", "evaluate", "formats", "load", "lora", "models",
-    "quantize", "save", "train",
+    "ArtifactError", "DistillConfig", "EvalRecord", "LowRankConfig", "MissingDependencyError", "SlimkitError",
+    "TrainConfig", "UserInputError", "WeightQuantConfig", "data", "distill", "evaluate", "factorize", "formats", "load",
+    "lora", "models", "quantize", "save", "train",
 ]

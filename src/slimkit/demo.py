@@ -29,6 +29,7 @@ from slimkit.evaluation import EvalRecord, evaluate
 from slimkit.evaluation.report import write_report
 from slimkit.evaluation.tasks import get_task, infer_task
 from slimkit.io import load, save
+from slimkit.lowrank import LowRankConfig, factorize
 from slimkit.models import zoo
 from slimkit.models.spec import from_spec
 from slimkit.progress import progress
@@ -82,7 +83,9 @@ def apply_variant(model: nn.Module, config, base: str) -> nn.Module:
         distill(model, student, task.training_batches(student, config.batch_size, config.train.seed),
                 config.distill, config.train)
         return student
-    if isinstance(config, WeightQuantConfig):
+    if isinstance(config, LowRankConfig):
+        factorize(model, config)
+    elif isinstance(config, WeightQuantConfig):
         quantize(model, config, calib=task.calibration(16) if config.method != "rtn" else None)
         choose_paths(model)
     elif isinstance(config, Training):
@@ -120,7 +123,10 @@ _GPT_TRAINING = [
 ]
 VARIANTS: dict[str, list[Variant]] = {
     "mlp": _MLP,
-    "gpt": _QUANT + _GPT_TRAINING,
+    "cnn": [Variant("tucker2", "low-rank (Tucker-2, 90% energy)", LowRankConfig(energy=0.9))],
+    "gpt": _QUANT + _GPT_TRAINING + [
+        Variant("lowrank-mlp", "low-rank MLPs (SVD, half the weights)",
+                LowRankConfig(param_budget=0.5, include=("blocks.*.mlp.*",)))],
     "minilm": _QUANT + [Variant("int8-all", "weight-only rtn (+ embeddings)",
                                 WeightQuantConfig("int8", group_size=None, embeddings=True))],
 }
