@@ -222,3 +222,8 @@ def test_precision_without_autocast_on_the_device_is_refused(monkeypatch):
     monkeypatch.setattr(torch.amp, "is_autocast_available", lambda device_type: False)
     with pytest.raises(UserInputError, match="precision='fp16': torch has no autocast on device 'cpu'; use fp32"):
         train(tiny_gpt(), token_batches(2), TrainConfig(steps=1, precision="fp16"))
+
+
+def test_fp16_on_cpu_warns_that_bf16_is_the_fast_choice():
+    with pytest.warns(UserWarning, match="bf16 is the fast choice on CPU"):
+        train(tiny_gpt(), token_batches(2), TrainConfig(steps=1, precision="fp16"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,10 @@ class Precision:
             raise UserInputError(f"precision={name!r}: torch has no autocast on device {kind!r}; use fp32")
         if name == "bf16" and kind == "cuda" and not torch.cuda.is_bf16_supported():
             raise UserInputError("precision='bf16': this GPU has no bfloat16 support; use fp16 (with loss scaling)")
+        if name == "fp16" and kind == "cpu":
+            warnings.warn("precision='fp16' on a CPU: autocast works, but CPUs lack fast fp16 matmuls (measured "
+                          "32x slower than fp32 per step, docs/training.md); bf16 is the fast choice on CPU",
+                          stacklevel=3)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name)
         scaler = torch.amp.GradScaler(kind) if name == "fp16" else None
         effective = "fp32" if name == "tf32" and kind != "cuda" else name
