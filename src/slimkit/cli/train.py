@@ -48,6 +48,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from slimkit.evaluation import parameter_counts
     from slimkit.evaluation.tasks import get_task, infer_task
     from slimkit.io import save
     from slimkit.training import TrainConfig, train
@@ -63,8 +64,9 @@ def run(args) -> int:
     task = get_task(task_name)
     before = task.quality(model)
     adapters = _add_lora(model, args.lora) if args.lora else _existing_adapters(model)
+    with_adapters = task.quality(model) if args.lora else None  # e.g. an NF4 base loses some quality
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    total = parameter_counts(model)[0]  # weights stored as codes (QLoRA's NF4 base) included
     batches = get_task(args.data or task_name).training_batches(model, args.batch_size, args.seed)
     result = train(model, batches, config)
     if adapters and args.merge:
@@ -73,7 +75,7 @@ def run(args) -> int:
         lora.merge(model)
     after = task.quality(model)
     summary = {"model": args.model, "data": args.data or task_name, "config": config.to_dict(),
-               "quality_before": before, "quality_after": after, "steps": result.steps,
+               "quality_before": before, "quality_with_adapters": with_adapters, "quality_after": after, "steps": result.steps,
                "final_loss": result.final_loss, "seconds": result.seconds, "tokens_per_s": result.tokens_per_second,
                "peak_memory_bytes": result.peak_memory_bytes, "precision": result.precision,
                "skipped_steps": result.skipped_steps, "trainable_parameters": trainable, "parameters": total,
@@ -119,7 +121,10 @@ def _table(s: dict) -> str:
     def fmt(quality: dict) -> str:
         return ", ".join(f"{k} {v:.4g}" for k, v in quality.items())
 
-    rows = [("quality before", fmt(s["quality_before"])), ("quality after", fmt(s["quality_after"])),
+    rows = [("quality before", fmt(s["quality_before"]))]
+    if s["quality_with_adapters"]:
+        rows.append(("quality with adapters, before training", fmt(s["quality_with_adapters"])))
+    rows += [("quality after", fmt(s["quality_after"])),
             ("steps", f"{s['steps']} ({s['skipped_steps']} skipped)"), ("final train loss", f"{s['final_loss']:.4f}"),
             ("precision", s["precision"]), ("time", f"{s['seconds']:.1f} s"),
             ("targets/s (tokens or examples)", f"{s['tokens_per_s']:,.0f}"), ("peak memory (process)", f"{s['peak_memory_bytes'] / 2**20:,.0f} MiB"),
