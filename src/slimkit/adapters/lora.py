@@ -31,6 +31,7 @@ from slimkit.adapters.layer import LoRALinear
 from slimkit.errors import ArtifactError, UserInputError
 from slimkit.formats import quantize as quantize_tensor
 from slimkit.manifest import add_entry
+from slimkit.naming import parameter_owners
 from slimkit.progress import progress
 from slimkit.quantization.modules import QuantLinear
 
@@ -210,9 +211,7 @@ def _select(model: nn.Module, config: LoRAConfig) -> tuple[list[tuple[str, nn.Li
         if not any(fnmatchcase(name, pattern) for name in linears):
             raise UserInputError(f"LoRA target {pattern!r} matches no Linear layer; closest names: "
                                  f"{', '.join(_closest(pattern, linears))}")
-    owners: dict[int, list[str]] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        owners.setdefault(id(param), []).append(name)
+    owners = parameter_owners(model)
     chosen, skipped = [], {}
     for name, layer in linears.items():
         tied = [o for o in owners[id(layer.weight)] if o != f"{name}.weight"]

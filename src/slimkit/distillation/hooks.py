@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 
 from torch import Tensor, nn
 
 from slimkit.errors import UserInputError
+from slimkit.naming import closest_names
 
 
 class FeatureCapture:
@@ -22,7 +22,7 @@ class FeatureCapture:
         modules = dict(model.named_modules())
         for name in names:
             if name not in modules:
-                close = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.4)
+                close = closest_names(name, [n for n in modules if n])
                 raise UserInputError(f"{role} has no module named {name!r}; closest names: {', '.join(close) or 'none'}")
         self.modules = {name: modules[name] for name in names}
         self.captured: dict[str, Tensor] = {}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
@@ -15,6 +14,7 @@ from slimkit.lowrank.config import LowRankConfig
 from slimkit.lowrank.conv import LowRankConv2d, spatial_rank, tucker2_params, tucker2_ranks
 from slimkit.lowrank.svd import LowRankLinear, energy_kept, matrix_rank_rule
 from slimkit.manifest import add_entry
+from slimkit.naming import closest_names, parameter_owners
 from slimkit.progress import progress
 from slimkit.timing import fixed_threads
 
@@ -181,10 +181,8 @@ def _select(model: nn.Module, config: LowRankConfig) -> tuple[list[tuple[str, nn
         for pattern in patterns:
             if not any(fnmatchcase(name, pattern) for name in candidates):
                 raise UserInputError(f"{kind} pattern {pattern!r} matches no Linear or Conv2d layer; closest names: "
-                                     f"{', '.join(_closest(pattern, candidates))}")
-    owners: dict[int, list[str]] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        owners.setdefault(id(param), []).append(name)
+                                     f"{', '.join(closest_names(pattern, candidates))}")
+    owners = parameter_owners(model)
     factorized = [name for name, m in model.named_modules() if isinstance(m, (LowRankLinear, LowRankConv2d))]
     chosen, skipped = [], []
     for name, layer in candidates.items():
@@ -216,12 +214,6 @@ def _leave_out_reason(name: str, layer: nn.Module, config: LowRankConfig, owners
         if layer.padding_mode != "zeros":
             return f"padding_mode={layer.padding_mode!r}; only zero padding is factorized exactly"
     return None
-
-
-def _closest(pattern: str, names, n: int = 5) -> list[str]:
-    """The names most like ``pattern`` (wildcards dropped)."""
-    literal = pattern.replace("*", "").replace("?", "")
-    return sorted(names, key=lambda name: difflib.SequenceMatcher(None, literal, name).ratio(), reverse=True)[:n]
 
 
 def _check_finite(name: str, weight: torch.Tensor) -> None:

@@ -6,6 +6,8 @@ from fnmatch import fnmatch
 
 from torch import nn
 
+from slimkit.naming import parameter_owners
+
 
 def select_layers(model: nn.Module, include: tuple[str, ...], exclude: tuple[str, ...],
                   types: tuple[type, ...] = (nn.Linear,)) -> tuple[list[tuple[str, nn.Module]], dict[str, str]]:
@@ -15,10 +17,7 @@ def select_layers(model: nn.Module, include: tuple[str, ...], exclude: tuple[str
     left out. A layer whose weight is tied to another module's parameter is left out: replacing
     it would store that weight twice.
     """
-    owners: dict[int, list[str]] = {}
-    for name, module in model.named_modules():
-        for pname, param in module.named_parameters(recurse=False):
-            owners.setdefault(id(param), []).append(f"{name}.{pname}" if name else pname)
+    owners = parameter_owners(model)
     chosen, skipped = [], {}
     for name, module in model.named_modules():
         if not isinstance(module, types):

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from slimkit.errors import UserInputError
+from slimkit.naming import closest_names
 
 BLOCK_CONTAINERS = ("blocks", "layers", "h", "layer", "encoder.layer", "model.layers", "transformer.h")
 
@@ -64,9 +65,7 @@ def matching_names(model: nn.Module, patterns: Sequence[str]) -> list[str]:
     names = [name for name, _ in model.named_modules() if name]
     chosen = [name for name in names if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
     if not chosen:
-        import difflib
-
-        close = difflib.get_close_matches(patterns[0], names, n=5, cutoff=0.3)
+        close = closest_names(patterns[0], names)
         raise UserInputError(f"no module matches {list(patterns)}; closest names: {', '.join(close) or 'none'}")
     # a module inside another chosen one is recomputed by its parent already
     return [n for n in chosen if not any(n.startswith(p + ".") for p in chosen)]
