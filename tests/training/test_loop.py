@@ -10,7 +10,7 @@ from slimkit.models.gpt import GPT, GPTConfig
 from slimkit.training import GeneratorBatches, TrainConfig, TrainingError, train
 from slimkit.training.loop import lr_factor
 
-TINY = GPTConfig(block_size=16, n_layer=2, n_head=2, n_embd=32)
+FP16_ON_CPU = "ignore:precision='fp16' on a CPU"  # the warning itself is tested at the end
 
 
 def tiny_gpt(dropout: float = 0.0) -> GPT:
@@ -86,6 +86,7 @@ def run(tmp_path, steps, *, stop_at=None, resume=False, **extra):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.filterwarnings(FP16_ON_CPU)
 def test_resume_continues_exactly(tmp_path, precision):
     straight, result = run(tmp_path / "a", 8, precision=precision)
     run(tmp_path / "b", 8, stop_at=4, precision=precision)  # interrupted after step 4; checkpoint at 3
@@ -95,6 +96,7 @@ def test_resume_continues_exactly(tmp_path, precision):
         assert torch.equal(params_of(resumed)[key], value), key
 
 
+@pytest.mark.filterwarnings(FP16_ON_CPU)
 def test_grad_scaler_state_round_trips(tmp_path):
     run(tmp_path, 4, precision="fp16")
     saved = torch.load(tmp_path / "ckpt" / "train-state.pt", weights_only=False)["scaler"]
@@ -127,6 +129,7 @@ def test_nan_loss_stops_after_max_bad_steps_with_a_message():
     assert all(torch.equal(v, params_of(model)[k]) for k, v in before.items())  # no step was taken
 
 
+@pytest.mark.filterwarnings(FP16_ON_CPU)
 def test_fp16_scaler_skips_steps_with_inf_gradients():
     calls = {"n": 0}
 
