@@ -142,9 +142,54 @@ def test_unknown_feature_layer_lists_the_closest_names():
     (dict(temperature=0), "temperature=0 must be positive"),
     (dict(alpha=1.5), r"alpha=1.5 must lie in \[0, 1\]"),
     (dict(mode="mutual"), "mode='mutual' is not one of offline, online, self"),
+    (dict(output_loss="kl"), "output_loss='kl' is not one of kd, cosine, mse"),
     (dict(feature_weight=1.0), "feature_weight/attention_weight need features"),
     (dict(relation="rkd"), "relation='rkd' needs relation_weight > 0"),
 ])
 def test_bad_config_is_refused(kwargs, message):
     with pytest.raises(UserInputError, match=message):
         DistillConfig(**kwargs)
+
+
+def tiny_bert(layers: int):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(layers)
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=32)
+    return transformers.BertModel(config)
+
+
+def bert_batches():
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(4):
+        ids = torch.randint(1, 100, (8, 12), generator=g)
+        mask = torch.ones_like(ids)
+        mask[:4, 7:] = 0  # padded sentences: their padding must not count
+        batches.append({"input_ids": ids * mask, "attention_mask": mask})
+    return batches
+
+
+def test_hugging_face_encoder_is_distilled_on_its_hidden_states():
+    teacher, student = tiny_bert(2).eval(), tiny_bert(1)
+    batch = bert_batches()[0]
+    real = batch["attention_mask"].bool()
+
+    def gap():
+        with torch.no_grad():
+            s, t = student(**batch).last_hidden_state[real], teacher(**batch).last_hidden_state[real]
+        return (1 - torch.nn.functional.cosine_similarity(s, t, dim=-1)).mean().item()
+
+    start = gap()
+    distill(teacher, student, bert_batches(), DistillConfig(output_loss="cosine"), TrainConfig(steps=40, lr=3e-3))
+    assert gap() < 0.5 * start
+
+
+def test_padding_positions_are_left_out_of_the_output_loss():
+    from slimkit.distillation.distiller import Distillation
+
+    teacher, student = tiny_bert(2).eval(), tiny_bert(1)
+    module = Distillation(student, teacher, DistillConfig(output_loss="mse"), {})
+    batch = bert_batches()[0]
+    _, count = module.loss(batch)
+    assert count == int(batch["attention_mask"].sum())  # 8 x 12 tokens minus 4 x 5 padding

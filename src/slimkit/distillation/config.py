@@ -9,6 +9,7 @@ from slimkit.errors import UserInputError
 MODES = ("offline", "online", "self")
 FEATURE_LOSSES = ("mse", "cosine")
 RELATIONS = ("none", "rkd", "sp")
+OUTPUT_LOSSES = ("kd", "cosine", "mse")
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,9 @@ class DistillConfig:
     """Softens both distributions: T^2 * KL(softmax(z_t/T) || softmax(z_s/T))."""
     alpha: float = 0.5
     """Weight of the response (KD) loss; the hard-label cross-entropy gets 1 - alpha."""
+    output_loss: str = "kd"
+    """How the final outputs are matched: "kd" (softened logits, above) or, for models whose output is not
+    logits (an encoder's last hidden states, padding positions left out), "cosine" or "mse" alone."""
     mode: str = "offline"
     """"offline": frozen teacher; "online": mutual learning, teacher and student both trained (Zhang et al.
     2018); "self": the teacher is an exponential moving average of the student itself (pass teacher=None)."""
@@ -51,6 +55,7 @@ class DistillConfig:
         if not 0 < self.ema_decay < 1:
             raise UserInputError(f"ema_decay={self.ema_decay} must lie in (0, 1)")
         for name, value, allowed in (("mode", self.mode, MODES), ("feature_loss", self.feature_loss, FEATURE_LOSSES),
+                                     ("output_loss", self.output_loss, OUTPUT_LOSSES),
                                      ("relation", self.relation, RELATIONS)):
             if value not in allowed:
                 raise UserInputError(f"{name}={value!r} is not one of {', '.join(allowed)}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -43,16 +44,17 @@ class Distillation(nn.Module):
 
     def loss(self, batch) -> tuple[Tensor, int]:
         """The training loop's loss_fn: summed over positions, with the number of positions."""
-        x, y = batch
+        x, y = _split(batch)
         c = self.config
         student_names = [s for s, _ in c.features]
         with FeatureCapture(self.student, student_names, "the student") as capture:
-            s_logits = _logits(self.student(x))
+            s_logits = _logits(_call(self.student, x))
         s_feats = capture.captured
         t_logits, t_feats = self._teacher_outputs(x)
         if s_logits.shape != t_logits.shape:
             raise UserInputError(f"teacher output {tuple(t_logits.shape)} and student output "
                                  f"{tuple(s_logits.shape)} differ; distillation needs the same output shape")
+        s_logits, t_logits = _real_positions(s_logits, x), _real_positions(t_logits, x)
         count = s_logits.numel() // s_logits.shape[-1]
         total = _response(s_logits, t_logits.detach(), y, c)
         if c.mode == "online":  # mutual learning: the teacher learns from the student too
@@ -66,13 +68,13 @@ class Distillation(nn.Module):
         teacher_names = [t for _, t in self.config.features]
         if self.config.mode == "online":
             with FeatureCapture(self.teacher, teacher_names, "the teacher") as capture:
-                return _logits(self.teacher(x)), capture.captured
-        key = hashlib.sha1(x.detach().cpu().numpy().tobytes()).digest() if self.config.cache_teacher else None
+                return _logits(_call(self.teacher, x)), capture.captured
+        key = _input_key(x) if self.config.cache_teacher else None
         if key in self._cache:
             return self._cache[key]
         teacher = self.teacher_model.eval()
         with torch.no_grad(), FeatureCapture(teacher, teacher_names, "the teacher") as capture:
-            out = (_logits(teacher(x)), dict(capture.captured))
+            out = (_logits(_call(teacher, x)), dict(capture.captured))
         if key is not None:
             self._cache[key] = out
         return out
@@ -152,12 +154,12 @@ def _projections(student, teacher, config: DistillConfig, source) -> dict[str, n
     if not (config.features and config.feature_weight):
         return {}
     position = source.state_dict()
-    x = source.next()[0]
+    x = _split(source.next())[0]
     source.load_state_dict(position)  # the probe must not move the data position
     s_names, t_names = [s for s, _ in config.features], [t for _, t in config.features]
     with torch.no_grad(), FeatureCapture(student, s_names, "the student") as sc, \
             FeatureCapture(teacher, t_names, "the teacher") as tc:
-        student(x), teacher(x)
+        _call(student, x), _call(teacher, x)
     projections = {}
     for i, (s_name, t_name) in enumerate(config.features):
         s, t = sc.captured[s_name], tc.captured[t_name]
@@ -177,9 +179,11 @@ def _project(projections: nn.ModuleDict, i: int, s: Tensor) -> Tensor:
     return projections[str(i)](s) if str(i) in projections else s
 
 
-def _response(s_logits: Tensor, t_logits: Tensor, y: Tensor, c: DistillConfig) -> Tensor:
+def _response(s_logits: Tensor, t_logits: Tensor, y: Tensor | None, c: DistillConfig) -> Tensor:
+    if c.output_loss != "kd":  # outputs that are not logits (an encoder's hidden states): match them directly
+        return losses.feature_loss(s_logits, t_logits, c.output_loss) * (s_logits.numel() // s_logits.shape[-1])
     total = c.alpha * losses.kd_loss(s_logits, t_logits, c.temperature)
-    if c.alpha < 1:
+    if c.alpha < 1 and y is not None:
         total = total + (1 - c.alpha) * F.cross_entropy(s_logits.reshape(-1, s_logits.shape[-1]).float(),
                                                         y.reshape(-1), ignore_index=-100, reduction="sum")
     return total
@@ -192,4 +196,34 @@ def _relation(s: Tensor, t: Tensor, kind: str) -> Tensor:
 
 
 def _logits(out) -> Tensor:
-    return getattr(out, "logits", out)
+    """Logits when the model has them, else an encoder's last hidden states, else the output itself."""
+    logits = getattr(out, "logits", None)
+    return logits if logits is not None else getattr(out, "last_hidden_state", out)
+
+
+def _split(batch) -> tuple:
+    """(inputs, labels or None): a (x, y) pair, or a Hugging Face dict whose optional "labels" are the labels."""
+    if isinstance(batch, Mapping):
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return inputs, batch.get("labels")
+    return batch[0], batch[1]
+
+
+def _call(model: nn.Module, x):
+    return model(**x) if isinstance(x, Mapping) else model(x)
+
+
+def _real_positions(output: Tensor, x) -> Tensor:
+    """Per-token outputs (B, T, H) of a padded HF batch: only the positions its attention_mask marks as real."""
+    mask = x.get("attention_mask") if isinstance(x, Mapping) else None
+    if mask is None or output.dim() != 3 or output.shape[:2] != mask.shape:
+        return output
+    return output[mask.bool()]  # (real tokens, H)
+
+
+def _input_key(x) -> bytes:
+    tensors = [x[k] for k in sorted(x)] if isinstance(x, Mapping) else [x]
+    digest = hashlib.sha1()
+    for t in tensors:
+        digest.update(t.detach().cpu().numpy().tobytes())
+    return digest.digest()
