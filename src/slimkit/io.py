@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from torch import Tensor, nn
 
 from slimkit.errors import ArtifactError, UserInputError
 from slimkit.manifest import get_manifest, set_manifest
+from slimkit.naming import import_object
 
 FORMAT = "slimkit-artifact"
 FORMAT_VERSION = 1
@@ -136,8 +136,8 @@ def build_architecture(architecture: dict, source: Path) -> nn.Module:
 
             cls = getattr(transformers, architecture["class"])
             return cls(cls.config_class.from_dict(architecture["config"]))
-        model_cls = _import(architecture["class"])
-        config = _import(architecture["config_class"])(**architecture["config"])
+        model_cls = import_object(architecture["class"])
+        config = import_object(architecture["config_class"])(**architecture["config"])
         return model_cls(config)
     except ImportError as exc:
         raise ArtifactError(f"{source}: cannot rebuild the model, {exc}; install what it names") from None
@@ -163,18 +163,10 @@ def _replaced_modules(model: nn.Module) -> dict[str, dict]:
 def _rebuild_replaced_modules(model: nn.Module, records: dict[str, dict], source: Path) -> None:
     for name, record in records.items():
         try:
-            module = _import(record["class"]).from_slimkit_spec(record["spec"])
+            module = import_object(record["class"]).from_slimkit_spec(record["spec"])
             model.set_submodule(name, module)
         except (ImportError, AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"{source}: cannot rebuild module {name!r}: {exc!r}") from None
-
-
-def _import(path: str):
-    module, _, qualname = path.partition(":")
-    obj = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _unique_tensors(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:

@@ -1,8 +1,9 @@
-"""Module and parameter names: the closest names for an error message, and which names share a tensor."""
+"""Names: the closest names for an error message, which names share a tensor, and objects by dotted name."""
 
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Iterable
 
 from torch import nn
@@ -20,3 +21,12 @@ def parameter_owners(model: nn.Module) -> dict[int, list[str]]:
     for name, param in model.named_parameters(remove_duplicate=False):
         owners.setdefault(id(param), []).append(name)
     return owners
+
+
+def import_object(path: str):
+    """The object named ``"package.module:Qualified.name"`` (how artifacts record the classes to rebuild)."""
+    module, _, qualname = path.partition(":")
+    obj = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj

@@ -8,13 +8,13 @@ keeps a fine-tune afterwards well conditioned.
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import torch
 from torch import Tensor, nn
 
 from slimkit.lowrank.config import LowRankConfig
+from slimkit.naming import import_object
 
 
 def energy_rank(singular_values: Tensor, energy: float) -> int:
@@ -106,17 +106,8 @@ class LowRankLinear(nn.Module):
         """An empty layer of the right shapes; ``load_state_dict`` fills it."""
         layer = cls(spec["in_features"], spec["out_features"], spec["rank"], spec["bias"], getattr(torch, spec["dtype"]))
         for name, record in spec.get("children", {}).items():
-            setattr(layer, name, _import(record["class"]).from_slimkit_spec(record["spec"]))
+            setattr(layer, name, import_object(record["class"]).from_slimkit_spec(record["spec"]))
         return layer
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
-
-
-def _import(path: str):
-    """The object named "package.module:Qualified.name"."""
-    module, _, qualname = path.partition(":")
-    obj = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
