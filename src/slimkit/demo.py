@@ -94,6 +94,7 @@ def apply_variant(model: nn.Module, config, base: str) -> nn.Module:
         if config.lora:
             lora.inject(model, config.lora)
         train(model, task.training_batches(model, config.batch_size, config.train.seed), config.train)
+        choose_paths(model)  # a QLoRA base is a QuantLinear: measure its fastest execution path too
     else:
         raise TypeError(f"the demo does not know how to apply a {type(config).__name__}")
     return model
