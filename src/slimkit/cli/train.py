@@ -51,6 +51,8 @@ def run(args) -> int:
     from slimkit.evaluation import parameter_counts
     from slimkit.evaluation.tasks import get_task, infer_task
     from slimkit.io import save
+    from slimkit.quantization.modules import QuantLinear
+    from slimkit.quantization.paths import choose_paths
     from slimkit.training import TrainConfig, train
 
     config = TrainConfig(
@@ -73,6 +75,8 @@ def run(args) -> int:
         from slimkit import lora
 
         lora.merge(model)
+    if any(isinstance(m, QuantLinear) for m in model.modules()):
+        choose_paths(model, threads=args.threads)  # e.g. a QLoRA base: measure its fastest execution path
     after = task.quality(model)
     summary = {"model": args.model, "data": args.data or task_name, "config": config.to_dict(),
                "quality_before": before, "quality_with_adapters": with_adapters, "quality_after": after, "steps": result.steps,
