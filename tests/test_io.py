@@ -184,3 +184,12 @@ def test_replaced_modules_are_rebuilt_from_their_spec(tmp_path):
     assert isinstance(loaded.net[2], Doubler) and loaded.net[2].codes.tolist() == [1, 2, 3]
     x = torch.rand(2, 1, 8, 8)
     assert torch.equal(model(x), loaded(x))
+
+
+def test_frozen_parameters_stay_frozen_through_save_and_load(tmp_path):
+    model = MLP()
+    model.net[1].requires_grad_(False)  # e.g. a frozen base under adapters
+    save(model, tmp_path)
+    loaded = load(tmp_path)
+    assert {n: p.requires_grad for n, p in loaded.named_parameters()} == \
+        {n: p.requires_grad for n, p in model.named_parameters()}

@@ -47,6 +47,8 @@ def save(model: nn.Module, directory: str | Path, *, metrics: dict | None = None
         "aliases": aliases,
         "replaced_modules": _replaced_modules(model),
         "manifest": get_manifest(model),
+        # which parameters training leaves alone (e.g. a LoRA model's frozen base), restored by load
+        "frozen": sorted(name for name, p in model.named_parameters() if not p.requires_grad),
         "metrics": metrics or {},
         "weights": {"file": WEIGHTS_FILE, "bytes": weights.stat().st_size, "sha256": _sha256(weights)},
     }
@@ -77,6 +79,9 @@ def load(directory: str | Path) -> nn.Module:
     except RuntimeError as exc:
         raise ArtifactError(f"{directory / WEIGHTS_FILE}: tensors do not fit the architecture: {exc}") from None
     _retie(model, meta.get("aliases", {}))
+    frozen = set(meta.get("frozen", []))
+    for name, param in model.named_parameters():
+        param.requires_grad_(name not in frozen)
     set_manifest(model, meta.get("manifest", []))
     return model.eval()
 

@@ -87,7 +87,7 @@ def adapter_layers(model: nn.Module) -> dict[str, LoRALinear]:
 
 
 def freeze(model: nn.Module) -> None:
-    """Make the adapters the only trainable parameters (e.g. again after ``slimkit.load``)."""
+    """Make the adapters the only trainable parameters."""
     model.requires_grad_(False)
     for layer in adapter_layers(model).values():
         layer.lora_A.requires_grad_(True)

@@ -48,6 +48,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from slimkit import lora
     from slimkit.evaluation import parameter_counts
     from slimkit.evaluation.tasks import get_task, infer_task
     from slimkit.io import save
@@ -65,15 +66,14 @@ def run(args) -> int:
     task_name = infer_task(model)
     task = get_task(task_name)
     before = task.quality(model)
-    adapters = _add_lora(model, args.lora) if args.lora else _existing_adapters(model)
+    # a saved LoRA model comes back with its base frozen (slimkit.load restores requires_grad)
+    adapters = lora.inject(model, lora.LoRAConfig.parse(args.lora)) if args.lora else list(lora.adapter_layers(model))
     with_adapters = task.quality(model) if args.lora else None  # e.g. an NF4 base loses some quality
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = parameter_counts(model)[0]  # weights stored as codes (QLoRA's NF4 base) included
     batches = get_task(args.data or task_name).training_batches(model, args.batch_size, args.seed)
     result = train(model, batches, config)
     if adapters and args.merge:
-        from slimkit import lora
-
         lora.merge(model)
     if any(isinstance(m, QuantLinear) for m in model.modules()):
         choose_paths(model, threads=args.threads)  # e.g. a QLoRA base: measure its fastest execution path
@@ -103,22 +103,6 @@ def _load_model(spec: str, scratch: bool):
     if spec in zoo.NAMES:
         return zoo.build(spec) if scratch else zoo.reference(spec)
     return load(spec)
-
-
-def _existing_adapters(model) -> list[str] | None:
-    """A saved LoRA model loads with every parameter trainable: train only its adapters again."""
-    from slimkit import lora
-
-    names = list(lora.adapter_layers(model))
-    if names:
-        lora.freeze(model)
-    return names or None
-
-
-def _add_lora(model, spec: str) -> list[str]:
-    from slimkit import lora
-
-    return lora.inject(model, lora.LoRAConfig.parse(spec))
 
 
 def _table(s: dict) -> str:
