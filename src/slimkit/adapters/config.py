@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from slimkit.configs import build_config
 from slimkit.errors import UserInputError
 
 INITS = ("default", "gaussian")
@@ -71,10 +72,7 @@ class LoRAConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> LoRAConfig:
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise UserInputError(f"unknown LoRA setting(s) {', '.join(sorted(unknown))}; known: {_known_keys()}")
-        return cls(**data)
+        return build_config(cls, data, "LoRA")
 
     @classmethod
     def parse(cls, text: str) -> LoRAConfig:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
+from slimkit.configs import build_config
 from slimkit.errors import UserInputError
 
 MODES = ("offline", "online", "self")
@@ -76,8 +77,4 @@ class DistillConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> DistillConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserInputError(f"unknown DistillConfig field(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return build_config(cls, data, "distillation")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from slimkit.configs import build_config
 from slimkit.errors import UserInputError
 
 CONV_METHODS = ("tucker2", "spatial", "skip")
@@ -64,8 +65,4 @@ class LowRankConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> LowRankConfig:
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise UserInputError(f"unknown low-rank setting(s) {', '.join(sorted(unknown))}; known: "
-                                 f"{', '.join(f.name for f in dataclasses.fields(cls))}")
-        return cls(**data)
+        return build_config(cls, data, "low-rank")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
+from slimkit.configs import build_config
 from slimkit.errors import UserInputError
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
@@ -91,11 +92,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserInputError(f"unknown TrainConfig field(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return build_config(cls, data, "training")
 
 
 def _positive(name: str, value: int) -> None:
