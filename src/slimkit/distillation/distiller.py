@@ -34,20 +34,18 @@ class Distillation(nn.Module):
         self.config = config
         if config.mode == "online":
             self.teacher = teacher
-        else:
-            self.__dict__["frozen_teacher"] = teacher  # not a submodule: not optimised, not checkpointed
+        else:  # a tuple keeps it out of the submodules: not optimised, not checkpointed, never in train mode
+            self._frozen_teacher = (teacher.eval(),)
+        # hooks are registered per step but the modules are looked up once (unknown names fail here)
+        self._student_capture = FeatureCapture(student, [s for s, _ in config.features], "the student")
+        self._teacher_capture = FeatureCapture(teacher, [t for _, t in config.features], "the teacher")
         self._cache: dict[bytes, tuple[Tensor, dict[str, Tensor]]] = {}
-
-    @property
-    def teacher_model(self) -> nn.Module:
-        return self.teacher if self.config.mode == "online" else self.__dict__["frozen_teacher"]
 
     def loss(self, batch) -> tuple[Tensor, int]:
         """The training loop's loss_fn: summed over positions, with the number of positions."""
         x, y = _split(batch)
         c = self.config
-        student_names = [s for s, _ in c.features]
-        with FeatureCapture(self.student, student_names, "the student") as capture:
+        with self._student_capture as capture:
             s_logits = _logits(_call(self.student, x))
         s_feats = capture.captured
         t_logits, t_feats = self._teacher_outputs(x)
@@ -65,16 +63,14 @@ class Distillation(nn.Module):
         return total + count * aux, count
 
     def _teacher_outputs(self, x) -> tuple[Tensor, dict[str, Tensor]]:
-        teacher_names = [t for _, t in self.config.features]
         if self.config.mode == "online":
-            with FeatureCapture(self.teacher, teacher_names, "the teacher") as capture:
-                return _logits(_call(self.teacher, x)), capture.captured
+            with self._teacher_capture as capture:
+                return _logits(_call(self.teacher, x)), dict(capture.captured)
         key = _input_key(x) if self.config.cache_teacher else None
         if key in self._cache:
             return self._cache[key]
-        teacher = self.teacher_model.eval()
-        with torch.no_grad(), FeatureCapture(teacher, teacher_names, "the teacher") as capture:
-            out = (_logits(_call(teacher, x)), dict(capture.captured))
+        with torch.no_grad(), self._teacher_capture as capture:
+            out = (_logits(_call(self._frozen_teacher[0], x)), dict(capture.captured))
         if key is not None:
             self._cache[key] = out
         return out

@@ -29,6 +29,7 @@ class FeatureCapture:
         self._handles = []
 
     def __enter__(self) -> FeatureCapture:
+        self.captured = {}  # reusable: each use starts empty
         for name, module in self.modules.items():
             self._handles.append(module.register_forward_hook(self._hook(name)))
         return self
