@@ -45,6 +45,7 @@ class TrainState:
     skipped_steps: int = 0
     tokens: int = 0
     losses: list[float] = field(default_factory=list)
+    postfix: dict[str, str] = field(default_factory=dict)  # callbacks' figures for the progress bar (DP: epsilon)
 
 
 @dataclass
@@ -137,7 +138,7 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig(), *, loss_f
             state.step = step + 1
             elapsed = time.perf_counter() - start
             bar.set_postfix(loss=f"{state.loss:.4f}", tok_s=f"{state.tokens / elapsed:,.0f}",
-                            mem=f"{peak_memory_bytes(device) / 2**20:,.0f}MiB", refresh=False)
+                            mem=f"{peak_memory_bytes(device) / 2**20:,.0f}MiB", **state.postfix, refresh=False)
             if state.step % config.log_every == 0 or state.step == config.steps:
                 log.write(state.step, _metrics(state, optimizer, precision, elapsed, device))
             _call(callbacks, "on_step_end", state)
