@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 
 from slimkit.errors import UserInputError
 
@@ -74,6 +75,22 @@ def _plain_tensors(value: object) -> Iterator[Tensor]:
             yield from _plain_tensors(getattr(value, name))
     else:
         yield value
+
+
+def local_part(tensor: Tensor) -> Tensor:
+    """This rank's part of a DTensor (a parameter or state sharded by FSDP or tensor parallelism); a
+    plain tensor as it is."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def like_param(param: Tensor, local: Tensor, shape: tuple[int, ...] | None = None) -> Tensor:
+    """``local`` as a DTensor sharded like ``param`` (global ``shape``, default the parameter's), or
+    ``local`` itself when the parameter is a plain tensor."""
+    if not isinstance(param, DTensor):
+        return local
+    shape = torch.Size(shape or param.shape)
+    return DTensor.from_local(local, param.device_mesh, param.placements, run_check=False, shape=shape,
+                              stride=torch.empty(shape, device="meta").stride())
 
 
 def _where(group_index: int, param_index: int, param: Tensor) -> str:
@@ -143,9 +160,11 @@ class AdamW(torch.optim.Optimizer):
             self._init_state(param, state, group)
         state["step"] += 1
         step, (beta1, beta2) = int(state["step"].item()), group["betas"]
-        # flat views; reshape copies only a non-contiguous parameter, written back at the end
-        flat, grad = param.reshape(-1), param.grad.reshape(-1)
-        for span in self._spans(param.numel(), group):
+        # flat views; reshape copies only a non-contiguous parameter, written back at the end.
+        # A DTensor (FSDP/tensor-parallel shard) is updated through this rank's local part.
+        param, grad = local_part(param), local_part(param.grad)
+        flat, grad = param.reshape(-1), grad.reshape(-1)
+        for span in self._spans(param.numel(), group, state):
             exp_avg, exp_avg_sq = self._read_moments(state, group, span)
             view = flat[span]
             param32 = view.float()  # the view itself when the parameter is float32
@@ -159,20 +178,22 @@ class AdamW(torch.optim.Optimizer):
         if not param.is_contiguous():
             param.copy_(flat.view(param.shape))
 
-    def _spans(self, numel: int, group: dict[str, Any]) -> list[slice]:
+    def _spans(self, numel: int, group: dict[str, Any], state: dict[str, Tensor]) -> list[slice]:
         """The slices of the flattened parameter that one step updates one after the other."""
         return [slice(0, numel)]
 
     def _init_state(self, param: Tensor, state: dict[str, Tensor], group: dict[str, Any]) -> None:
         # A float32 step tensor, as torch.optim.AdamW keeps it: state dicts stay interchangeable.
         state["step"] = torch.tensor(0.0)
-        # contiguous, so that a flat view of a moment lines up with param.reshape(-1)
-        state["exp_avg"] = torch.zeros(param.shape, dtype=torch.float32, device=param.device)
-        state["exp_avg_sq"] = torch.zeros(param.shape, dtype=torch.float32, device=param.device)
+        # contiguous, so that a flat view of a moment lines up with param.reshape(-1); sharded like
+        # a DTensor parameter, so that torch.distributed.checkpoint can reshard it
+        local = local_part(param)
+        for moment in ("exp_avg", "exp_avg_sq"):
+            state[moment] = like_param(param, torch.zeros(local.shape, dtype=torch.float32, device=local.device))
 
     def _read_moments(self, state: dict[str, Tensor], group: dict[str, Any], span: slice) -> tuple[Tensor, Tensor]:
         """The two moments of ``span`` as float32 tensors that the step may update in place."""
-        return state["exp_avg"].view(-1)[span], state["exp_avg_sq"].view(-1)[span]
+        return local_part(state["exp_avg"]).view(-1)[span], local_part(state["exp_avg_sq"]).view(-1)[span]
 
     def _write_moments(self, state: dict[str, Tensor], group: dict[str, Any], span: slice, exp_avg: Tensor,
                        exp_avg_sq: Tensor) -> None:

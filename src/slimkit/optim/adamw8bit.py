@@ -23,6 +23,7 @@ from typing import Any, Iterable
 
 import torch
 from torch import Tensor
+from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from slimkit.errors import UserInputError
 from slimkit.formats.blockwise import (
@@ -33,7 +34,7 @@ from slimkit.formats.blockwise import (
     check_block_size,
     code_book,
 )
-from slimkit.optim.adamw import FP32_STATE_KEYS, AdamW
+from slimkit.optim.adamw import FP32_STATE_KEYS, AdamW, like_param, local_part
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 SPAN = 2**20  # elements per piece of a step: a multiple of every block size
@@ -54,6 +55,15 @@ def adamw8bit_state_bytes(numels: Iterable[int], block_size: int = 256, min_8bit
     return sum(
         (2 * (n + 4 * -(-n // block_size)) if n >= min_8bit_size else 8 * n) + 4 for n in numels
     )
+
+
+def _row_shardable(param: DTensor) -> bool:
+    """A DTensor whose rows are split (FSDP) or whole: its 8-bit blocks can follow its rows."""
+    return param.dim() >= 2 and all(p == Shard(0) or isinstance(p, Replicate) for p in param.placements)
+
+
+def _rows_blocked(state: dict[str, Tensor]) -> bool:
+    return "exp_avg_absmax" in state and state["exp_avg_absmax"].dim() == 2
 
 
 class AdamW8bit(AdamW):
@@ -92,23 +102,35 @@ class AdamW8bit(AdamW):
             raise UserInputError(f"{where}: min_8bit_size={size!r} must be an integer >= 0")
 
     def _init_state(self, param: Tensor, state: dict[str, Tensor], group: dict[str, Any]) -> None:
-        if param.numel() < group["min_8bit_size"]:
+        if param.numel() < group["min_8bit_size"] or (isinstance(param, DTensor) and not _row_shardable(param)):
             return super()._init_state(param, state, group)
         state["step"] = torch.tensor(0.0)
-        blocks = -(-param.numel() // group["block_size"])
+        local, block_size = local_part(param), group["block_size"]
+        # A sharded parameter gets its blocks row by row (absmax of shape (rows, blocks per row),
+        # sharded like the rows), so that a checkpoint reshards to any world size exactly.
+        rows = isinstance(param, DTensor)
+        blocks = -(-param.numel() // block_size)
+        shape = (param.shape[0], -(-(param.numel() // param.shape[0]) // block_size)) if rows else (blocks,)
+        local_shape = (local.shape[0], shape[1]) if rows else shape
         for moment in MOMENTS:
             # what encoding zeros gives, without building a float32 tensor of the parameter's size
-            codes, absmax = blockwise_encode(torch.zeros(1), self._book(group, moment), group["block_size"])
-            state[f"{moment}_codes"] = torch.full(param.shape, int(codes), dtype=torch.uint8, device=param.device)
-            state[f"{moment}_absmax"] = torch.full((blocks,), float(absmax), device=param.device)
+            codes, absmax = blockwise_encode(torch.zeros(1), self._book(group, moment), block_size)
+            state[f"{moment}_codes"] = like_param(
+                param, torch.full(local.shape, int(codes), dtype=torch.uint8, device=local.device))
+            state[f"{moment}_absmax"] = like_param(
+                param, torch.full(local_shape, float(absmax), device=local.device), shape)
 
-    def _spans(self, numel: int, group: dict[str, Any]) -> list[slice]:
+    def _spans(self, numel: int, group: dict[str, Any], state: dict[str, Tensor]) -> list[slice]:
+        if _rows_blocked(state):  # a shard is already 1/world of its parameter: one span
+            return [slice(0, numel)]
         # whole blocks at a time, so the step's float32 temporaries stay bounded by SPAN elements
         return [slice(start, min(start + SPAN, numel)) for start in range(0, numel, SPAN)]
 
     def _read_moments(self, state: dict[str, Tensor], group: dict[str, Any], span: slice) -> tuple[Tensor, Tensor]:
         if "exp_avg" in state:
             return super()._read_moments(state, group, span)
+        if _rows_blocked(state):
+            return tuple(self._decode_rows(state, group, m).view(-1) for m in MOMENTS)
         blocks = self._blocks(span, group["block_size"])
         exp_avg, exp_avg_sq = (
             blockwise_decode(state[f"{m}_codes"].view(-1)[span], state[f"{m}_absmax"][blocks],
@@ -121,11 +143,31 @@ class AdamW8bit(AdamW):
                        exp_avg_sq: Tensor) -> None:
         if "exp_avg" in state:
             return
+        if _rows_blocked(state):
+            for moment, values in zip(MOMENTS, (exp_avg, exp_avg_sq)):
+                self._encode_rows(state, group, moment, values)
+            return
         blocks = self._blocks(span, group["block_size"])
         for moment, values in zip(MOMENTS, (exp_avg, exp_avg_sq)):
             codes, absmax = blockwise_encode(values, self._book(group, moment), group["block_size"])
             state[f"{moment}_codes"].view(-1)[span].copy_(codes)
             state[f"{moment}_absmax"][blocks].copy_(absmax)
+
+    def _decode_rows(self, state: dict[str, Tensor], group: dict[str, Any], moment: str) -> Tensor:
+        codes, absmax = local_part(state[f"{moment}_codes"]), local_part(state[f"{moment}_absmax"])
+        rows = codes.reshape(codes.shape[0], -1)  # (rows, cols)
+        width = absmax.shape[1] * group["block_size"]
+        padded = torch.nn.functional.pad(rows, (0, width - rows.shape[1]))  # (rows, blocks per row * block)
+        values = blockwise_decode(padded, absmax.reshape(-1), self._book(group, moment), group["block_size"])
+        return values[:, : rows.shape[1]].contiguous()
+
+    def _encode_rows(self, state: dict[str, Tensor], group: dict[str, Any], moment: str, values: Tensor) -> None:
+        codes, absmax = local_part(state[f"{moment}_codes"]), local_part(state[f"{moment}_absmax"])
+        rows = values.view(codes.shape[0], -1)
+        padded = torch.nn.functional.pad(rows, (0, absmax.shape[1] * group["block_size"] - rows.shape[1]))
+        new_codes, new_absmax = blockwise_encode(padded, self._book(group, moment), group["block_size"])
+        codes.view(codes.shape[0], -1).copy_(new_codes[:, : rows.shape[1]])
+        absmax.copy_(new_absmax.view(absmax.shape))
 
     @staticmethod
     def _blocks(span: slice, block_size: int) -> slice:

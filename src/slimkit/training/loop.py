@@ -95,8 +95,11 @@ def make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.opt
 
 
 def train(model: nn.Module, data, config: TrainConfig = TrainConfig(), *, loss_fn=cross_entropy_loss,
-          callbacks=(), optimizer: torch.optim.Optimizer | None = None) -> TrainResult:
+          callbacks=(), optimizer: torch.optim.Optimizer | None = None, checkpoints=ckpt) -> TrainResult:
     """Train ``model`` in place on batches from ``data`` (a batch source or any iterable of batches).
+
+    ``checkpoints``: the module that saves and loads resumable checkpoints (slimkit.distributed.checkpoint
+    for sharded runs).
 
     >>> from slimkit.training.batches import random_examples
     >>> result = train(mlp, random_examples(x, y, 64), TrainConfig(steps=100, lr=3e-3))  # doctest: +SKIP
@@ -115,8 +118,8 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig(), *, loss_f
     torch.manual_seed(config.seed)  # dropout and other randomness; a resumed run restores the saved RNG below
     saved = dict(config=config.to_dict(), model=model, optimizer=optimizer, scheduler=scheduler,
                  scaler=precision.scaler, batches=source)
-    if config.resume and ckpt.checkpoint_file(config.checkpoint_dir).exists():
-        state.step, extra = ckpt.load_checkpoint(config.checkpoint_dir, **saved)
+    if config.resume and checkpoints.checkpoint_file(config.checkpoint_dir).exists():
+        state.step, extra = checkpoints.load_checkpoint(config.checkpoint_dir, **saved)
         state.losses, state.tokens, state.skipped_steps = extra["losses"], extra["tokens"], extra["skipped_steps"]
     log = MetricsLog(config.log_dir)
     model.train()
@@ -144,7 +147,7 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig(), *, loss_f
             _call(callbacks, "on_step_end", state)
             if config.checkpoint_dir and (state.step == config.steps or (
                     config.checkpoint_every and state.step % config.checkpoint_every == 0)):
-                ckpt.save_checkpoint(config.checkpoint_dir, step=state.step, **saved, extra=dict(
+                checkpoints.save_checkpoint(config.checkpoint_dir, step=state.step, **saved, extra=dict(
                     losses=state.losses, tokens=state.tokens, skipped_steps=state.skipped_steps))
     _call(callbacks, "on_train_end", state)
     log.close()
@@ -158,8 +161,8 @@ def train_step(model, micro_batches, loss_fn, precision: Precision, state: Train
     """Forward/backward over the micro-batches, then one optimizer step. Returns False if skipped."""
     state.optimizer.zero_grad(set_to_none=True)
     total_loss, estimate, targets = 0.0, None, 0
-    for batch in micro_batches:
-        with precision.autocast():
+    for index, batch in enumerate(micro_batches):
+        with _gradient_sync(model, index == len(micro_batches) - 1), precision.autocast():
             loss_sum, count = loss_fn(model, batch)
         # The divisor must be the whole step's target count; it is known only after the last forward,
         # so divide by an estimate now (keeps fp16 magnitudes sane) and correct the gradients below.
@@ -184,6 +187,15 @@ def train_step(model, micro_batches, loss_fn, precision: Precision, state: Train
     stepped = precision.step(state.optimizer)
     state.skipped_steps += not stepped
     return stepped
+
+
+def _gradient_sync(model: nn.Module, last: bool):
+    """DDP/FSDP all-reduce gradients only in the last micro-batch's backward (earlier ones accumulate locally)."""
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(last)
+    elif not last and hasattr(model, "no_sync"):  # DDP
+        return model.no_sync()
+    return contextlib.nullcontext()
 
 
 def _metrics(state: TrainState, optimizer, precision: Precision, elapsed: float, device) -> dict:
