@@ -15,14 +15,16 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+import torch
 from torch import Tensor, nn
 
 from slimkit.errors import ArtifactError, UserInputError
+from slimkit.formats.sparse import decode_sparse, encode_sparse
 from slimkit.manifest import get_manifest, set_manifest
 from slimkit.naming import import_object
 
 FORMAT = "slimkit-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sparse tensors may be stored as a bitmask or CSR (version 1 artifacts still load)
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "slimkit.json"
 
@@ -35,14 +37,15 @@ def save(model: nn.Module, directory: str | Path, *, metrics: dict | None = None
     directory = Path(directory)
     architecture = describe_architecture(model)
     tensors, aliases = _unique_tensors(model.state_dict())
+    stored, encodings = _compact(tensors)
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / WEIGHTS_FILE
-    save_file(tensors, str(weights), metadata={"format": FORMAT})
+    save_file(stored, str(weights), metadata={"format": FORMAT})
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "architecture": architecture,
-        "tensors": {name: {"encoding": "raw", "dtype": str(t.dtype).removeprefix("torch."),
+        "tensors": {name: {"encoding": encodings.get(name, "raw"), "dtype": str(t.dtype).removeprefix("torch."),
                            "shape": list(t.shape)} for name, t in tensors.items()},
         "aliases": aliases,
         "replaced_modules": _replaced_modules(model),
@@ -69,7 +72,7 @@ def load(directory: str | Path) -> nn.Module:
             "model folder (config.json missing)"
         )
     meta = read_meta(directory)
-    state = _read_weights(directory, meta)
+    state = _expand(_read_weights(directory, meta), meta.get("tensors", {}), directory / WEIGHTS_FILE)
     model = build_architecture(meta["architecture"], directory / META_FILE)
     _rebuild_replaced_modules(model, meta.get("replaced_modules", {}), directory / META_FILE)
     for alias, canonical in meta.get("aliases", {}).items():
@@ -186,6 +189,35 @@ def _unique_tensors(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[s
         seen[key] = name
         tensors[name] = tensor.detach().contiguous()
     return tensors, aliases
+
+
+def _compact(tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Sparse float tensors as bitmask/CSR parts named ``"<name>::<part>"`` (formats/sparse.py); the rest as is."""
+    stored, encodings = {}, {}
+    for name, tensor in tensors.items():
+        compact = encode_sparse(tensor)
+        if compact is None:
+            stored[name] = tensor
+            continue
+        encodings[name] = compact[0]
+        stored.update({f"{name}::{part}": t for part, t in compact[1].items()})
+    return stored, encodings
+
+
+def _expand(stored: dict[str, Tensor], described: dict[str, dict], path: Path) -> dict[str, Tensor]:
+    """The dense state dict back from what ``_compact`` stored."""
+    state = {name: t for name, t in stored.items() if "::" not in name}
+    for name, info in described.items():
+        if info.get("encoding", "raw") == "raw":
+            continue
+        prefix = f"{name}::"
+        parts = {key[len(prefix):]: t for key, t in stored.items() if key.startswith(prefix)}
+        try:
+            dtype = getattr(torch, info["dtype"])
+            state[name] = decode_sparse(info["encoding"], parts, info["shape"], dtype)
+        except (KeyError, ValueError, AttributeError) as exc:
+            raise ArtifactError(f"{path}: tensor {name!r} ({info.get('encoding')}) cannot be decoded: {exc!r}") from None
+    return state
 
 
 def _retie(model: nn.Module, aliases: dict[str, str]) -> None:

@@ -1,0 +1,168 @@
+"""Structured pruning: remove whole channels, neurons and heads, so the model becomes a smaller dense model.
+
+Channel groups come from the dependency graph (graph.py), heads from the attention units (units.py).
+Each group's channels are scored by summing, over the layers producing them, the filter's L1 norm
+(Li et al.), L2 norm, Taylor score |w * dL/dw| or, for ``bn_scale``, the |gamma| of the BatchNorm
+layers following them. Per layer: each group loses ``round(ratio * size)`` channels; global: the
+lowest channels of all groups, scores divided by their group's mean so that groups compare. A
+group always keeps at least one channel (the report says when that clamp applied).
+"""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+
+import torch
+from torch import Tensor, nn
+
+from slimkit.pruning.config import PruneConfig
+from slimkit.pruning.graph import Space, dependency_groups
+from slimkit.pruning.importance import accumulated_grads
+from slimkit.pruning.modules import shrink_batchnorm, shrink_conv, shrink_linear
+from slimkit.pruning.unstructured import LayerReport
+from slimkit.pruning.units import update_config
+
+
+def prune_structure(model: nn.Module, config: PruneConfig, example_args: tuple, data: list | None
+                    ) -> tuple[list[LayerReport], list[str]]:
+    """Shrink ``model`` in place; returns one report per channel group / attention unit and tracing notes."""
+    groups, units, notes = dependency_groups(model, example_args)
+    reports, live = [], []
+    for g in groups:
+        reason = g.blocked or _excluded(g, config)
+        label = ", ".join(g.producers)
+        if reason:
+            reports.append(LayerReport(label, "channels", g.size, g.size, config.method, skipped=reason))
+        else:
+            live.append(g)
+    grads = _grads(model, live, units, config, data)
+    scores = [_group_scores(model, g, config, grads) for g in live]
+    head_scores = [_head_scores(model, u, config, grads) for u in units]
+    keeps = _keep(scores, config)
+    head_keeps = _keep(head_scores, config)
+    _apply_channels(model, live, keeps)
+    for unit, keep, sc in zip(units, head_keeps, head_scores):
+        before = unit.n_head
+        unit.keep_heads(model, keep)
+        reports.append(LayerReport(unit.name, "heads", before, len(keep), config.method, note=_clamp_note(sc, keep,
+                                                                                                      config)))
+    for g, keep, sc in zip(live, keeps, scores):
+        reports.append(LayerReport(", ".join(g.producers), "channels", g.size, len(keep), config.method,
+                                   note=_clamp_note(sc, keep, config)))
+    update_config(model, units)
+    return reports, notes
+
+
+def _excluded(group: Space, config: PruneConfig) -> str | None:
+    members = group.producers + group.channelwise + [c[0] for c in group.consumers]
+    for name in members:
+        if any(fnmatchcase(name, p) for p in config.exclude):
+            return f"{name} matched by exclude {list(config.exclude)}"
+    if config.include and not any(any(fnmatchcase(p, pat) for pat in config.include) for p in group.producers):
+        return f"not matched by include {list(config.include)}"
+    return None
+
+
+def _grads(model, groups, units, config, data) -> dict[str, Tensor]:
+    if config.method != "taylor":
+        return {}
+    from slimkit.errors import UserInputError
+
+    if not data:
+        raise UserInputError("method='taylor' needs data= (inputs, targets) batches for the gradients")
+    names = {p for g in groups for p in g.producers} | {n for u in units for n in u.input_layers + [u.output_layer]}
+    layers = [(n, model.get_submodule(n)) for n in sorted(names)]
+    return accumulated_grads(model, layers, list(data)[:config.calibration_batches])
+
+
+def _rows(method: str, weight: Tensor, grad: Tensor | None, dim: int = 0) -> Tensor:
+    """Per-slice importance of ``weight`` along ``dim`` (0: output rows/filters, 1: input columns)."""
+    w = weight.detach().float().transpose(0, dim).flatten(1)
+    if method == "taylor":
+        return (w * grad.float().transpose(0, dim).flatten(1)).abs().sum(1)
+    if method == "l2":
+        return w.square().sum(1)
+    return w.abs().sum(1)
+
+
+def _group_scores(model: nn.Module, group: Space, config: PruneConfig, grads: dict) -> Tensor:
+    if config.method == "random":
+        return torch.rand(group.size, generator=torch.Generator().manual_seed(config.seed + group.size))
+    if config.method == "bn_scale":
+        norms = [model.get_submodule(n) for n in group.channelwise]
+        norms = [m for m in norms if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+        if norms:
+            return sum(m.weight.detach().abs().float() for m in norms)
+    method = "l1" if config.method == "bn_scale" else config.method  # no BatchNorm follows: filter norms
+    return sum(_rows(method, model.get_submodule(n).weight, grads.get(n)) for n in group.producers)
+
+
+def _head_scores(model: nn.Module, unit, config: PruneConfig, grads: dict) -> Tensor:
+    if config.method == "random":
+        return torch.rand(unit.n_head, generator=torch.Generator().manual_seed(config.seed + unit.n_head))
+    method = "l1" if config.method == "bn_scale" else config.method
+    names = {id(model.get_submodule(n).weight): n for n in unit.input_layers + [unit.output_layer]}
+    total = torch.zeros(unit.n_head)
+    for weight, dim, idx in unit.head_slices(model):
+        slice_scores = _rows(method, weight, grads.get(names.get(id(weight)), None) if grads else None, dim)
+        total += slice_scores[idx].sum(1)  # (heads,)
+    return total
+
+
+def _keep(scores: list[Tensor], config: PruneConfig) -> list[Tensor]:
+    """Sorted indices kept per group: per layer, or one global ranking of mean-normalised scores."""
+    if config.scope == "layer":
+        return [_top(s, max(1, len(s) - round(config.ratio * len(s)))) for s in scores]
+    normalised = [s / s.mean().clamp_min(1e-12) for s in scores]
+    flat = torch.cat(normalised) if normalised else torch.zeros(0)
+    owner = torch.cat([torch.full((len(s),), i) for i, s in enumerate(scores)]) if scores else torch.zeros(0)
+    left = [len(s) for s in scores]
+    removed = [torch.zeros(len(s), dtype=torch.bool) for s in scores]
+    budget = round(config.ratio * len(flat))
+    start = torch.cat([torch.tensor([0]), torch.tensor(left).cumsum(0)]) if scores else None
+    for i in flat.argsort(stable=True).tolist():
+        if budget == 0:
+            break
+        g = int(owner[i])
+        if left[g] > 1:
+            removed[g][i - int(start[g])] = True
+            left[g] -= 1
+            budget -= 1
+    return [(~r).nonzero().flatten() for r in removed]
+
+
+def _top(scores: Tensor, count: int) -> Tensor:
+    return scores.argsort(descending=True, stable=True)[:count].sort().values
+
+
+def _clamp_note(scores: Tensor, keep: Tensor, config: PruneConfig) -> str | None:
+    if config.scope == "layer" and len(scores) - round(config.ratio * len(scores)) < 1:
+        return f"ratio {config.ratio} would remove all {len(scores)}; clamped to keep 1"
+    return None
+
+
+def _apply_channels(model: nn.Module, groups: list[Space], keeps: list[Tensor]) -> None:
+    """Cut every member layer once: output rows of producers, input columns of consumers, BN/depthwise channels."""
+    out_keep, channel_keep, in_masks = {}, {}, {}
+    for g, keep in zip(groups, keeps):
+        kept = torch.zeros(g.size, dtype=torch.bool)
+        kept[keep] = True
+        for name in g.producers:
+            out_keep[name] = keep
+        for name in g.channelwise:
+            channel_keep[name] = keep
+        for name, offset, start, length in g.consumers:
+            layer = model.get_submodule(name)
+            size = layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
+            mask = in_masks.setdefault(name, torch.ones(size, dtype=torch.bool))
+            mask[offset:offset + length] &= kept[start:start + length]
+    for name in set(out_keep) | set(channel_keep) | set(in_masks):
+        layer = model.get_submodule(name)
+        in_keep = in_masks[name].nonzero().flatten() if name in in_masks else None
+        if isinstance(layer, nn.Linear):
+            new = shrink_linear(layer, out_keep.get(name), in_keep)
+        elif isinstance(layer, nn.Conv2d):
+            new = shrink_conv(layer, out_keep.get(name, channel_keep.get(name)), in_keep)
+        else:
+            new = shrink_batchnorm(layer, channel_keep[name])
+        model.set_submodule(name, new)
