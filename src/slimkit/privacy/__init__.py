@@ -8,7 +8,9 @@
 from slimkit.privacy.accountant import (RDPAccountant, epsilon, epsilon_floor, noise_for_epsilon,
                                         rdp_sampled_gaussian)
 from slimkit.privacy.dpsgd import DPConfig, PrivateTraining, make_private
+from slimkit.privacy.federated import FederatedConfig, FederatedResult, dirichlet_split, federated_average
 from slimkit.privacy.layers import check_per_sample_safe, replace_batchnorm
 
-__all__ = ["DPConfig", "PrivateTraining", "RDPAccountant", "check_per_sample_safe", "epsilon", "epsilon_floor",
-           "make_private", "noise_for_epsilon", "rdp_sampled_gaussian", "replace_batchnorm"]
+__all__ = ["DPConfig", "FederatedConfig", "FederatedResult", "PrivateTraining", "RDPAccountant", "check_per_sample_safe",
+           "dirichlet_split", "epsilon", "epsilon_floor", "federated_average", "make_private", "noise_for_epsilon",
+           "rdp_sampled_gaussian", "replace_batchnorm"]
