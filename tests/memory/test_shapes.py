@@ -88,7 +88,8 @@ def test_bad_shape():
     ({"batch": 0}, "batch=0 must be at least 1"),
     ({"qlora": True}, "needs lora_rank > 0"),
     ({"lora_rank": -1}, "lora_rank=-1"),
-    ({"world_size": 8}, "issue 8"),
+    ({"zero_stage": 4}, "zero_stage=4 is unknown"),
+    ({"world_size": 0}, "world_size=0 must be at least 1"),
 ])
 def test_bad_setups(changes, message):
     with pytest.raises(UserInputError, match=message):

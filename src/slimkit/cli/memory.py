@@ -12,12 +12,13 @@ HELP = ("Predict where a training step's memory goes (weights, gradients, optimi
         "a Hugging Face config.json (or its folder), or 'gpt' (slimkit's reference GPT, see --gpt).")
 EXAMPLE = ("example:\n  slimkit memory llama-7b --precision amp-bf16 --batch 4 --seq 2048 --device cuda --budget 24GB\n"
            "  slimkit memory gpt --gpt 4,4,128 --batch 8 --seq 256 --precision amp-bf16 --measure\n"
-           "  slimkit memory --params 7e9 --optimizer adamw8bit --json")
+           "  slimkit memory --params 7e9 --optimizer adamw8bit --json\n"
+           "  slimkit memory --params 7.5e9 --precision amp-bf16 --zero-stage 3 --world-size 64 --json")
 
 
 def add_arguments(p) -> None:
     from slimkit.memory.presets import PRESETS
-    from slimkit.memory.setup import ATTENTION, CHECKPOINTING, DEVICES, OPTIMIZERS, PRECISIONS
+    from slimkit.memory.setup import ATTENTION, CHECKPOINTING, DEVICES, OPTIMIZERS, PRECISIONS, ZERO_STAGES
 
     p.add_argument("model", metavar="MODEL", nargs="?", help=f"{', '.join(PRESETS)}, a config.json, or gpt")
     p.add_argument("--params", type=float, help="only a parameter count (e.g. 7e9): a GPT-like shape is assumed")
@@ -33,6 +34,9 @@ def add_arguments(p) -> None:
     p.add_argument("--lora-rank", type=int, default=0, help="LoRA rank on every block Linear (0: full fine-tune)")
     p.add_argument("--qlora", action="store_true", help="NF4 double-quantized frozen base (needs --lora-rank)")
     p.add_argument("--device", default="cpu", choices=DEVICES, help="decides AdamW's implementation and slack")
+    p.add_argument("--zero-stage", type=int, default=0, choices=ZERO_STAGES,
+                   help="ZeRO sharding over --world-size ranks: 1 optimizer states, 2 + gradients, 3 + weights (FSDP)")
+    p.add_argument("--world-size", type=positive_int, default=1, help="data-parallel ranks (default 1); figures are per rank")
     p.add_argument("--budget", help="memory to fit, e.g. 24GB or 80GiB: prints whether it fits and a recommendation")
     p.add_argument("--measure", action="store_true", help="run real steps (MODEL=gpt) and print measured vs predicted")
     p.add_argument("--steps", type=positive_int, default=3, help="steps to measure, the first a warm-up (default 3)")
@@ -46,7 +50,8 @@ def run(args) -> int:
 
     setup = TrainSetup(precision=args.precision, optimizer=args.optimizer, batch=args.batch, seq=args.seq,
                        accumulate=args.accumulate, checkpointing=args.checkpointing, attention=args.attention,
-                       lora_rank=args.lora_rank, qlora=args.qlora, device=args.device)
+                       lora_rank=args.lora_rank, qlora=args.qlora, device=args.device, zero_stage=args.zero_stage,
+                       world_size=args.world_size)
     shape, model = _shape_and_model(args)
     prediction = plan(shape, setup)
     out = prediction.to_dict()
@@ -101,7 +106,11 @@ def _table(out: dict) -> str:
     gib = 2**30
     lines = [f"{out['model']}: peak {out['total'] / gib:.3f} GiB during {out['peak_phase']}", "",
              "| component at the peak | GiB |", "|---|---|"]
-    lines += [f"| {k} | {v / gib:.3f} |" for k, v in out.items() if isinstance(v, int) and not isinstance(v, bool) and k != "budget"]
+    lines += [f"| {k} | {v / gib:.3f} |" for k, v in out.items()
+              if isinstance(v, int) and not isinstance(v, bool) and k not in ("budget", "model_states")]
+    setup = out["setup"]
+    lines.append(f"\nmodel states (weights, gradients, optimizer states) per rank: {out['model_states'] / gib:.3f} GiB"
+                 + (f" (ZeRO stage {setup['zero_stage']}, {setup['world_size']} ranks)" if setup["world_size"] > 1 else ""))
     lines += ["", "| phase | GiB |", "|---|---|"] + [f"| {k} | {v / gib:.3f} |" for k, v in out["phases"].items()]
     if "fits" in out:
         lines.append(f"\nbudget {out['budget'] / 1e9:.2f} GB = {out['budget'] / gib:.2f} GiB: {'fits' if out['fits'] else 'does not fit'}")
@@ -110,7 +119,8 @@ def _table(out: dict) -> str:
             lines.append(f"cheapest set-up that fits ({rec['total'] / gib:.2f} GiB):")
             lines += [f"  - {c['change']}: {c['cost']}" for c in rec["changes"]]
         elif rec is None:
-            lines.append("nothing the planner knows fits; a larger device or sharding (issue 8) is needed")
+            lines.append("nothing the planner knows fits; a larger device or sharding (--zero-stage 3 --world-size N) "
+                         "is needed")
     if "measured" in out:
         m = out["measured"]
         lines.append(f"\nmeasured peak ({m['device']}): {m['peak'] / gib:.4f} GiB during {m['phase']}; "

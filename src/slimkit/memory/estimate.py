@@ -108,6 +108,33 @@ def optimizer_state_bytes(shape: ModelShape, setup: TrainSetup) -> float:
     return 2 * n * r.state
 
 
+def model_state_bytes(shape: ModelShape, setup: TrainSetup) -> dict[str, float]:
+    """Per-rank weights, gradients, optimizer states and master weights under ``setup.zero_stage``
+    over ``setup.world_size`` ranks (Rajbhandari et al. 2020, "ZeRO", figure 1): stage 1 divides the
+    optimizer states (master weights included) by the world size, stage 2 also the gradients,
+    stage 3 also the weights.
+
+    With autocast and a ZeRO stage, the states are laid out as ZeRO's mixed-precision training keeps
+    them: 16-bit working weights and gradients, fp32 master weights beside the fp32 moments (K = 12
+    bytes per parameter with Adam), the same 16 bytes per parameter as autocast's fp32 weights.
+
+    >>> from slimkit.memory.shapes import from_params
+    >>> states = model_state_bytes(from_params(7_500_000_000), TrainSetup(precision="amp-bf16", zero_stage=1,
+    ...                                                                  world_size=64))
+    >>> round(sum(states.values()) / 1e9, 1)  # ZeRO's 7.5B example: 31.4 GB per rank
+    31.4
+    """
+    n = trainable_params(shape, setup)
+    states = {"parameters": parameter_bytes(shape, setup), "gradients": gradient_bytes(shape, setup),
+              "optimizer_states": optimizer_state_bytes(shape, setup), "master_weights": 0.0}
+    if setup.zero_stage and setup.autocast:
+        states.update(parameters=parameter_bytes(shape, setup.replace(precision="bf16")), gradients=2.0 * n,
+                      master_weights=4.0 * n)
+    divided_from = {"optimizer_states": 1, "master_weights": 1, "gradients": 2, "parameters": 3}
+    return {name: value / (setup.world_size if setup.zero_stage >= divided_from[name] else 1)
+            for name, value in states.items()}
+
+
 def optimizer_temporary_bytes(shape: ModelShape, setup: TrainSetup) -> float:
     """Extra bytes while the optimizer steps: foreach AdamW (CUDA default) makes a square-root
     list as large as one moment; the per-tensor loop (CPU default) two temporaries of the largest

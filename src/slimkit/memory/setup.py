@@ -12,6 +12,7 @@ OPTIMIZERS = ("adamw", "adamw-fused", "adamw8bit", "sgd")
 CHECKPOINTING = ("none", "full", "selective")
 ATTENTION = ("sdpa", "eager")
 DEVICES = ("cpu", "cuda")
+ZERO_STAGES = (0, 1, 2, 3)
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,9 @@ class TrainSetup:
     lora_rank: 0 for full fine-tuning, else LoRA adapters of this rank on every Linear of the blocks.
     qlora: the frozen base stored as NF4 with double quantization (needs lora_rank > 0).
     device: "cpu" or "cuda"; decides the default AdamW implementation and allocator slack.
-    zero_stage / world_size: sharding of states across data-parallel ranks (issue 8; only 0 / 1 today).
+    zero_stage: ZeRO stage over the data-parallel ranks: 0 (DDP: every rank holds everything), 1
+        (optimizer states sharded), 2 (+ gradients), 3 (+ parameters: FSDP's fully_shard).
+    world_size: data-parallel ranks sharing the states; ``batch`` stays the micro-batch of one rank.
     """
 
     precision: str = "fp32"
@@ -58,9 +61,9 @@ class TrainSetup:
             raise UserInputError(f"lora_rank={self.lora_rank} must be 0 (no LoRA) or a positive rank")
         if self.qlora and not self.lora_rank:
             raise UserInputError("qlora=True needs lora_rank > 0: QLoRA trains LoRA adapters on the NF4 base")
-        if self.zero_stage != 0 or self.world_size != 1:
-            raise UserInputError("ZeRO stages and world_size > 1 are not modelled yet (issue 8); "
-                                 "use zero_stage=0, world_size=1")
+        if self.zero_stage not in ZERO_STAGES:
+            raise UserInputError(f"zero_stage={self.zero_stage!r} is unknown; choose one of 0, 1, 2, 3 "
+                                 "(3 = FSDP's full sharding)")
 
     @property
     def autocast(self) -> bool:

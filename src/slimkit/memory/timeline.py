@@ -19,9 +19,8 @@ from slimkit.memory.estimate import (
     head_activation_bytes,
     input_bytes,
     logit_bytes,
-    optimizer_state_bytes,
+    model_state_bytes,
     optimizer_temporary_bytes,
-    parameter_bytes,
     regime,
     weight_copy_bytes,
 )
@@ -58,13 +57,14 @@ class Plan:
         return self.phases[self.peak_phase]
 
     def model_states(self) -> float:
-        """Weights + gradients + optimizer states + master weights (ZeRO's "model states")."""
+        """Weights + gradients + optimizer states + master weights (ZeRO's "model states"), per rank."""
         b = self.phases["optimizer step"]
         return b["parameters"] + b["gradients"] + b["optimizer_states"] + b["master_weights"]
 
     def to_dict(self) -> dict:
         """Bytes under stable keys: the breakdown at the peak, ``peak_phase`` and each phase's total."""
-        return {**{k: int(v) for k, v in self.breakdown.items()}, "peak_phase": self.peak_phase,
+        return {**{k: int(v) for k, v in self.breakdown.items()}, "model_states": int(self.model_states()),
+                "peak_phase": self.peak_phase,
                 "phases": {name: int(b["total"]) for name, b in self.phases.items()},
                 "model": self.shape.name, "setup": self.setup.to_dict()}
 
@@ -74,16 +74,17 @@ def plan(shape: ModelShape, setup: TrainSetup) -> Plan:
     tokens = setup.batch * setup.seq
     L, r = shape.n_layer, regime(setup)
     block = block_activations(shape, setup)
-    grads = gradient_bytes(shape, setup)
-    static = {"parameters": parameter_bytes(shape, setup), "optimizer_states": optimizer_state_bytes(shape, setup),
-              "master_weights": 0.0, "buffers": 0.0}
+    states = model_state_bytes(shape, setup)  # per rank, sharded by the ZeRO stage
+    grads = states["gradients"]
+    static = {"parameters": states["parameters"], "optimizer_states": states["optimizer_states"],
+              "master_weights": states["master_weights"], "buffers": 0.0}
     copies = weight_copy_bytes(shape, setup)
     kept_copies = _kept_copy_fraction(shape, setup) * copies  # per block, from forward until its backward
     head_copy = shape.vocab * shape.hidden * r.compute if setup.autocast else 0.0
     # gradients of earlier micro-batches stay live through the next one's forward and backward
     accumulated = grads if setup.accumulate > 1 else 0.0
     stored = tokens * (L * block.stored + head_activation_bytes(shape, setup)) + input_bytes(setup)
-    head_grad = 0.0 if setup.lora else shape.vocab * shape.hidden * r.grad
+    head_grad = 0.0 if setup.lora else shape.vocab * shape.hidden * r.grad * grads / gradient_bytes(shape, setup)
     logits_forward = shape.vocab * (r.compute + r.loss + (r.loss if r.compute != r.loss else 0))
 
     def moment(activations, logits, gradients, weight_copies, temporaries=0.0):
