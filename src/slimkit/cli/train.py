@@ -11,7 +11,8 @@ HELP = ("Train or fine-tune a model with slimkit's training loop: precision (fp3
         "Prints quality before and after, time, tokens/s, peak memory and trainable parameters.")
 EXAMPLE = ("example:\n  slimkit train --model gpt --data pycorpus --steps 200 --precision bf16 --accumulate 4 "
            "--checkpointing --optimizer adamw8bit --lora r=8,alpha=16,targets=blocks.*.attn.qkv --out gpt-lora\n"
-           "  slimkit train --model mlp --scratch --steps 1500 --lr 3e-3 --checkpoint-dir run1 --resume")
+           "  slimkit train --model mlp --scratch --steps 1500 --lr 3e-3 --checkpoint-dir run1 --resume\n"
+           "  slimkit train --model mlp --scratch --steps 300 --batch-size 64 --nproc 2")
 
 
 def add_arguments(p) -> None:
@@ -39,6 +40,9 @@ def add_arguments(p) -> None:
     p.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping (default 1.0; 0 turns it off)")
     p.add_argument("--seed", type=int, default=0, help="seed of the batches and dropout (default 0)")
     p.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
+    p.add_argument("--nproc", type=positive_int, default=1,
+                   help="data-parallel processes on this machine (DDP over torchrun, gloo on CPU): each takes "
+                        "--batch-size / N examples of every batch and --threads / N threads (default 1)")
     p.add_argument("--log-dir", help="write metrics.jsonl (and TensorBoard events if installed) here")
     p.add_argument("--checkpoint-dir", help="save a resumable training checkpoint here")
     p.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (default: end only)")
@@ -56,6 +60,15 @@ def run(args) -> int:
     from slimkit.quantization.paths import choose_paths
     from slimkit.training import TrainConfig, train
 
+    if args.nproc > 1:
+        from slimkit.distributed.command import launch_or_join
+
+        exit_code = launch_or_join(args)  # outside torchrun: re-run this command on --nproc ranks
+        if exit_code is not None:
+            return exit_code
+        from slimkit.distributed import train as train_ranks
+
+        train = lambda *a: train_ranks(*a)[1]  # noqa: E731 - the same call, data parallel
     config = TrainConfig(
         steps=args.steps, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup, schedule=args.schedule,
         optimizer=args.optimizer, precision=args.precision, accumulate=args.accumulate,
