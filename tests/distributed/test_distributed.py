@@ -38,6 +38,13 @@ def test_fsdp_equals_one_process(two_ranks):
     assert results["sharded_local_rows"] == 96  # qkv (192, 64): each rank holds half the rows
 
 
+def test_fsdp_bf16_mixed_precision(two_ranks):
+    results, _ = two_ranks
+    # bf16 compute changes the first loss in its third significant digit, no more (8 bits of mantissa)
+    assert 0 < results["fsdp_bf16_first_loss_change"] < 1e-2
+    assert results["fsdp_bf16_param_dtype"] == "torch.float32"  # the sharded master weights stay fp32
+
+
 def test_tensor_parallel_equals_one_process(two_ranks):
     results, _ = two_ranks
     assert results["tp_forward"] <= 1e-5  # logits of order 1: float32 sums in another order
@@ -108,6 +115,8 @@ def test_bad_settings():
         distributed.FSDPConfig(param_dtype="fp8")
     with pytest.raises(UserInputError, match="unknown FSDP setting"):
         distributed.FSDPConfig.from_dict({"offload": True})
+    with pytest.raises(UserInputError, match="on the CPU already"):
+        distributed.shard(workers.fresh_gpt(), distributed.FSDPConfig(cpu_offload=True))
     with pytest.raises(UserInputError, match="no ModuleList named blocks"):
         distributed.shard(torch.nn.Linear(2, 2))
     with pytest.raises(UserInputError, match="does not split evenly over 3 ranks"):

@@ -71,8 +71,12 @@ def two_rank_checks(rank: int, world_size: int, out_dir: str) -> None:
     reference = fresh_gpt()
     train(reference, batches(), config)  # one process, the whole global batch
     for strategy in ("ddp", "fsdp"):
-        model, _ = distributed.train(fresh_gpt(), batches(), config, strategy=strategy, info=info)
+        model, result = distributed.train(fresh_gpt(), batches(), config, strategy=strategy, info=info)
         results[f"{strategy}_vs_one_process"] = max_diff(model.module if strategy == "ddp" else model, reference)
+    model, bf16 = distributed.train(fresh_gpt(), batches(), config, strategy="fsdp", info=info,
+                                    fsdp_config=distributed.FSDPConfig(param_dtype="bf16"))
+    results["fsdp_bf16_first_loss_change"] = abs(bf16.losses[0] / result.losses[0] - 1)
+    results["fsdp_bf16_param_dtype"] = str(model.wte.weight.dtype)
     results.update(_tensor_parallel(info))
     results.update(_checkpoints(info, out_dir))
     results.update(_qlora(info, out_dir))

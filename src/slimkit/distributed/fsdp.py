@@ -5,7 +5,8 @@ norm): every rank stores 1/world of each parameter, gradient and optimizer state
 dim 0); a block's parameters are all-gathered just before its forward and backward and freed after.
 Mixed precision: parameters gathered in ``param_dtype`` for compute, gradients reduced in
 ``reduce_dtype``, the sharded fp32 copy kept as master weights. CPU offload keeps shards, gradients
-and optimizer states in host memory (GPU runs; on a CPU they are there already).
+and optimizer states in host memory and steps the optimizer there (GPU runs only: on a CPU they are
+there already, and FSDP2's CPUOffloadPolicy refuses a run without an accelerator).
 
 A QLoRA model's NF4 base is stored in buffers (packed uint8 codes and scales, not floating point):
 FSDP2 shards parameters only, so those bases stay whole on every rank (4.1 bits per weight) while
@@ -67,6 +68,9 @@ def shard(model: nn.Module, config: FSDPConfig = FSDPConfig(), mesh=None) -> nn.
 
     Returns the same object, now also an ``FSDPModule`` (``set_requires_gradient_sync``, ``unshard``).
     """
+    if config.cpu_offload and next(model.parameters()).device.type == "cpu":
+        raise UserInputError("cpu_offload=True moves GPU shards to host memory; this model is on the CPU already "
+                             "(FSDP2's CPUOffloadPolicy needs a GPU): leave cpu_offload off")
     blocks = transformer_blocks(model)
     if not blocks:
         raise UserInputError(f"{type(model).__name__} has no ModuleList named {', '.join(BLOCK_LISTS)}: FSDP "
