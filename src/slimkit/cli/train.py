@@ -49,6 +49,11 @@ def add_arguments(p) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
     p.add_argument("--out", help="save the trained model as a slimkit artifact here")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--dp-epsilon", type=float, help="DP-SGD (digits): noise calibrated to spend this epsilon over "
+                   "--steps; per-sample clipping replaces --clip; the logical batch is --batch-size x --accumulate")
+    p.add_argument("--dp-noise", type=float, help="DP-SGD with this noise multiplier (epsilon reported)")
+    p.add_argument("--dp-delta", type=float, default=1e-5, help="DP-SGD: delta (default 1e-5)")
+    p.add_argument("--max-grad-norm", type=float, default=1.0, help="DP-SGD: per-sample clipping norm C (default 1)")
 
 
 def run(args) -> int:
@@ -75,6 +80,7 @@ def run(args) -> int:
         checkpointing=_checkpointing(args.checkpointing), clip_grad_norm=args.clip or None, seed=args.seed,
         threads=args.threads, log_dir=args.log_dir, checkpoint_dir=args.checkpoint_dir,
         checkpoint_every=args.checkpoint_every, resume=args.resume)
+    _check_private(args)  # before loading: a refused DP run should not wait for a model
     model = _load_model(args.model, args.scratch)
     task_name = infer_task(model)
     task = get_task(task_name)
@@ -85,7 +91,8 @@ def run(args) -> int:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = parameter_counts(model)[0]  # weights stored as codes (QLoRA's NF4 base) included
     batches = get_task(args.data or task_name).training_batches(model, args.batch_size, args.seed)
-    result = train(model, batches, config)
+    private, config = _private_training(args, model, args.data or task_name, config)  # None without --dp-*
+    result = private.train(config) if private else train(model, batches, config)
     if adapters and args.merge:
         lora.merge(model)
     if any(isinstance(m, QuantLinear) for m in model.modules()):
@@ -97,6 +104,7 @@ def run(args) -> int:
                "peak_memory_bytes": result.peak_memory_bytes, "precision": result.precision,
                "skipped_steps": result.skipped_steps, "trainable_parameters": trainable, "parameters": total,
                "lora_layers": adapters, "metrics": result.metrics_path, "out": args.out}
+    summary["privacy"] = private.guarantee() if private else None
     if args.out:
         save(model, args.out, metrics={"train": summary})
     print(json.dumps(summary, indent=2) if args.json else _table(summary))
@@ -131,6 +139,40 @@ def _table(s: dict) -> str:
             ("targets/s (tokens or examples)", f"{s['tokens_per_s']:,.0f}"), ("peak memory (process)", f"{s['peak_memory_bytes'] / 2**20:,.0f} MiB"),
             ("trainable parameters", f"{s['trainable_parameters']:,} of {s['parameters']:,} "
                                      f"({100 * s['trainable_parameters'] / s['parameters']:.2f}%)")]
+    if s["privacy"]:
+        rows.append(("privacy (DP-SGD)", "({epsilon:.3g}, {delta:g})-DP: noise multiplier {noise_multiplier:.3g}, "
+                     "C {max_grad_norm:g}, sample rate {sample_rate:.3g}, {steps} steps".format(**s["privacy"])))
     if s["out"]:
         rows.append(("saved", s["out"]))
     return "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
+
+
+def _private_training(args, model, data: str, config):
+    """--dp-epsilon / --dp-noise: DP-SGD on the digits training split; (None, config) without them."""
+    if args.dp_epsilon is None and args.dp_noise is None:
+        return None, config
+    import dataclasses
+
+    from slimkit.data import digits
+    from slimkit.privacy import make_private
+
+    _check_private(args, data)
+    private = make_private(model, None, digits().train, noise_multiplier=args.dp_noise, target_epsilon=args.dp_epsilon,
+                           steps=args.steps, max_grad_norm=args.max_grad_norm, delta=args.dp_delta,
+                           batch_size=args.batch_size * args.accumulate, seed=args.seed)
+    return private, dataclasses.replace(config, clip_grad_norm=None)  # per-sample clipping replaces it
+
+
+def _check_private(args, data: str | None = None) -> None:
+    """DP-SGD needs one record per example (the digits) and a model no earlier non-private training has seen."""
+    from slimkit.errors import UserInputError
+    from slimkit.models import zoo
+
+    if args.dp_epsilon is None and args.dp_noise is None:
+        return
+    data = data or args.data or {"gpt": "pycorpus"}.get(args.model, "digits")
+    if data != "digits":
+        raise UserInputError(f"--dp-epsilon/--dp-noise train on the digits (one example per record), not {data}")
+    if args.model in zoo.NAMES and not args.scratch:
+        raise UserInputError(f"the reference {args.model} was trained on these digits without privacy; add --scratch "
+                             "so that the DP guarantee covers all of its training")
