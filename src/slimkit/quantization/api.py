@@ -9,6 +9,7 @@ from slimkit.errors import UserInputError
 from slimkit.formats import EncodedTensor, quantize as quantize_tensor
 from slimkit.manifest import add_entry
 from slimkit.progress import progress
+from slimkit.quantization.activation import ActivationQuantConfig, quantize_activations
 from slimkit.quantization.awq import awq_clip, awq_input_scale
 from slimkit.quantization.calibrate import layer_inputs
 from slimkit.quantization.config import WeightQuantConfig
@@ -18,9 +19,12 @@ from slimkit.quantization.modules import QuantLinear
 from slimkit.quantization.select import select_layers
 
 
-def quantize(model: nn.Module, config: WeightQuantConfig = WeightQuantConfig(), calib=None) -> nn.Module:
+def quantize(model: nn.Module, config: WeightQuantConfig | ActivationQuantConfig = WeightQuantConfig(),
+             calib=None) -> nn.Module:
     """Replace the chosen Linear layers of ``model`` by QuantLinear (and, with
     ``config.embeddings``, Embedding tables by QuantEmbedding), in place; returns the model.
+    An ActivationQuantConfig instead quantizes weights and activations to int8 (see
+    ``slimkit.quantization.activation``).
 
     ``calib`` (needed by gptq and awq) is a list of model inputs: tensors, or dicts of tensors
     passed as keyword arguments (a tokenizer's output). Every layer touched or skipped gets a
@@ -28,6 +32,8 @@ def quantize(model: nn.Module, config: WeightQuantConfig = WeightQuantConfig(), 
 
     >>> quantize(gpt, WeightQuantConfig("int4", group_size=128, method="gptq"), calib=batches)  # doctest: +SKIP
     """
+    if isinstance(config, ActivationQuantConfig):
+        return quantize_activations(model, config, calib)
     types = (nn.Linear, nn.Embedding) if config.embeddings else (nn.Linear,)
     chosen, skipped = select_layers(model, config.include, config.exclude, types)
     calib = _check_calibration(config, calib)
