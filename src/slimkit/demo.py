@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from slimkit.adapters import LoRAConfig, lora
+from slimkit.data import digits
 from slimkit.data.minilm import minilm
 from slimkit.distillation import DistillConfig, distill
 from slimkit.errors import MissingDependencyError
@@ -32,6 +33,7 @@ from slimkit.io import load, save
 from slimkit.lowrank import LowRankConfig, factorize
 from slimkit.models import zoo
 from slimkit.models.spec import from_spec
+from slimkit.privacy import DPConfig, FederatedConfig, federated_average, make_private
 from slimkit.progress import progress
 from slimkit.quantization import WeightQuantConfig, quantize
 from slimkit.quantization.paths import choose_paths
@@ -95,6 +97,12 @@ def apply_variant(model: nn.Module, config, base: str) -> nn.Module:
             lora.inject(model, config.lora)
         train(model, task.training_batches(model, config.batch_size, config.train.seed), config.train)
         choose_paths(model)  # a QLoRA base is a QuantLinear: measure its fastest execution path too
+    elif isinstance(config, DPTraining):  # from scratch: the reference saw these digits without privacy
+        model.load_state_dict(zoo.build(base).state_dict())
+        make_private(model, None, digits().train, config.dp).train(config.train)
+    elif isinstance(config, FederatedConfig):
+        model.load_state_dict(zoo.build(base).state_dict())
+        federated_average(model, digits().train, config)
     else:
         raise TypeError(f"the demo does not know how to apply a {type(config).__name__}")
     return model
@@ -122,8 +130,28 @@ _GPT_TRAINING = [
         TrainConfig(steps=40, lr=2e-3, warmup=5, threads=2), batch_size=16,
         lora=LoRAConfig(rank=8, alpha=16, targets=("blocks.*",), base="nf4"))),
 ]
+
+
+@dataclass(frozen=True)
+class DPTraining:
+    """A row trained from scratch with DP-SGD (slimkit.privacy) on the digits."""
+
+    dp: DPConfig
+    train: TrainConfig
+
+    def to_dict(self) -> dict:
+        return {"dp": self.dp.to_dict(), "train": self.train.to_dict()}
+
+
+_PRIVACY = [
+    Variant("dp-eps3", "DP-SGD from scratch, (3, 1e-5)-DP", DPTraining(
+        DPConfig(target_epsilon=3.0, delta=1e-5, steps=100, batch_size=512),
+        TrainConfig(steps=100, lr=2e-2, clip_grad_norm=None, threads=2))),
+    Variant("fedavg", "FedAvg from scratch, 10 non-IID clients (alpha 0.3), 20 rounds",
+            FederatedConfig(clients=10, alpha=0.3, rounds=20)),
+]
 VARIANTS: dict[str, list[Variant]] = {
-    "mlp": _MLP,
+    "mlp": _MLP + _PRIVACY,
     "cnn": [Variant("tucker2", "low-rank (Tucker-2, 90% energy)", LowRankConfig(energy=0.9))],
     "gpt": _QUANT + _GPT_TRAINING + [
         Variant("lowrank-mlp", "low-rank MLPs (SVD, half the weights)",

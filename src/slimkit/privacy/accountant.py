@@ -29,7 +29,7 @@ from slimkit.errors import UserInputError
 DEFAULT_ORDERS: tuple[float, ...] = tuple([1 + x / 10 for x in range(1, 100)] + list(range(12, 64)))
 """RDP orders searched for the best epsilon: the list Opacus and TF Privacy use, so figures compare."""
 CONVERSIONS = ("balle2020", "classic")
-_TERMS_PER_CHUNK = 512  # series terms evaluated at once for fractional orders
+_TERMS_PER_CHUNK = 512  # series terms evaluated at once per fractional order
 _SERIES_CUTOFF = 36.0  # stop when a chunk's largest term is exp(-36) (~2e-16) below the running sum
 
 
@@ -50,42 +50,47 @@ def rdp_sampled_gaussian(sample_rate: float, noise_multiplier: float,
         return np.full_like(orders, np.inf)
     if sample_rate == 1:
         return orders / (2 * noise_multiplier**2)
-    return np.array([_log_a(sample_rate, noise_multiplier, float(a)) / (a - 1) for a in orders])
+    integer = np.array([float(a).is_integer() for a in orders])
+    log_a = np.empty_like(orders)
+    log_a[integer] = [_log_a_integer(sample_rate, noise_multiplier, int(a)) for a in orders[integer]]
+    if not integer.all():
+        log_a[~integer] = _log_a_fractional(sample_rate, noise_multiplier, orders[~integer])
+    return log_a / (orders - 1)
 
 
-def _log_a(q: float, sigma: float, alpha: float) -> float:
-    if float(alpha).is_integer():
-        k = np.arange(int(alpha) + 1, dtype=np.float64)
-        log_terms = (_log_binom(alpha, k) + k * math.log(q) + (alpha - k) * math.log1p(-q)
-                     + (k * k - k) / (2 * sigma**2))
-        return float(special.logsumexp(log_terms))
-    return _log_a_fractional(q, sigma, alpha)
+def _log_a_integer(q: float, sigma: float, alpha: int) -> float:
+    k = np.arange(alpha + 1, dtype=np.float64)
+    log_terms = _log_binom(alpha, k) + k * math.log(q) + (alpha - k) * math.log1p(-q) + (k * k - k) / (2 * sigma**2)
+    return float(special.logsumexp(log_terms))
 
 
-def _log_a_fractional(q: float, sigma: float, alpha: float) -> float:
+def _log_a_fractional(q: float, sigma: float, alphas: np.ndarray) -> np.ndarray:
     """A_alpha split at z0, where q * mu1 = (1 - q) * mu0: each side is a binomial series in the smaller
-    ratio, and each term integrates a Gaussian over a half-line (log_ndtr keeps the tails exact)."""
+    ratio, and each term integrates a Gaussian over a half-line (log_ndtr keeps the tails exact).
+    All orders at once, (orders, terms) arrays, chunk by chunk until every series has converged."""
     z0 = sigma**2 * math.log(1 / q - 1) + 0.5
-    positive, negative = [], []  # log-magnitudes of terms by sign: the binomial signs alternate past alpha
-    start, total = 0, -np.inf
-    while True:
-        k = np.arange(start, start + _TERMS_PER_CHUNK, dtype=np.float64)
-        j = alpha - k
-        log_coef, sign = _log_binom(alpha, k), special.gammasgn(alpha - k + 1)
-        below = (log_coef + k * math.log(q) + j * math.log1p(-q) + (k * k - k) / (2 * sigma**2)
-                 + special.log_ndtr((z0 - k) / sigma))
-        above = (log_coef + j * math.log(q) + k * math.log1p(-q) + (j * j - j) / (2 * sigma**2)
-                 + special.log_ndtr((j - z0) / sigma))
-        for terms in (below, above):
-            positive.append(terms[sign > 0])
-            negative.append(terms[sign < 0])
-        total = np.logaddexp(total, special.logsumexp(np.concatenate(positive[-2:])))
-        start += _TERMS_PER_CHUNK
-        if start > alpha + 1 and max(below.max(), above.max()) < total - _SERIES_CUTOFF:
-            break
-    log_pos = special.logsumexp(np.concatenate(positive))
-    log_neg = special.logsumexp(np.concatenate(negative))
-    return float(log_pos + math.log1p(-math.exp(log_neg - log_pos)))
+    log_pos = np.full(len(alphas), -np.inf)  # the binomial signs alternate past alpha: sum each sign apart
+    log_neg = np.full(len(alphas), -np.inf)
+    active, start = np.arange(len(alphas)), 0  # active: the orders whose series has not converged yet
+    with np.errstate(divide="ignore"):
+        while len(active):
+            a = alphas[active, None]  # (A, 1)
+            k = np.arange(start, start + _TERMS_PER_CHUNK, dtype=np.float64)[None, :]  # (1, K)
+            j = a - k
+            log_coef, sign = _log_binom(a, k), special.gammasgn(a - k + 1)
+            below = (log_coef + k * math.log(q) + j * math.log1p(-q) + (k * k - k) / (2 * sigma**2)
+                     + special.log_ndtr((z0 - k) / sigma))
+            above = (log_coef + j * math.log(q) + k * math.log1p(-q) + (j * j - j) / (2 * sigma**2)
+                     + special.log_ndtr((j - z0) / sigma))
+            terms, signs = np.concatenate([below, above], axis=1), np.concatenate([sign, sign], axis=1)
+            log_pos[active] = np.logaddexp(log_pos[active],
+                                           special.logsumexp(np.where(signs > 0, terms, -np.inf), axis=1))
+            log_neg[active] = np.logaddexp(log_neg[active],
+                                           special.logsumexp(np.where(signs < 0, terms, -np.inf), axis=1))
+            start += _TERMS_PER_CHUNK
+            converged = (start > alphas[active] + 1) & (terms.max(axis=1) < log_pos[active] - _SERIES_CUTOFF)
+            active = active[~converged]
+    return log_pos + np.log1p(-np.exp(log_neg - log_pos))
 
 
 def _log_binom(alpha: float, k: np.ndarray) -> np.ndarray:
