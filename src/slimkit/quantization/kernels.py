@@ -1,10 +1,12 @@
-"""torch's weight-only int8/int4 matmul kernels, fed from slimkit's stored codes.
+"""Weight-only int8/int4 matmul kernels, fed from slimkit's stored codes.
 
-On CPU these kernels are fast with bf16 activations only (measured: at one row, int4 about 0.2x
-of a bf16 F.linear and 0.1x of an fp32 one on an AVX512-BF16 machine), so the kernel paths cast
-the activations to bf16 and the result back. Whether that wins for a given layer and batch size
-is measured by ``paths.choose_paths``; a layer whose format or shape a kernel cannot take is
-simply never offered that path.
+CPU: torch's own kernels ("int4pack", "int8pack"). They are fast with bf16 activations only
+(measured: at one row, int4 about 0.2x of a bf16 F.linear and 0.1x of an fp32 one on an
+AVX512-BF16 machine), so these paths cast the activations to bf16 and the result back.
+CUDA: slimkit's Triton GEMV kernels ("gemv_int4", "gemv_int8", see gemv.py), which read the stored
+codes in place. Whether a kernel wins for a given layer and batch size is measured by
+``paths.choose_paths``; a layer whose format, shape or device a kernel cannot take is simply never
+offered that path.
 """
 
 from __future__ import annotations
@@ -12,30 +14,49 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from slimkit.formats import EncodedTensor, unpack
+from slimkit.formats import NF4_CODE, EncodedTensor, unpack
+from slimkit.quantization import triton_kernels as gemv
 
 _INT4_GROUPS = (32, 64, 128, 256)
+KERNELS = ("int4pack", "int8pack", "gemv_int4", "gemv_int8")
 
 
 def kernel_for(enc: EncodedTensor) -> str | None:
-    """"int4pack", "int8pack" or None: the torch kernel that can compute with this weight."""
+    """The kernel that can compute with this weight on its device, or None."""
     out_features, in_features = enc.shape
+    int4_groups = (enc.fmt == "int4" and enc.granularity == "group" and enc.group_size in _INT4_GROUPS
+                   and in_features % enc.group_size == 0)
+    int8_channels = enc.fmt == "int8" and enc.granularity == "channel" and enc.symmetric
+    if enc.codes.device.type == "cuda":
+        if not gemv.available(enc.codes.device):
+            return None
+        if int4_groups and gemv.block_k(in_features, enc.group_size):
+            return "gemv_int4"
+        if int8_channels and gemv.block_k(in_features, 1):
+            return "gemv_int8"
+        return None
     aten = torch.ops.aten
-    if (enc.fmt == "int4" and enc.granularity == "group" and enc.group_size in _INT4_GROUPS
-            and in_features % enc.group_size == 0 and in_features % 16 == 0 and out_features % 8 == 0
+    if (int4_groups and in_features % 16 == 0 and out_features % 8 == 0
             and hasattr(aten, "_weight_int4pack_mm_for_cpu")):
         return "int4pack"
-    if (enc.fmt == "int8" and enc.granularity == "channel" and enc.symmetric
-            and hasattr(aten, "_weight_int8pack_mm")):
+    if int8_channels and hasattr(aten, "_weight_int8pack_mm"):
         return "int8pack"
     return None
 
 
 def prepare(enc: EncodedTensor, kernel: str) -> tuple[Tensor, Tensor]:
-    """The kernel's own weight and scale layout, built from the stored codes (not saved; rebuilt on load)."""
+    """The kernel's own weight and scale layout, built from the stored codes (not saved; rebuilt on load).
+
+    The GEMV kernels read the stored codes themselves: their "weight" is the codes tensor (no copy)
+    and their "scale" is the stored scales (1, out, groups), or scales and zero points (2, out, groups).
+    """
     out_features, in_features = enc.shape
-    codes = unpack(enc.codes, 8 if kernel == "int8pack" else 4, enc.numel).reshape(out_features, in_features)
+    if kernel.startswith("gemv"):
+        scale = enc.scales()
+        parts = [scale] if enc.zero_point is None else [scale, enc.zero_point.to(scale.dtype)]
+        return enc.codes, torch.stack(parts)
     scale = enc.scales().float()  # (out, groups)
+    codes = unpack(enc.codes, 8 if kernel == "int8pack" else 4, enc.numel).reshape(out_features, in_features)
     if kernel == "int8pack":
         return (codes.int() - 128).to(torch.int8), scale[:, 0].to(torch.bfloat16)
     # tinygemm convention: w = (q - 8) * scale + zero, q in [0, 15]; slimkit: w = (code - zp) * scale
@@ -46,10 +67,27 @@ def prepare(enc: EncodedTensor, kernel: str) -> tuple[Tensor, Tensor]:
 
 
 def run(kernel: str, weight: Tensor, scale: Tensor, group_size: int | None, x: Tensor) -> Tensor:
-    """x (rows, in) in any float dtype -> (rows, out) in x's dtype, computed with bf16 activations."""
+    """x (rows, in) in any float dtype -> (rows, out) in x's dtype."""
+    if kernel == "gemv_int4":
+        return gemv.int4_gemv(x, weight, scale[0], scale[1] if len(scale) == 2 else None, group_size)
+    if kernel == "gemv_int8":
+        return gemv.int8_gemv(x, weight, scale[0, :, 0])
     xb = x.to(torch.bfloat16)
     if kernel == "int8pack":
         y = torch.ops.aten._weight_int8pack_mm(xb, weight, scale)
     else:
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(xb, weight, group_size, scale)
     return y.to(x.dtype)
+
+
+def dequantize(enc: EncodedTensor, dtype: torch.dtype) -> Tensor | None:
+    """The weight in ``dtype`` in one CUDA kernel pass (NF4 or symmetric int4 per group), or None when
+    that kernel does not apply (then ``enc.dequantize()`` does the work). QLoRA training dequantizes
+    every base weight twice per step, so this is its hot path on a GPU."""
+    out_features, in_features = enc.shape
+    if not (gemv.available(enc.codes.device) and enc.granularity == "group" and in_features % enc.group_size == 0
+            and (enc.fmt == "nf4" or (enc.fmt == "int4" and enc.zero_point is None))):
+        return None
+    table = NF4_CODE if enc.fmt == "nf4" else torch.arange(16, dtype=torch.float32) - 8
+    return gemv.dequantize_4bit(enc.codes, table.to(enc.codes.device), enc.scales(), enc.group_size,
+                                (out_features, in_features), dtype)

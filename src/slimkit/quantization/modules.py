@@ -4,7 +4,7 @@ The codes are real (an int4 weight takes half a byte per value on disk and in me
 forward pass has several execution paths, chosen per layer and per range of batch rows and
 recorded in the manifest: "dequant" rebuilds the float weight on every call (least memory),
 "cached" keeps a float copy (float speed, float memory), "int4pack"/"int8pack" call torch's
-weight-only kernels (see kernels.py). ``slimkit.quantization.paths.choose_paths`` measures which
+weight-only kernels on CPU and "gemv_int4"/"gemv_int8" slimkit's Triton kernels on CUDA (see kernels.py). ``slimkit.quantization.paths.choose_paths`` measures which
 is fastest for each layer; the default is "dequant" for every batch size.
 """
 
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from slimkit.formats import EncodedTensor
 from slimkit.quantization import kernels, stored
 
-PATHS = ("dequant", "cached", "int4pack", "int8pack")
+PATHS = ("dequant", "cached", *kernels.KERNELS)
 
 
 class QuantLinear(nn.Module):
@@ -46,20 +46,31 @@ class QuantLinear(nn.Module):
     def encoded(self) -> EncodedTensor:
         return stored.stored(self)
 
-    def dequantized_weight(self) -> Tensor:
-        """The float32 weight (out, in) this layer computes with."""
-        weight = self.encoded().dequantize()
-        return weight if self.input_scale is None else weight / self.input_scale
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The weight (out, in) this layer computes with, in ``dtype`` (one kernel pass on CUDA where one fits)."""
+        encoded = self.encoded()
+        weight = kernels.dequantize(encoded, dtype)
+        if weight is None:
+            weight = encoded.dequantize()
+        weight = weight if self.input_scale is None else weight / self.input_scale
+        return weight.to(dtype)
 
     def available_paths(self) -> list[str]:
         """The paths this layer can run: always dequant and cached, plus a kernel if one fits."""
         kernel = kernels.kernel_for(self.encoded())
         return ["dequant", "cached"] + ([kernel] if kernel else [])
 
-    def set_paths(self, paths: list[tuple[int | None, str]]) -> None:
-        """Use ``paths[i][1]`` for inputs of at most ``paths[i][0]`` rows; the last limit is None (any)."""
+    def set_paths(self, paths: list[tuple[int | None, str]], *, fallback: bool = False) -> None:
+        """Use ``paths[i][1]`` for inputs of at most ``paths[i][0]`` rows; the last limit is None (any).
+
+        ``fallback=True`` replaces a path this layer cannot run here (a CUDA kernel on the CPU, say:
+        after a device move or when loading) with "dequant" instead of raising.
+        """
         if not paths or paths[-1][0] is not None:
             raise ValueError("the last path must cover any number of rows: (None, path)")
+        if fallback:
+            available = self.available_paths()
+            paths = [(rows, path if path in available else "dequant") for rows, path in paths]
         for _, path in paths:
             if path not in self.available_paths():
                 raise ValueError(f"path {path!r} cannot run this {self._encoded_meta['fmt']} layer; "
@@ -67,12 +78,18 @@ class QuantLinear(nn.Module):
         self.paths = [(rows, path) for rows, path in paths]
         used = {path for _, path in self.paths}
         self.float_cache = self.dequantized_weight() if "cached" in used else None
-        kernel = next((p for p in used if p.endswith("pack")), None)
+        kernel = next((p for p in used if p in kernels.KERNELS), None)
         self.kernel_weight, self.kernel_scale = kernels.prepare(self.encoded(), kernel) if kernel else (None, None)
 
     def set_path(self, path: str) -> None:
         """One path for every batch size."""
         self.set_paths([(None, path)])
+
+    def _apply(self, fn, recurse=True):
+        """After a device move, rebuild the caches there; a kernel path the new device lacks becomes dequant."""
+        super()._apply(fn, recurse)
+        self.set_paths(self.paths, fallback=True)
+        return self
 
     def path_for(self, rows: int) -> str:
         return next(path for limit, path in self.paths if limit is None or rows <= limit)
@@ -82,7 +99,7 @@ class QuantLinear(nn.Module):
         if path == "cached" and x.dtype == torch.float32:  # the hot path: as little Python as nn.Linear
             return F.linear(x, self.float_cache, self.bias)
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        if path in ("int4pack", "int8pack"):
+        if path in kernels.KERNELS:
             rows = x.reshape(-1, self.in_features)
             if self.input_scale is not None:
                 rows = rows / self.input_scale
@@ -107,7 +124,7 @@ class QuantLinear(nn.Module):
                      torch.zeros(spec["out_features"]) if spec["bias"] else None,
                      torch.ones(spec["in_features"]) if spec["input_scale"] else None)
         paths = [tuple(p) for p in spec["paths"]]  # caches are rebuilt once the weights have loaded:
-        module.register_load_state_dict_post_hook(lambda m, _: m.set_paths(paths))
+        module.register_load_state_dict_post_hook(lambda m, _: m.set_paths(paths, fallback=True))
         return module
 
     def extra_repr(self) -> str:

@@ -25,19 +25,23 @@ TECHNIQUE = "path choice"  # manifest label of the entries choose_paths adds
 
 @torch.no_grad()
 def choose_paths(model: nn.Module, *, probe_rows: tuple[int, ...] = PROBE_ROWS, allow_cache: bool = True,
-                 threads: int = 2, runs: int = 5, rounds: int = 3) -> list[dict]:
+                 threads: int = 2, runs: int = 5, rounds: int = 3, dtype: torch.dtype | None = None) -> list[dict]:
     """Pick each QuantLinear's path per batch-row range; returns (and records) one entry per layer.
 
-    ``allow_cache=False`` keeps float copies out (memory stays at the codes' size).
+    Layers are measured where they are (CPU or CUDA), with inputs of ``dtype``: by default float32
+    on CPU and bfloat16 on CUDA. ``allow_cache=False`` keeps float copies out (memory stays at the
+    codes' size).
     """
     entries = []
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear)]
     for name, layer in progress(layers, desc="measuring paths", unit="layer"):
         candidates = [p for p in layer.available_paths() if allow_cache or p != "cached"]
-        weight = layer.dequantized_weight()
+        device = layer.w_codes.device
+        x_dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        weight = layer.dequantized_weight().to(x_dtype)
         choice, speedups = [], {}
         for rows in probe_rows:
-            x = torch.randn(rows, layer.in_features)
+            x = torch.randn(rows, layer.in_features, device=device, dtype=x_dtype)
             timed = _interleaved_ms(layer, candidates, x, weight, rounds=rounds, runs=runs, threads=threads)
             float_ms = timed.pop("float")
             best = min(timed, key=timed.get)
@@ -56,7 +60,8 @@ def _interleaved_ms(layer: QuantLinear, paths: list[str], x, weight, *, rounds: 
     """Median over ``rounds`` of each candidate's median time, candidates interleaved in every round,
     so that a burst of load on a shared machine cannot decide the choice on its own."""
     reference = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)  # the float layer
-    reference.weight.data, reference.bias = weight, layer.bias
+    reference.weight.data = weight
+    reference.bias = None if layer.bias is None else nn.Parameter(layer.bias.to(weight.dtype), requires_grad=False)
     times: dict[str, list[float]] = {"float": [], **{p: [] for p in paths}}
     for _ in range(rounds):
         times["float"].append(latency_ms(lambda: reference(x), runs=runs, threads=threads))

@@ -1,0 +1,167 @@
+"""slimkit's own Triton kernels for quantized weights on CUDA: weight-only GEMV (int4 per group,
+int8 per channel) and one-pass dequantization of 4-bit codes (NF4, symmetric int4) for training.
+
+At one to a few rows of input (decoding), a Linear layer only streams its weight from memory, so a
+kernel that reads 4-bit codes instead of bf16 values can be up to 4x faster. These kernels read the
+stored codes exactly as ``slimkit.formats`` packs them (no second copy of the weight: the int4 codes
+are two per byte, low nibble first; int8 codes are offset binary), dot them with the activations
+on the tensor cores (``tl.dot``, fp32 accumulation):
+
+    y[m, n] = sum_g scale[n, g] * (sum_{k in g} code[n, k] x[m, k]  -  zero[n, g] sum_{k in g} x[m, k])
+
+``zero`` is the code offset (8 for symmetric int4, 128 for int8) or the stored zero point. The
+codes enter the tensor cores as they are (small integers are exact in bf16), the int4 nibbles as two
+dots over the even and the odd columns (no shuffling), and each scale multiplies a whole group's dot
+product, so the work per weight is a mask or shift and one conversion. Up to ``BLOCK_M`` (16) rows share
+one read of the weight; the K dimension is split over ``split_k`` programs that add their partial
+sums atomically, so that even one row keeps every SM streaming. Beyond a few rows a dense GEMM
+on a float weight wins: ``choose_paths`` measures where.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: the kernels are simply not offered
+    triton = None
+
+
+def available(device: torch.device) -> bool:
+    """Whether the Triton GEMV kernels can run on ``device`` (CUDA with Triton installed)."""
+    return triton is not None and device.type == "cuda"
+
+
+def block_k(in_features: int, group_size: int, largest: int = 1024) -> int | None:
+    """The largest K tile up to ``largest`` (or one group), a multiple of the group and of 16, dividing ``in_features``."""
+    for tile in (1024, 512, 256, 128, 64, 32, 16):
+        if tile <= max(largest, group_size) and tile % group_size == 0 and in_features % tile == 0:
+            return tile
+    return None
+
+
+# Launch shapes, chosen from an H100 sweep at 8192x8192 and LLM MLP shapes (python
+# benchmarks/bench_gpu_gemv.py --sweep; table in docs/benchmarks.md).
+INT4_LAUNCH = dict(block_n=32, block_k=512, split_k=1, num_warps=4, num_stages=4)
+INT8_LAUNCH = dict(block_n=32, block_k=512, split_k=1, num_warps=2, num_stages=4)
+BLOCK_M = 16
+
+if triton is not None:
+
+    @triton.jit
+    def _int4_kernel(x_ptr, codes_ptr, scale_ptr, zero_ptr, y_ptr, M, N, K, GROUPS,
+                     GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+        m = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
+        n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        m_ok, n_ok = m < M, n < N
+        half = tl.arange(0, GROUP // 2)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        span = K // SPLIT_K
+        for k0 in range(tl.program_id(1) * span, (tl.program_id(1) + 1) * span, BLOCK_K):
+            for g in tl.static_range(BLOCK_K // GROUP):  # one group at a time: its scale applies to a whole dot
+                kg = k0 + g * GROUP
+                packed = tl.load(codes_ptr + n[:, None] * (K // 2) + (kg // 2 + half)[None, :], mask=n_ok[:, None],
+                                 other=0)  # (BN, G/2): code 2j in the low nibble, 2j+1 in the high one
+                x_rows = x_ptr + m[:, None] * K + (kg + 2 * half)[None, :]
+                x_even = tl.load(x_rows, mask=m_ok[:, None], other=0.0)  # (BM, G/2)
+                x_odd = tl.load(x_rows + 1, mask=m_ok[:, None], other=0.0)
+                # codes 0..15 are exact in any float type; the offset is taken out once per group below
+                dots = tl.dot(x_even, tl.trans((packed & 0xF).to(x_even.dtype)), input_precision=PRECISION)
+                dots += tl.dot(x_odd, tl.trans((packed >> 4).to(x_even.dtype)), input_precision=PRECISION)
+                x_sum = tl.sum(x_even.to(tl.float32), 1) + tl.sum(x_odd.to(tl.float32), 1)  # (BM,)
+                scale = tl.load(scale_ptr + n * GROUPS + kg // GROUP, mask=n_ok, other=0.0).to(tl.float32)
+                if HAS_ZERO:
+                    zero = tl.load(zero_ptr + n * GROUPS + kg // GROUP, mask=n_ok, other=0).to(tl.float32)
+                    acc += scale[None, :] * (dots - zero[None, :] * x_sum[:, None])
+                else:
+                    acc += scale[None, :] * (dots - 8.0 * x_sum[:, None])
+        _write(y_ptr, acc, m, n, m_ok, n_ok, N, SPLIT_K)
+
+    @triton.jit
+    def _int8_kernel(x_ptr, codes_ptr, scale_ptr, y_ptr, M, N, K, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+        m = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
+        n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        m_ok, n_ok = m < M, n < N
+        k = tl.arange(0, BLOCK_K)
+        dots = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        x_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        span = K // SPLIT_K
+        for k0 in range(tl.program_id(1) * span, (tl.program_id(1) + 1) * span, BLOCK_K):
+            codes = tl.load(codes_ptr + n[:, None] * K + (k0 + k)[None, :], mask=n_ok[:, None], other=0)
+            x = tl.load(x_ptr + m[:, None] * K + (k0 + k)[None, :], mask=m_ok[:, None], other=0.0)
+            # codes 0..255 are exact in bf16/fp16/fp32; the offset 128 is taken out once at the end
+            dots += tl.dot(x, tl.trans(codes.to(x.dtype)), input_precision=PRECISION)
+            x_sum += tl.sum(x.to(tl.float32), 1)
+        scale = tl.load(scale_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
+        _write(y_ptr, scale[None, :] * (dots - 128.0 * x_sum[:, None]), m, n, m_ok, n_ok, N, SPLIT_K)
+
+    @triton.jit
+    def _write(y_ptr, acc, m, n, m_ok, n_ok, N, SPLIT_K: tl.constexpr):
+        pointers, mask = y_ptr + m[:, None] * N + n[None, :], m_ok[:, None] & n_ok[None, :]
+        if SPLIT_K == 1:
+            tl.store(pointers, acc.to(y_ptr.dtype.element_ty), mask=mask)
+        else:  # y is a zeroed fp32 buffer: the K slices add up there
+            tl.atomic_add(pointers, acc, mask=mask, sem="relaxed")
+
+
+    @triton.jit
+    def _dequantize_4bit_kernel(codes_ptr, table_ptr, scale_ptr, out_ptr, BYTES, GROUP: tl.constexpr,
+                                BLOCK: tl.constexpr):
+        byte = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        ok = byte < BYTES
+        packed = tl.load(codes_ptr + byte, mask=ok, other=0)
+        scale = tl.load(scale_ptr + (2 * byte) // GROUP, mask=ok, other=0.0).to(tl.float32)  # both codes: one group
+        low = tl.load(table_ptr + (packed & 0xF)) * scale
+        high = tl.load(table_ptr + (packed >> 4)) * scale
+        values = tl.reshape(tl.join(low, high), (2 * BLOCK,))  # code 2j in the low nibble, 2j+1 in the high one
+        index = 2 * tl.program_id(0) * BLOCK + tl.arange(0, 2 * BLOCK)
+        tl.store(out_ptr + index, values.to(out_ptr.dtype.element_ty), mask=index < 2 * BYTES)
+
+
+def dequantize_4bit(codes: Tensor, table: Tensor, scale: Tensor, group_size: int, shape: tuple[int, int],
+                    dtype: torch.dtype) -> Tensor:
+    """(rows, cols) weight of ``dtype`` from packed 4-bit codes in one pass: table[code] * scale[row, group].
+
+    table: the 16 code values (fp32), e.g. the NF4 code book or ``arange(16) - 8`` for symmetric int4;
+    scale: (rows, cols / group_size); ``cols`` a multiple of ``group_size``.
+    """
+    out = torch.empty(shape, dtype=dtype, device=codes.device)
+    block = 1024
+    _dequantize_4bit_kernel[(triton.cdiv(codes.numel(), block),)](codes, table, scale.contiguous(), out,
+                                                                  codes.numel(), GROUP=group_size, BLOCK=block)
+    return out
+
+
+def _launch(kernel, x: Tensor, out_features: int, args: tuple, extra: dict, *, block_n: int, block_k: int,
+            split_k: int, num_warps: int, num_stages: int) -> Tensor:
+    rows, in_features = x.shape
+    x = x.contiguous()
+    split_k = split_k if in_features % (split_k * block_k) == 0 else 1
+    y = (torch.empty(rows, out_features, dtype=x.dtype, device=x.device) if split_k == 1
+         else torch.zeros(rows, out_features, dtype=torch.float32, device=x.device))
+    grid = (triton.cdiv(out_features, block_n), split_k, triton.cdiv(rows, BLOCK_M))
+    kernel[grid](x, *args, y, rows, out_features, in_features, **extra,
+                 PRECISION="ieee" if x.dtype == torch.float32 else "tf32", BLOCK_M=BLOCK_M, BLOCK_N=block_n,
+                 BLOCK_K=block_k, SPLIT_K=split_k, num_warps=num_warps, num_stages=num_stages)
+    return y.to(x.dtype)
+
+
+def int4_gemv(x: Tensor, codes: Tensor, scale: Tensor, zero: Tensor | None, group_size: int, **launch) -> Tensor:
+    """x (rows, K) @ W^T with W (N, K) int4 per group: codes (N*K/2,) uint8 as stored, scale (N, K/group)
+    in any float dtype, zero (N, K/group) uint8 or None (symmetric: offset 8)."""
+    launch = {**INT4_LAUNCH, **launch}
+    launch["block_k"] = block_k(x.shape[1], group_size, launch["block_k"])
+    return _launch(_int4_kernel, x, scale.shape[0], (codes, scale, scale if zero is None else zero),
+                   dict(GROUPS=scale.shape[1], GROUP=group_size, HAS_ZERO=zero is not None), **launch)
+
+
+def int8_gemv(x: Tensor, codes: Tensor, scale: Tensor, **launch) -> Tensor:
+    """x (rows, K) @ W^T with W (N, K) int8 per output channel: codes (N*K,) uint8 offset binary, scale (N,)."""
+    launch = {**INT8_LAUNCH, **launch}
+    launch["block_k"] = block_k(x.shape[1], 1, launch["block_k"])
+    return _launch(_int8_kernel, x, scale.shape[0], (codes, scale), {}, **launch)
