@@ -121,3 +121,21 @@ def test_bad_settings():
         distributed.shard(torch.nn.Linear(2, 2))
     with pytest.raises(UserInputError, match="does not split evenly over 3 ranks"):
         distributed.RankShare([(torch.zeros(4, 2), torch.zeros(4))], 0, 3).next()
+
+
+def test_sampled_batches_split_an_epoch_and_resume():
+    from torch.utils.data import TensorDataset
+
+    dataset = TensorDataset(torch.arange(20))
+    ranks = [distributed.SampledBatches(dataset, 5, rank, 2, seed=3) for rank in range(2)]
+    epoch = [torch.cat([r.next()[0] for _ in range(2)]) for r in ranks]  # 2 batches of 5 per rank = 20
+    assert sorted(torch.cat(epoch).tolist()) == list(range(20))  # disjoint ranks, the whole dataset
+    state = ranks[0].state_dict()
+    next_epoch = ranks[0].next()[0]
+    assert state == {"epoch": 0, "taken": 2} and ranks[0].epoch == 1
+    assert not torch.equal(torch.sort(next_epoch).values, torch.sort(epoch[0][:5]).values)  # reshuffled
+    again = distributed.SampledBatches(dataset, 5, 0, 2, seed=3)
+    again.load_state_dict(state)
+    assert torch.equal(again.next()[0], next_epoch)
+    with pytest.raises(UserInputError, match="larger than this rank's share"):
+        distributed.SampledBatches(dataset, 11, 0, 2)

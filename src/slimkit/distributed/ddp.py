@@ -37,17 +37,18 @@ def wrap(model: nn.Module, info: DistInfo) -> DistributedDataParallel:
 
 
 class RankShare:
-    """This rank's rows of every global batch drawn from ``source`` (a tuple/list of tensors or a dict).
+    """This rank's rows of every global batch drawn from ``source`` (a tuple/list of tensors or a dict),
+    moved to ``device`` if given.
 
     The global batch must split evenly: ``rows % world_size == 0``, so every rank's loss has the same
     number of targets and DDP's average equals the one-process mean.
     """
 
-    def __init__(self, source: Any, rank: int, world_size: int) -> None:
-        self.source, self.rank, self.world_size = as_batch_source(source), rank, world_size
+    def __init__(self, source: Any, rank: int, world_size: int, device: torch.device | None = None) -> None:
+        self.source, self.rank, self.world_size, self.device = as_batch_source(source), rank, world_size, device
 
     def next(self) -> Any:
-        return _rows(self.source.next(), self.rank, self.world_size)
+        return _rows(self.source.next(), self.rank, self.world_size, self.device)
 
     def state_dict(self) -> dict:
         return self.source.state_dict()
@@ -90,15 +91,15 @@ class SampledBatches:
             self.next()
 
 
-def _rows(batch: Any, rank: int, world_size: int) -> Any:
+def _rows(batch: Any, rank: int, world_size: int, device: torch.device | None) -> Any:
     if isinstance(batch, torch.Tensor):
         if batch.shape[0] % world_size:
             raise UserInputError(f"a global batch of {batch.shape[0]} rows does not split evenly over "
                                  f"{world_size} ranks; use a batch size that is a multiple of {world_size}")
-        return batch.chunk(world_size)[rank]
+        return batch.chunk(world_size)[rank].to(device)
     if isinstance(batch, dict):
-        return {k: _rows(v, rank, world_size) for k, v in batch.items()}
+        return {k: _rows(v, rank, world_size, device) for k, v in batch.items()}
     if isinstance(batch, (tuple, list)):
-        return type(batch)(_rows(v, rank, world_size) for v in batch)
+        return type(batch)(_rows(v, rank, world_size, device) for v in batch)
     return batch
 

@@ -39,7 +39,7 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig(), *, strate
         wrapped = ddp.wrap(model, info)
     else:
         wrapped = fsdp.shard(model.to(info.device), fsdp_config)
-    batches = ddp.RankShare(data, info.rank, info.world_size)
+    batches = ddp.RankShare(data, info.rank, info.world_size, info.device)
     with collective_guard(info):
         result = train_one(wrapped, batches, config, loss_fn=loss_fn, callbacks=callbacks, checkpoints=checkpoint)
         dist.barrier()
