@@ -91,9 +91,10 @@ def collective_guard(info: DistInfo):
     except (dist.DistError, RuntimeError) as exc:
         if not _is_peer_failure(exc):
             raise
-        first_line = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip() or type(exc).__name__
+        cause = text.splitlines()[0].split(". ")[0][:200]  # gloo/nccl's first sentence names the peer
         raise RankFailure(f"rank {info.rank} of {info.world_size}: another rank died or did not answer within "
-                          f"{info.timeout_s:g} s ({first_line}); stopping this rank too. The failed rank's own "
+                          f"{info.timeout_s:g} s ({cause}); stopping this rank too. The failed rank's own "
                           "error is in its log above.") from None
 
 
