@@ -9,7 +9,7 @@ from slimkit.configs import build_config
 from slimkit.errors import UserInputError
 
 UNSTRUCTURED_METHODS = ("magnitude", "l2", "random", "taylor", "wanda", "sparsegpt")
-STRUCTURED_METHODS = ("l1", "l2", "random", "taylor", "bn_scale")
+STRUCTURED_METHODS = ("l1", "magnitude", "l2", "random", "taylor", "bn_scale")  # magnitude = l1 here
 SCOPES = ("layer", "global")
 NEEDS_DATA = ("taylor", "wanda", "sparsegpt")
 
@@ -70,7 +70,7 @@ class PruneConfig:
         methods = STRUCTURED_METHODS if self.structured else UNSTRUCTURED_METHODS
         if self.method not in methods:
             kind = "structured" if self.structured else "unstructured"
-            raise UserInputError(f"method={self.method!r} is not a {kind} importance; choose one of {', '.join(methods)}")
+            raise UserInputError(f"method={self.method!r} is not among the {kind} importances: {', '.join(methods)}")
         if self.scope == "global" and self.method in ("wanda", "sparsegpt"):
             raise UserInputError(f"method={self.method!r} compares weights within a layer; use scope='layer'")
         if self.calibration_batches < 1:

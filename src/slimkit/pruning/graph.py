@@ -49,7 +49,7 @@ class Space:
 
     size: int
     producers: list[str] = field(default_factory=list)  # modules whose output rows are these channels
-    channelwise: list[str] = field(default_factory=list)  # BatchNorm / depthwise conv following them
+    channelwise: list[tuple[str, int, int, int]] = field(default_factory=list)  # BatchNorm / depthwise conv, as consumers
     consumers: list[tuple[str, int, int, int]] = field(default_factory=list)  # (module, input offset, start, length)
     blocked: str | None = None
     parent: Space | None = None
@@ -209,7 +209,7 @@ class _Propagation:
         if isinstance(m, PASS_MODULES):
             return x
         if isinstance(m, nn.Flatten):
-            return self._reshape(node, x)
+            return self._reshape(node, x) if x else None
         if x or self._tracked(node.args):
             raise self._error(node, type(m).__name__)
         return None
@@ -239,12 +239,11 @@ class _Propagation:
             offset += length
 
     def _channelwise(self, layout: Layout, name: str) -> None:
+        offset = 0
         for space, start, length in layout:
             if space is not None:
-                if start != 0 or length != space.size:
-                    self._block(layout, f"{name} follows a slice of channels")
-                    return
-                space.root().channelwise.append(name)
+                space.root().channelwise.append((name, offset, start, length))
+            offset += length
 
     def _function(self, node: fx.Node):
         op = _op_name(node)

@@ -35,6 +35,10 @@ def prune_structure(model: nn.Module, config: PruneConfig, example_args: tuple, 
             reports.append(LayerReport(label, "channels", g.size, g.size, config.method, skipped=reason))
         else:
             live.append(g)
+    for unit in [u for u in units if _excluded_unit(u, config)]:
+        reports.append(LayerReport(unit.name, "heads", unit.n_head, unit.n_head, config.method,
+                                   skipped=_excluded_unit(unit, config)))
+    units = [u for u in units if not _excluded_unit(u, config)]
     grads = _grads(model, live, units, config, data)
     scores = [_group_scores(model, g, config, grads) for g in live]
     head_scores = [_head_scores(model, u, config, grads) for u in units]
@@ -54,11 +58,20 @@ def prune_structure(model: nn.Module, config: PruneConfig, example_args: tuple, 
 
 
 def _excluded(group: Space, config: PruneConfig) -> str | None:
-    members = group.producers + group.channelwise + [c[0] for c in group.consumers]
+    members = group.producers + [c[0] for c in group.channelwise + group.consumers]
     for name in members:
         if any(fnmatchcase(name, p) for p in config.exclude):
             return f"{name} matched by exclude {list(config.exclude)}"
     if config.include and not any(any(fnmatchcase(p, pat) for pat in config.include) for p in group.producers):
+        return f"not matched by include {list(config.include)}"
+    return None
+
+
+def _excluded_unit(unit, config: PruneConfig) -> str | None:
+    names = [unit.name] + unit.input_layers + [unit.output_layer]
+    if any(fnmatchcase(n, p) for n in names for p in config.exclude):
+        return f"matched by exclude {list(config.exclude)}"
+    if config.include and not any(fnmatchcase(n, p) for n in names for p in config.include):
         return f"not matched by include {list(config.include)}"
     return None
 
@@ -89,10 +102,14 @@ def _group_scores(model: nn.Module, group: Space, config: PruneConfig, grads: di
     if config.method == "random":
         return torch.rand(group.size, generator=torch.Generator().manual_seed(config.seed + group.size))
     if config.method == "bn_scale":
-        norms = [model.get_submodule(n) for n in group.channelwise]
-        norms = [m for m in norms if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
-        if norms:
-            return sum(m.weight.detach().abs().float() for m in norms)
+        gamma, seen = torch.zeros(group.size), False
+        for name, offset, start, length in group.channelwise:
+            norm = model.get_submodule(name)
+            if isinstance(norm, nn.BatchNorm2d) and norm.affine:
+                gamma[start:start + length] += norm.weight.detach().abs().float()[offset:offset + length]
+                seen = True
+        if seen:
+            return gamma
     method = "l1" if config.method == "bn_scale" else config.method  # no BatchNorm follows: filter norms
     return sum(_rows(method, model.get_submodule(n).weight, grads.get(n)) for n in group.producers)
 
@@ -143,19 +160,17 @@ def _clamp_note(scores: Tensor, keep: Tensor, config: PruneConfig) -> str | None
 
 def _apply_channels(model: nn.Module, groups: list[Space], keeps: list[Tensor]) -> None:
     """Cut every member layer once: output rows of producers, input columns of consumers, BN/depthwise channels."""
-    out_keep, channel_keep, in_masks = {}, {}, {}
+    out_keep, channel_masks, in_masks = {}, {}, {}
     for g, keep in zip(groups, keeps):
         kept = torch.zeros(g.size, dtype=torch.bool)
         kept[keep] = True
         for name in g.producers:
             out_keep[name] = keep
-        for name in g.channelwise:
-            channel_keep[name] = keep
-        for name, offset, start, length in g.consumers:
-            layer = model.get_submodule(name)
-            size = layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
-            mask = in_masks.setdefault(name, torch.ones(size, dtype=torch.bool))
-            mask[offset:offset + length] &= kept[start:start + length]
+        for masks, members in ((channel_masks, g.channelwise), (in_masks, g.consumers)):
+            for name, offset, start, length in members:
+                mask = masks.setdefault(name, torch.ones(_channels_in(model.get_submodule(name)), dtype=torch.bool))
+                mask[offset:offset + length] &= kept[start:start + length]
+    channel_keep = {name: m.nonzero().flatten() for name, m in channel_masks.items()}
     for name in set(out_keep) | set(channel_keep) | set(in_masks):
         layer = model.get_submodule(name)
         in_keep = in_masks[name].nonzero().flatten() if name in in_masks else None
@@ -166,3 +181,8 @@ def _apply_channels(model: nn.Module, groups: list[Space], keeps: list[Tensor]) 
         else:
             new = shrink_batchnorm(layer, channel_keep[name])
         model.set_submodule(name, new)
+
+
+def _channels_in(layer: nn.Module) -> int:
+    return layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels if isinstance(layer, nn.Conv2d) \
+        else layer.num_features
