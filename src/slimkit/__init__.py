@@ -13,6 +13,7 @@ from slimkit.errors import ArtifactError, MissingDependencyError, SlimkitError, 
 from slimkit.evaluation import EvalRecord, evaluate
 from slimkit.io import load, save
 from slimkit.lowrank import LowRankConfig, factorize
+from slimkit.pruning import PruneConfig, prune
 from slimkit.quantization import WeightQuantConfig, quantize
 from slimkit.training import TrainConfig, train
 

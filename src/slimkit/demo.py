@@ -35,7 +35,9 @@ from slimkit.models import zoo
 from slimkit.models.spec import from_spec
 from slimkit.privacy import DPConfig, FederatedConfig, federated_average, make_private
 from slimkit.progress import progress
-from slimkit.quantization import WeightQuantConfig, quantize
+from slimkit.pruning.recipe import PruneConfig, PruneRecipe, run_recipe
+from slimkit.quantization import (ActivationQuantConfig, QATSchedule, WeightQuantConfig, convert, prepare_qat,
+                                  quantize)
 from slimkit.quantization.paths import choose_paths
 from slimkit.training import TrainConfig, train
 
@@ -97,9 +99,18 @@ def apply_variant(model: nn.Module, config, base: str) -> nn.Module:
             lora.inject(model, config.lora)
         train(model, task.training_batches(model, config.batch_size, config.train.seed), config.train)
         choose_paths(model)  # a QLoRA base is a QuantLinear: measure its fastest execution path too
+    elif isinstance(config, PruneRecipe):
+        run_recipe(model, config)
     elif isinstance(config, DPTraining):  # from scratch: the reference saw these digits without privacy
         model.load_state_dict(zoo.build(base).state_dict())
         make_private(model, None, digits().train, config.dp).train(config.train)
+    elif isinstance(config, ActivationQuantConfig):
+        quantize(model, config, calib=task.calibration(16) if config.needs_calibration else None)
+    elif isinstance(config, QATTraining):
+        prepare_qat(model, config.quant)
+        train(model, task.training_batches(model, config.batch_size, config.train.seed), config.train,
+              callbacks=[QATSchedule(config.quant)])
+        convert(model)
     elif isinstance(config, FederatedConfig):
         model.load_state_dict(zoo.build(base).state_dict())
         federated_average(model, digits().train, config)
@@ -150,9 +161,35 @@ _PRIVACY = [
     Variant("fedavg", "FedAvg from scratch, 10 non-IID clients (alpha 0.3), 20 rounds",
             FederatedConfig(clients=10, alpha=0.3, rounds=20)),
 ]
+
+
+@dataclass(frozen=True)
+class QATTraining:
+    """A row fine-tuned with quantization-aware training from the trained base, then converted to int8."""
+
+    quant: ActivationQuantConfig
+    train: TrainConfig
+    batch_size: int
+
+    def to_dict(self) -> dict:
+        return {"quant": self.quant.to_dict(), "train": self.train.to_dict(), "batch_size": self.batch_size}
+
+
+_ACTIVATION_QUANT = {
+    "mlp": [Variant("int8-dynamic", "activation int8 dynamic (W8A8)", ActivationQuantConfig())],
+    "cnn": [Variant("int8-static", "activation int8 static (W8A8, fused)", ActivationQuantConfig(mode="static")),
+            Variant("w4a8-qat", "QAT W4A8, 60 steps", QATTraining(
+                ActivationQuantConfig(mode="qat", weight_bits=4, observer="moving_average", freeze_observers_step=30),
+                TrainConfig(steps=60, lr=1e-3, warmup=5, threads=2), batch_size=64))],
+}
 VARIANTS: dict[str, list[Variant]] = {
-    "mlp": _MLP + _PRIVACY,
-    "cnn": [Variant("tucker2", "low-rank (Tucker-2, 90% energy)", LowRankConfig(energy=0.9))],
+    "mlp": _MLP + _PRIVACY + _ACTIVATION_QUANT["mlp"],
+    "cnn": [Variant("tucker2", "low-rank (Tucker-2, 90% energy)", LowRankConfig(energy=0.9)),
+            Variant("sparse90", "pruned 90% (global magnitude) + 100 fine-tuning steps", PruneRecipe(
+                PruneConfig(sparsity=0.9, scope="global"), TrainConfig(steps=100, lr=1e-3, threads=2))),
+            Variant("channels50", "half the channels removed (L1) + 150 fine-tuning steps", PruneRecipe(
+                PruneConfig(structured=True, ratio=0.5), TrainConfig(steps=150, lr=1e-3, threads=2)))]
+    + _ACTIVATION_QUANT["cnn"],
     "gpt": _QUANT + _GPT_TRAINING + [
         Variant("lowrank-mlp", "low-rank MLPs (SVD, half the weights)",
                 LowRankConfig(param_budget=0.5, include=("blocks.*.mlp.*",)))],
