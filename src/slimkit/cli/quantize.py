@@ -7,19 +7,34 @@ import json
 from slimkit.cli import positive_int
 
 HELP = ("Weight-only post-training quantization of every Linear layer (RTN, GPTQ or AWQ) into packed "
-        "codes; writes a slimkit artifact to --out and prints the before/after table. MODEL_DIR is a "
-        "slimkit artifact or a Hugging Face model folder.")
+        "codes, or with --activations int8 weights and activations to int8 (dynamic, static with "
+        "calibration, or QAT); writes a slimkit artifact to --out and prints the before/after table. "
+        "MODEL_DIR is a slimkit artifact or a Hugging Face model folder.")
 EXAMPLE = ("example:\n  slimkit quantize ~/.cache/slimkit/gpt-* --weights int4 --group-size 128 --method gptq "
            "--calib pycorpus --out gpt-int4\n  slimkit quantize MODEL_DIR --weights nf4 --group-size 64 "
-           "--double-quant --out m-nf4")
+           "--double-quant --out m-nf4\n  slimkit quantize MODEL_DIR --activations int8 --mode static --observer percentile "
+           "--calib minilm --smoothquant 0.5 --out m-w8a8\n  slimkit quantize ~/.cache/slimkit/cnn-* --activations int8 "
+           "--mode qat --weights int4 --qat-steps 200 --out cnn-w4a8")
 
 
 def add_arguments(p) -> None:
     from slimkit.quantization import METHODS, WEIGHT_FORMATS
+    from slimkit.quantization.activation.config import MODES, OBSERVERS
 
     p.add_argument("model_dir", metavar="MODEL_DIR")
     p.add_argument("--out", required=True, help="folder for the quantized artifact")
-    p.add_argument("--weights", default="int4", choices=WEIGHT_FORMATS, help="weight format (default int4)")
+    p.add_argument("--weights", choices=WEIGHT_FORMATS,
+                   help="weight format (default int4; int8 with --activations, which takes int2..int8)")
+    p.add_argument("--activations", choices=["int8"], help="also quantize activations (Linear and Conv2d layers)")
+    p.add_argument("--mode", choices=MODES, default="dynamic",
+                   help="--activations: scales at run time (dynamic, default), calibrated (static) or trained (qat)")
+    p.add_argument("--observer", choices=OBSERVERS, default="minmax",
+                   help="--activations static/qat: how the calibrated range is chosen (default minmax)")
+    p.add_argument("--smoothquant", type=float, metavar="ALPHA",
+                   help="--activations: SmoothQuant migration strength in [0, 1] (uses calibration data)")
+    p.add_argument("--outlier-threshold", type=float, metavar="T",
+                   help="--activations: input columns with |x| > T stay float (LLM.int8 decomposition)")
+    p.add_argument("--qat-steps", type=positive_int, default=200, help="--mode qat: training steps (default 200)")
     p.add_argument("--group-size", type=positive_int, default=128,
                    help="input features per scale (default 128)")
     p.add_argument("--per-channel", action="store_true", help="one scale per output channel instead of groups")
@@ -30,7 +45,7 @@ def add_arguments(p) -> None:
     p.add_argument("--embeddings", action="store_true", help="also quantize embedding tables (RTN)")
     p.add_argument("--act-order", action="store_true", help="GPTQ: columns by decreasing Hessian diagonal")
     p.add_argument("--calib", choices=["digits", "pycorpus", "minilm"],
-                   help="calibration data for gptq/awq (default: the model's task)")
+                   help="calibration data for gptq/awq and static/smoothquant (default: the model's task)")
     p.add_argument("--calib-batches", type=positive_int, default=16, help="calibration batches (default 16)")
     p.add_argument("--include", action="append", default=[], metavar="PATTERN",
                    help="only layers whose name matches (fnmatch; repeatable)")
@@ -47,33 +62,79 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from slimkit.evaluation import evaluate
-    from slimkit.evaluation.report import markdown_table
-    from slimkit.evaluation.tasks import get_task, infer_task
-    from slimkit.io import load, save
-    from slimkit.manifest import get_manifest
+    from slimkit.evaluation.tasks import infer_task
+    from slimkit.io import load
+
+    model = load(args.model_dir)
+    task = args.task or infer_task(model)
+    before = evaluate(model, task, name="before", threads=args.threads)
+    quantize_model = _quantize_activations if args.activations else _quantize_weights
+    config, label = quantize_model(model, task, args)
+    return _report(model, task, before, config, label, args)
+
+
+def _quantize_weights(model, task: str, args):
+    from slimkit.evaluation.tasks import get_task
     from slimkit.quantization import WeightQuantConfig, quantize
     from slimkit.quantization.paths import choose_paths
 
     config = WeightQuantConfig(
-        format=args.weights, group_size=None if args.per_channel else args.group_size,
+        format=args.weights or "int4", group_size=None if args.per_channel else args.group_size,
         symmetric=not args.asymmetric, method=args.method, double_quant=args.double_quant,
         include=tuple(args.include), exclude=tuple(args.exclude), act_order=args.act_order, embeddings=args.embeddings,
         scale_dtype="float32" if args.fp32_scales else "float16",
         calib_samples=args.calib_batches)
-    model = load(args.model_dir)
-    task = args.task or infer_task(model)
-    before = evaluate(model, task, name="before", threads=args.threads)
     calib = get_task(args.calib or task).calibration(args.calib_batches) if args.method != "rtn" else None
     quantize(model, config, calib=calib)
     if not args.keep_dequant:
         choose_paths(model, allow_cache=not args.no_float_cache, threads=args.threads)
-    save(model, args.out, metrics={"quantize": config.to_dict()})
-    after = evaluate(model, task, name=f"after ({args.method} {args.weights})", technique=f"weight-only {args.method}",
-                     baseline="before", artifact_dir=args.out, threads=args.threads)
-    if args.json:
-        print(json.dumps({"before": before.to_dict(), "after": after.to_dict(), "manifest": get_manifest(model),
-                          "out": args.out}, indent=2))
+    return config, (f"after ({args.method} {config.format})", f"weight-only {args.method}")
+
+
+def _quantize_activations(model, task: str, args):
+    from slimkit.errors import UserInputError
+    from slimkit.evaluation.tasks import get_task
+    from slimkit.quantization import ActivationQuantConfig, QATSchedule, convert, prepare_qat, quantize
+    from slimkit.training import TrainConfig, train
+
+    weights = args.weights or "int8"
+    if not weights.startswith("int"):
+        raise UserInputError(f"--activations int8 runs int2..int8 weights, not {weights}; pass --weights int8 or int4")
+    config = ActivationQuantConfig(
+        mode=args.mode, weight_bits=int(weights.removeprefix("int")), observer=args.observer,
+        smoothquant=args.smoothquant, outlier_threshold=args.outlier_threshold, include=tuple(args.include),
+        exclude=tuple(args.exclude), calib_batches=args.calib_batches,
+        freeze_observers_step=args.qat_steps // 2 if args.mode == "qat" else None)
+    if args.mode == "qat":
+        prepare_qat(model, config)
+        task_ = get_task(task)
+        train(model, task_.training_batches(model, 64), TrainConfig(steps=args.qat_steps, lr=1e-3, warmup=10,
+                                                                    threads=args.threads),
+              callbacks=[QATSchedule(config)])
+        convert(model)
     else:
-        print(markdown_table([before, after]))
-        print(f"\nwrote {args.out}")
+        calib = get_task(args.calib or task).calibration(args.calib_batches) if config.needs_calibration else None
+        quantize(model, config, calib=calib)
+    return config, (f"after (w{config.weight_bits}a8 {args.mode})", f"activation int8 {args.mode}")
+
+
+def _report(model, task: str, before, config, label: tuple[str, str], args) -> int:
+    from slimkit.evaluation import evaluate
+    from slimkit.evaluation.report import markdown_table
+    from slimkit.io import save
+    from slimkit.manifest import get_manifest
+
+    save(model, args.out, metrics={"quantize": config.to_dict()})
+    after = evaluate(model, task, name=label[0], technique=label[1], baseline="before", artifact_dir=args.out,
+                     threads=args.threads)
+    manifest = get_manifest(model)
+    if args.json:
+        print(json.dumps({"before": before.to_dict(), "after": after.to_dict(), "manifest": manifest,
+                          "out": args.out}, indent=2))
+        return 0
+    print(markdown_table([before, after]))
+    for entry in manifest:
+        if "skipped" in entry:
+            print(f"stayed float: {entry['layer']}: {entry['skipped']}")
+    print(f"\nwrote {args.out}")
     return 0

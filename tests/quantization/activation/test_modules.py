@@ -79,8 +79,9 @@ def test_outlier_columns_are_computed_in_float():
 
 @pytest.mark.slow
 def test_compiled_chains_equal_the_eager_ones():
-    x, acc = torch.randn(40, 96), torch.randint(-5000, 5000, (40, 24), dtype=torch.int32)
-    row, col, bias = torch.rand(40, 1), torch.rand(24), torch.randn(24)
+    rows = kernels.COMPILE_MIN_ELEMENTS // 64
+    x, acc = torch.randn(rows, 96), torch.randint(-5000, 5000, (rows, 384), dtype=torch.int32)
+    row, col, bias = torch.rand(rows, 1), torch.rand(384), torch.randn(384)
     eager = (kernels.quantize_tokens(x), kernels.rescale(acc, row, col, bias, True))
     kernels.set_compiled(True)
     compiled = (kernels.quantize_tokens(x.clone()), kernels.rescale(acc, row, col, bias, True))

@@ -5,7 +5,8 @@ more than 16 rows and K, N multiples of 8), the same integer product is computed
 which is exact for int8 operands. Quantizing the activation and rescaling the int32 result are
 memory-bound chains of small ops; ``torch.compile`` fuses each chain into one loop (measured on
 MiniLM's FFN shapes: 2-4x faster than eager), so they run compiled where a C++ compiler is
-available and eagerly otherwise (same math; ``set_compiled(False)`` forces eager).
+available and eagerly otherwise (same math; ``set_compiled(False)`` forces eager), for tensors of
+at least ``COMPILE_MIN_ELEMENTS`` elements.
 
 >>> codes, scale = quantize_tokens(torch.randn(32, 64))
 >>> codes.dtype, scale.shape
@@ -20,6 +21,9 @@ import torch
 from torch import Tensor
 
 QMAX = 127
+# below this many elements a compiled call's fixed overhead outweighs the fusion, and small models
+# (the digits MLP/CNN) never pay torch.compile's start-up time
+COMPILE_MIN_ELEMENTS = 1 << 18
 
 _state = {"compiled": True, "failed": None}
 _compiled: dict = {}
@@ -49,6 +53,10 @@ def _static(x: Tensor, inv_scale: Tensor, smooth: Tensor | None) -> Tensor:
     return torch.round(x * inv_scale).clamp(-QMAX, QMAX).to(torch.int8)
 
 
+def _unsigned(x: Tensor, inv_scale: float, zero_point: int) -> Tensor:
+    return torch.clamp(torch.round(x * inv_scale) + zero_point, 0, 255).to(torch.uint8)
+
+
 def _rescale(acc: Tensor, row_scale: Tensor, col_scale: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
     y = acc.float() * (row_scale * col_scale)
     if bias is not None:
@@ -57,7 +65,7 @@ def _rescale(acc: Tensor, row_scale: Tensor, col_scale: Tensor, bias: Tensor | N
 
 
 def _run(fn, *args):
-    if not _state["compiled"] or _state["failed"]:
+    if not _state["compiled"] or _state["failed"] or args[0].numel() < COMPILE_MIN_ELEMENTS:
         return fn(*args)
     if fn not in _compiled:
         _compiled[fn] = torch.compile(fn, dynamic=True)
@@ -85,6 +93,12 @@ def quantize_tokens(x: Tensor, smooth: Tensor | None = None) -> tuple[Tensor, Te
 def quantize_static(x: Tensor, scale: Tensor, smooth: Tensor | None = None) -> Tensor:
     """int8 codes of ``x * smooth`` on the fixed symmetric grid of ``scale`` (values beyond it clip)."""
     return _run(_static, x, 1.0 / scale, smooth)
+
+
+@torch.no_grad()
+def quantize_unsigned(x: Tensor, scale: float, zero_point: int) -> Tensor:
+    """uint8 codes of ``x`` on the asymmetric grid (scale, zero point), as oneDNN's int8 convolution takes them."""
+    return _run(_unsigned, x, 1.0 / scale, zero_point)
 
 
 @torch.no_grad()

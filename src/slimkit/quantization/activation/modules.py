@@ -145,23 +145,28 @@ class Int8Conv2d(_Int8Base):
     def _prepare(self) -> None:
         codes, scale = weight_codes(self.encoded())
         self.weight_scale = scale
-        if onednn_conv_missing():
-            self.kernel_weight = codes
-            return
-        self.kernel_weight = torch.ops.onednn.qconv_prepack(
-            codes, scale, float(self.act_scale), int(self.act_zero_point), self.stride, self.padding,
-            self.dilation, self.groups)
+        self.kernel_weight = codes
+        # oneDNN's packed weight is an opaque tensor without storage: a plain attribute, not a buffer,
+        # so that state_dict, .to() and memory reports skip it (they count kernel_weight instead);
+        # packed on the first call and dropped by copies (deepcopy cannot copy it)
+        self._packed = None
+
+    def __getstate__(self) -> dict:
+        return {**super().__getstate__(), "_packed": None}
 
     def forward(self, x: Tensor) -> Tensor:
         scale, zero = float(self.act_scale), int(self.act_zero_point)
-        codes = torch.clamp(torch.round(x * (1.0 / scale)) + zero, 0, 255).to(torch.uint8)
-        if onednn_conv_missing():
+        codes = kernels.quantize_unsigned(x, scale, zero)
+        if self._packed is None and not onednn_conv_missing():
+            self._packed = torch.ops.onednn.qconv_prepack(self.kernel_weight, self.weight_scale, scale, zero,
+                                                          self.stride, self.padding, self.dilation, self.groups)
+        if self._packed is None:
             w = self.kernel_weight.float() * self.weight_scale[:, None, None, None]
             y = F.conv2d((codes.float() - zero) * scale, w, self.bias, self.stride, self.padding, self.dilation,
                          self.groups)
             return torch.relu(y) if self.relu else y
         return torch.ops.onednn.qconv2d_pointwise(
-            codes, scale, zero, self.kernel_weight, self.weight_scale, self._zero_points(), self.bias, self.stride,
+            codes, scale, zero, self._packed, self.weight_scale, self._zero_points(), self.bias, self.stride,
             self.padding, self.dilation, self.groups, 1.0, 0, torch.float32, "relu" if self.relu else "none", [], "")
 
     def _zero_points(self) -> Tensor:

@@ -3,8 +3,8 @@
 ``prepare_qat`` swaps every chosen Linear/Conv2d for a QATLinear/QATConv2d that computes with
 fake-quantized weights (symmetric per output channel, ``weight_bits``) and fake-quantized inputs
 (int8 per tensor: symmetric for Linear, uint8 with a zero point for conv, as the int8 modules
-run them). Rounding passes gradients straight through (STE) inside the representable range and
-blocks them outside it; with ``lsq=True`` the scales are parameters learned as in LSQ (Esser et
+run them), using torch's fused fake-quant kernels. Rounding passes gradients straight through
+(STE) inside the representable range and blocks them outside it; with ``lsq=True`` the scales are parameters learned as in LSQ (Esser et
 al., 2020). ``QATSchedule`` (a training callback) freezes the observed ranges and folds
 BatchNorm into the convs at the configured steps; ``convert`` gives the Int8 modules, which
 compute what the fake-quant model simulated.
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slimkit.errors import UserInputError
-from slimkit.formats import fake_quantize, quantize
+from slimkit.formats import quantize
 from slimkit.manifest import add_entry
 from slimkit.quantization.activation.config import ActivationQuantConfig
 from slimkit.quantization.activation.fuse import Folded, fold_batchnorm, fuse, fusion_patterns
@@ -32,18 +32,18 @@ from slimkit.quantization.select import select_layers
 _ATTR = "_slimkit_qat_preparation"
 
 
-class FakeQuantSTE(torch.autograd.Function):
-    """fake_quantize in the forward; the gradient passes where x is on the grid's range, else 0."""
+def fake_quant(x: Tensor, scale: Tensor, zero_point: Tensor | None, qmin: int, qmax: int) -> Tensor:
+    """x rounded onto an int grid (one scale, or one per row of a weight), as float, in one fused op.
 
-    @staticmethod
-    def forward(ctx, x: Tensor, fmt: str, scale: Tensor, zero_point: Tensor | None, low: float, high: float):
-        ctx.save_for_backward((x >= low) & (x <= high))
-        return fake_quantize(x, fmt, scale, zero_point)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        (inside,) = ctx.saved_tensors
-        return grad * inside, None, None, None, None, None
+    torch's fused fake-quant kernels round exactly as ``slimkit.formats.fake_quantize`` (the tests
+    check it bit for bit) and give the clipped straight-through gradient: 1 where x lies on the
+    grid's range, 0 where it was clipped.
+    """
+    if scale.numel() == 1:
+        zero = 0 if zero_point is None else int(zero_point)
+        return torch.fake_quantize_per_tensor_affine(x, float(scale), zero, qmin, qmax)
+    zeros = torch.zeros(scale.numel(), dtype=torch.int32)
+    return torch.fake_quantize_per_channel_affine(x, scale.reshape(-1).float(), zeros, 0, qmin, qmax)
 
 
 def lsq_quantize(x: Tensor, scale: Tensor, zero_point: Tensor | None, qmin: int, qmax: int) -> Tensor:
@@ -86,16 +86,15 @@ class _QATBase(nn.Module):
         qmin, qmax = (-127, 127) if self.symmetric_input else (0, 255)
         if self.lsq:
             return lsq_quantize(x, self.input_scale, zero, qmin, qmax)
-        low, high = (qmin - (0 if zero is None else zero.item())) * scale.item(), (qmax - (0 if zero is None else zero.item())) * scale.item()
-        return FakeQuantSTE.apply(x, "int8", scale, zero, low, high)
+        return fake_quant(x, scale, zero, qmin, qmax)
 
     def fake_weight(self) -> Tensor:
         qmax = 2 ** (self.weight_bits - 1) - 1
-        shape = (-1,) + (1,) * (self.weight.dim() - 1)
         if self.lsq:
+            shape = (-1,) + (1,) * (self.weight.dim() - 1)
             return lsq_quantize(self.weight, self.weight_scale.reshape(shape), None, -qmax, qmax)
-        scale = self.weight.detach().abs().flatten(1).amax(1).clamp_min(1e-8).reshape(shape) / qmax
-        return FakeQuantSTE.apply(self.weight, f"int{self.weight_bits}", scale, None, -float("inf"), float("inf"))
+        scale = self.weight.detach().abs().flatten(1).amax(1).clamp_min(1e-8) / qmax
+        return fake_quant(self.weight, scale, None, -qmax, qmax)
 
     def encoded_weight(self):
         scale = None if not self.lsq else self.weight_scale.detach().reshape(-1, 1)
@@ -115,8 +114,8 @@ class QATLinear(_QATBase):
         return torch.relu(y) if self.relu else y
 
     def to_int8(self) -> Int8Linear:
-        return Int8Linear(self.encoded_weight(), self.bias, mode="static", act_scale=self.input_qparams()[0],
-                          relu=self.relu)
+        return Int8Linear(self.encoded_weight(), self.bias, mode="static",
+                          act_scale=self.input_qparams()[0].detach(), relu=self.relu)
 
 
 class QATConv2d(_QATBase):
@@ -142,7 +141,7 @@ class QATConv2d(_QATBase):
 
     def to_int8(self) -> Int8Conv2d:
         scale, zero = self.input_qparams()
-        return Int8Conv2d(self.encoded_weight(), self.bias, act_scale=scale, act_zero_point=zero, stride=self.stride,
+        return Int8Conv2d(self.encoded_weight(), self.bias, act_scale=scale.detach(), act_zero_point=zero, stride=self.stride,
                           padding=self.padding, dilation=self.dilation, groups=self.groups, relu=self.relu)
 
 
