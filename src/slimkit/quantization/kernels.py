@@ -88,6 +88,17 @@ def dequantize(enc: EncodedTensor, dtype: torch.dtype) -> Tensor | None:
     if not (gemv.available(enc.codes.device) and enc.granularity == "group" and in_features % enc.group_size == 0
             and (enc.fmt == "nf4" or (enc.fmt == "int4" and enc.zero_point is None))):
         return None
-    table = NF4_CODE if enc.fmt == "nf4" else torch.arange(16, dtype=torch.float32) - 8
-    return gemv.dequantize_4bit(enc.codes, table.to(enc.codes.device), enc.scales(), enc.group_size,
+    return gemv.dequantize_4bit(enc.codes, _code_table(enc.fmt, enc.codes.device), enc.scales(), enc.group_size,
                                 (out_features, in_features), dtype)
+
+
+_TABLES: dict[tuple[str, torch.device], Tensor] = {}
+
+
+def _code_table(fmt: str, device: torch.device) -> Tensor:
+    """The 16 code values on ``device``, copied there once (a copy per call would stall the GPU queue)."""
+    key = (fmt, device)
+    if key not in _TABLES:
+        table = NF4_CODE if fmt == "nf4" else torch.arange(16, dtype=torch.float32) - 8
+        _TABLES[key] = table.to(device)
+    return _TABLES[key]
