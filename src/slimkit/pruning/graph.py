@@ -18,6 +18,8 @@ split: each child is traced on its own inputs, with its boundaries blocked.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -103,7 +105,8 @@ def _walk(module: nn.Module, prefix: str, inputs: dict, spaces: list, units: lis
         gm = fx.GraphModule(module, _Tracer().trace(module))
         if module not in inputs:
             raise RuntimeError("it was not called with positional tensor inputs")
-        ShapeProp(gm).propagate(*inputs[module])
+        with contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints the failing node before raising
+            ShapeProp(gm).propagate(*inputs[module])
     except Exception as exc:  # torch.fx raises many kinds (TraceError, TypeError, RuntimeError...)
         inner = [(n, c) for n, c in module.named_children() if not isinstance(c, LEAVES)]
         layers = [n for n, m in module.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]

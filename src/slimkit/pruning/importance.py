@@ -57,6 +57,28 @@ def accumulated_grads(model: nn.Module, layers: list[tuple[str, nn.Module]], dat
     return grads
 
 
+@torch.no_grad()
+def input_norms(model: nn.Module, layers: list[tuple[str, nn.Module]], data: list) -> dict[str, Tensor]:
+    """{layer name: ||x_j||_2 of each input feature over every calibration token}, all layers in one pass."""
+    sums: dict[str, Tensor] = {}
+    hooks = []
+    for name, layer in layers:
+        def hook(_module, args, name=name):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()  # (tokens, in)
+            sums[name] = sums.get(name, 0) + x.square().sum(0)
+        hooks.append(layer.register_forward_pre_hook(hook))
+    try:
+        for batch in model_inputs(data):
+            model(**batch) if isinstance(batch, Mapping) else model(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    missing = [name for name, _ in layers if name not in sums]
+    if missing:
+        raise UserInputError(f"layer(s) {', '.join(missing)} never ran on the calibration data; exclude them")
+    return {name: s.sqrt().float() for name, s in sums.items()}
+
+
 def model_inputs(data: list) -> list:
     """The model inputs of calibration batches given as inputs or (inputs, targets) pairs."""
     return [b[0] if isinstance(b, (tuple, list)) and not isinstance(b, Mapping) else b for b in data]

@@ -12,7 +12,7 @@ from slimkit.errors import UserInputError
 from slimkit.progress import progress
 from slimkit.pruning import masks as M
 from slimkit.pruning.config import PruneConfig
-from slimkit.pruning.importance import accumulated_grads, model_inputs, weight_scores
+from slimkit.pruning.importance import accumulated_grads, input_norms, model_inputs, weight_scores
 from slimkit.pruning.sparsegpt import sparsegpt
 from slimkit.quantization.calibrate import layer_inputs
 
@@ -63,19 +63,19 @@ def prune_weights(model: nn.Module, config: PruneConfig, data: list | None) -> l
 
 def _keep_masks(model: nn.Module, chosen: list, config: PruneConfig, data: list) -> dict[str, torch.Tensor]:
     grads = accumulated_grads(model, chosen, data) if config.method == "taylor" else {}
+    # Wanda scores every layer from one calibration pass over the dense model (its one-shot form)
+    norms = input_norms(model, chosen, data) if config.method == "wanda" else {}
     generator = torch.Generator().manual_seed(config.seed)
     scores, keeps = {}, {}
     for name, layer in progress(chosen, desc=f"pruning ({config.method})", unit="layer"):
-        if config.method in ("wanda", "sparsegpt"):
-            inputs = layer_inputs(model, layer, model_inputs(data))
-            if config.method == "sparsegpt":
-                weight, keeps[name] = sparsegpt(layer.weight, inputs.hessian, target_sparsity(name, config),
-                                                nm=config.nm)
-                with torch.no_grad():
-                    layer.weight.copy_(weight.to(layer.weight.dtype))
-                continue
-            norm = inputs.hessian.diagonal().sqrt().float()  # ||x_j||_2 over all calibration tokens
-            scores[name] = weight_scores("wanda", layer, input_norm=norm)
+        if config.method == "sparsegpt":
+            # sequential: each layer's Hessian comes from inputs through the layers already pruned
+            hessian = layer_inputs(model, layer, model_inputs(data)).hessian
+            weight, keeps[name] = sparsegpt(layer.weight, hessian, target_sparsity(name, config), nm=config.nm)
+            with torch.no_grad():
+                layer.weight.copy_(weight.to(layer.weight.dtype))
+        elif config.method == "wanda":
+            scores[name] = weight_scores("wanda", layer, input_norm=norms[name])
         else:
             scores[name] = weight_scores(config.method, layer, grad=grads.get(name), generator=generator)
     if config.nm is not None:
