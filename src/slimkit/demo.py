@@ -158,8 +158,8 @@ _PRIVACY = [
     Variant("dp-eps3", "DP-SGD from scratch, (3, 1e-5)-DP", DPTraining(
         DPConfig(target_epsilon=3.0, delta=1e-5, steps=100, batch_size=512),
         TrainConfig(steps=100, lr=2e-2, clip_grad_norm=None, threads=2))),
-    Variant("fedavg", "FedAvg from scratch, 10 non-IID clients (alpha 0.3), 20 rounds",
-            FederatedConfig(clients=10, alpha=0.3, rounds=20)),
+    Variant("fedavg", "FedAvg from scratch, 10 non-IID clients (alpha 0.3), 10 rounds of 2 local epochs",
+            FederatedConfig(clients=10, alpha=0.3, rounds=10, local_epochs=2, lr=0.3)),
 ]
 
 

@@ -11,7 +11,8 @@ HELP = ("Federated averaging on the digits: the training split divided over simu
         "FedAvg; optionally DP-FedAvg (--clip, --noise: client-level epsilon reported) and pairwise-mask secure "
         "aggregation (--secure). Prints test accuracy per round and at the end; --out saves the global model.")
 EXAMPLE = ("example:\n  slimkit federated --clients 10 --alpha 0.3 --rounds 50\n"
-           "  slimkit federated --clients 20 --clients-per-round 10 --clip 1.0 --noise 1.0 --secure --json")
+           "  slimkit federated --clients 20 --clients-per-round 10 --clip 1.0 --noise 1.0 --secure --json\n"
+           "  slimkit federated --clients 10 --alpha 0.3 --rounds 50 --nproc 2   # clients in 2 gloo processes")
 
 
 def add_arguments(p) -> None:
@@ -23,7 +24,7 @@ def add_arguments(p) -> None:
     split.add_argument("--iid", action="store_true", help="split the examples IID instead")
     p.add_argument("--rounds", type=positive_int, default=50, help="communication rounds (default 50)")
     p.add_argument("--clients-per-round", type=positive_int, help="clients sampled per round (default: all)")
-    p.add_argument("--local-epochs", type=positive_int, default=1, help="local SGD epochs per round (default 1)")
+    p.add_argument("--local-epochs", type=positive_int, default=5, help="local SGD epochs per round (default 5)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="local batch size (default 32)")
     p.add_argument("--lr", type=float, default=0.1, help="local SGD learning rate (default 0.1)")
     p.add_argument("--clip", type=float, help="DP-FedAvg: clip each client update to this L2 norm")
@@ -32,6 +33,8 @@ def add_arguments(p) -> None:
     p.add_argument("--secure", action="store_true", help="secure aggregation (pairwise masks)")
     p.add_argument("--seed", type=int, default=0, help="seed of split, sampling and batches (default 0)")
     p.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
+    p.add_argument("--nproc", type=positive_int, default=1, help="run the clients in N processes over "
+                   "torch.distributed (torchrun, gloo): each trains its share of every round's clients (default 1)")
     p.add_argument("--eval-every", type=positive_int, default=10, help="rounds between test accuracies (default 10)")
     p.add_argument("--out", help="save the global model as a slimkit artifact here")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -46,6 +49,12 @@ def run(args) -> int:
     from slimkit.models.spec import from_spec
     from slimkit.privacy.federated import FederatedConfig, federated_average
 
+    if args.nproc > 1:
+        from slimkit.distributed.command import launch_or_join
+
+        exit_code = launch_or_join(args)  # outside torchrun: re-run this command on --nproc processes
+        if exit_code is not None:
+            return exit_code
     config = FederatedConfig(clients=args.clients, alpha=None if args.iid else args.alpha, rounds=args.rounds,
                              clients_per_round=args.clients_per_round, local_epochs=args.local_epochs,
                              batch_size=args.batch_size, lr=args.lr, clip=args.clip, noise_multiplier=args.noise,

@@ -170,6 +170,9 @@ def _check_private(args, data: str | None = None) -> None:
 
     if args.dp_epsilon is None and args.dp_noise is None:
         return
+    if args.nproc > 1:
+        raise UserInputError("--dp-epsilon/--dp-noise train in one process (the noise is added once per step "
+                             "on the whole batch); leave out --nproc")
     data = data or args.data or {"gpt": "pycorpus"}.get(args.model, "digits")
     if data != "digits":
         raise UserInputError(f"--dp-epsilon/--dp-noise train on the digits (one example per record), not {data}")

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.nn.utils import parameters_to_vector
 
 from slimkit.configs import build_config
 from slimkit.errors import UserInputError
@@ -49,8 +50,8 @@ class FederatedConfig:
     """Communication rounds."""
     clients_per_round: int | None = None
     """Clients sampled (without replacement) each round; None: all of them."""
-    local_epochs: int = 1
-    """Passes of local SGD over a client's examples per round."""
+    local_epochs: int = 5
+    """Passes of local SGD over a client's examples per round (5, as in McMahan et al.)."""
     batch_size: int = 32
     """Local SGD batch size."""
     lr: float = 0.1
@@ -167,26 +168,32 @@ def federated_average(model: nn.Module, data, config: FederatedConfig = Federate
     """Train ``model`` (the global model, in place) by FedAvg over clients holding parts of ``data``.
 
     ``data``: (x, y) tensors or an object with .x and .y. ``on_round(round, model)`` is called after
-    each round (e.g. to evaluate).
+    each round (e.g. to evaluate). Inside a torch.distributed process group (``slimkit federated
+    --nproc 2``: gloo on CPU) each process trains its share of every round's clients and the sum of
+    their contributions is all-reduced, so that every process ends with the same global model.
     """
     x, y = (data.x, data.y) if hasattr(data, "x") else data
     parts = dirichlet_split(y, config.clients, config.alpha, config.seed, config.min_examples)
     params = [p for p in model.parameters() if p.requires_grad]
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)  # the same draws in every process
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
     accountant = RDPAccountant() if config.clip is not None else None
     norms, start = [], time.perf_counter()
     for round_ in progress(range(config.rounds), desc="federated", unit="round"):
         chosen = torch.randperm(config.clients, generator=generator)[:config.per_round].sort().values.tolist()
         global_weights = parameters_to_vector(params).detach().clone()
-        updates, weights = [], []
-        for client in chosen:
+        updates = {}
+        for client in chosen[rank::world]:
             seed = config.seed * 1_000_003 + round_ * 1009 + client
-            updates.append(local_update(model, x[parts[client]], y[parts[client]], config, seed))
-            weights.append(1.0 if config.clip is not None else float(len(parts[client])))
-            vector_to_parameters(global_weights, params)
-        norms.append(float(torch.stack([u.norm() for u in updates]).mean()))
-        step = _aggregate(updates, weights, chosen, config, generator, round_)
-        vector_to_parameters(global_weights + config.server_lr * step, params)
+            updates[client] = local_update(model, x[parts[client]], y[parts[client]], config, seed)
+            _assign(params, global_weights)
+        norm_sum = sum((u.norm() for u in updates.values()), torch.zeros(()))
+        if world > 1:
+            dist.all_reduce(norm_sum)
+        norms.append(float(norm_sum) / len(chosen))
+        step = _aggregate(updates, {c: len(parts[c]) for c in chosen}, len(global_weights), config, generator,
+                          round_, world)
+        _assign(params, global_weights + config.server_lr * step)
         if accountant is not None:
             accountant.step(config.noise_multiplier, config.per_round / config.clients)
         if on_round:
@@ -197,19 +204,32 @@ def federated_average(model: nn.Module, data, config: FederatedConfig = Federate
     return FederatedResult(config.rounds, [len(p) for p in parts], time.perf_counter() - start, eps, norms)
 
 
-def _aggregate(updates: list[Tensor], weights: list[float], chosen: list[int], config: FederatedConfig,
-               generator: torch.Generator, round_: int) -> Tensor:
-    """The server's step: the weighted mean of the updates (clipped, noised and over the expected
-    count of clients with DP-FedAvg), summed through secure aggregation when asked."""
-    if config.clip is not None:
-        updates = [u * min(1.0, config.clip / (float(u.norm()) + 1e-12)) for u in updates]
-    contributions = [u * w for u, w in zip(updates, weights)]
+def _assign(params: list[nn.Parameter], vector: Tensor) -> None:
+    """Copy ``vector`` into the parameters in place (torch's vector_to_parameters would make them views of
+    ``vector``, so that the next client's training would write into the global weights)."""
+    with torch.no_grad():
+        for param, chunk in zip(params, vector.split([p.numel() for p in params])):
+            param.copy_(chunk.view_as(param))
+
+
+def _aggregate(updates: dict[int, Tensor], sizes: dict[int, int], length: int, config: FederatedConfig,
+               generator: torch.Generator, round_: int, world: int = 1) -> Tensor:
+    """The server's step from this process's client ``updates`` (all the round's clients are in ``sizes``):
+    FedAvg's mean weighted by example counts, or DP-FedAvg's clipped updates plus noise over the
+    expected count of clients; the sum goes through secure aggregation when asked."""
+    contributions = {c: u * sizes[c] if config.clip is None else u * min(1.0, config.clip / (float(u.norm()) + 1e-12))
+                     for c, u in updates.items()}
     if config.secure_aggregation:
-        aggregator = SecureAggregator(chosen, len(updates[0]), seed=config.seed * 100_003 + round_)
-        total = aggregator.unmask_sum([aggregator.mask(c, v) for c, v in zip(chosen, contributions)])
+        aggregator = SecureAggregator(sorted(sizes), length, seed=config.seed * 100_003 + round_)
+        masked = sum((aggregator.mask(c, v) for c, v in contributions.items()), torch.zeros(length, dtype=torch.long))
+        if world > 1:
+            dist.all_reduce(masked)  # integer sums: the same bits however they are grouped
+        total = aggregator.unmask(masked)
     else:
-        total = torch.stack(contributions).sum(0)
+        total = sum(contributions.values(), torch.zeros(length))
+        if world > 1:
+            dist.all_reduce(total)
     if config.clip is None:
-        return total / sum(weights)
+        return total / sum(sizes.values())
     noise = torch.randn(total.shape, generator=generator) * config.noise_multiplier * config.clip
     return (total + noise) / config.per_round

@@ -77,4 +77,8 @@ class SecureAggregator:
         if len(masked) != len(self.participants):
             raise UserInputError(f"{len(masked)} masked vectors for {len(self.participants)} participants; every "
                                  "participant must report, or the masks do not cancel")
-        return decode(torch.remainder(torch.stack(masked).sum(0), 2**MODULUS_BITS))
+        return self.unmask(torch.stack(masked).sum(0))
+
+    def unmask(self, masked_sum: Tensor) -> Tensor:
+        """The sum of the clients' vectors from the sum of all their masked vectors (however it was grouped)."""
+        return decode(torch.remainder(masked_sum, 2**MODULUS_BITS))
