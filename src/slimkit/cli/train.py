@@ -65,6 +65,7 @@ def run(args) -> int:
     from slimkit.quantization.paths import choose_paths
     from slimkit.training import TrainConfig, train
 
+    _check_private(args)  # before launching or loading: a refused DP run should not wait for either
     if args.nproc > 1:
         from slimkit.distributed.command import launch_or_join
 
@@ -80,7 +81,6 @@ def run(args) -> int:
         checkpointing=_checkpointing(args.checkpointing), clip_grad_norm=args.clip or None, seed=args.seed,
         threads=args.threads, log_dir=args.log_dir, checkpoint_dir=args.checkpoint_dir,
         checkpoint_every=args.checkpoint_every, resume=args.resume)
-    _check_private(args)  # before loading: a refused DP run should not wait for a model
     model = _load_model(args.model, args.scratch)
     task_name = infer_task(model)
     task = get_task(task_name)
