@@ -119,6 +119,18 @@ def test_training_records_epsilon_in_the_bar_and_the_manifest(tmp_path):
     assert entry["steps"] == 20 and entry["sample_rate"] == pytest.approx(128 / 1257)
 
 
+def test_a_resumed_run_counts_the_steps_before_the_checkpoint(tmp_path):
+    def run(steps, resume):
+        private = make_private(zoo.build("mlp"), None, digits().train, noise_multiplier=1.0, batch_size=64)
+        private.train(TrainConfig(steps=steps, lr=0.1, checkpoint_dir=str(tmp_path), resume=resume, **DP_TRAIN))
+        return private
+
+    run(4, resume=False)
+    resumed = run(7, resume=True)
+    assert resumed.accountant.steps == 7
+    assert resumed.epsilon() == pytest.approx(epsilon(1.0, 64 / 1257, 7, 1e-5))
+
+
 def test_poisson_batches_vary_around_the_expected_size():
     private = make_private(zoo.build("mlp"), None, digits().train, noise_multiplier=1.0, batch_size=100,
                            poisson=True)

@@ -158,6 +158,8 @@ class PrivateTraining:
             raise UserInputError(f"TrainConfig.steps={state.config.steps} is more than the {self.config.steps} "
                                  f"steps the noise was calibrated for (target epsilon {self.config.target_epsilon})")
         self.batches.accumulate = state.config.accumulate
+        if state.step > self.accountant.steps:  # resumed from a checkpoint: those steps spent privacy too
+            self.accountant.step(self.noise_multiplier, self.sample_rate, state.step - self.accountant.steps)
 
     def on_before_optimizer_step(self, state) -> None:
         """The loop left sum_i clip(g_i) / (examples this step) in .grad: add N(0, sigma^2 C^2) to the sum and
@@ -212,6 +214,8 @@ def make_private(model: nn.Module, optimizer, data, config: DPConfig | None = No
 
     >>> private = make_private(model, None, (x, y), noise_multiplier=1.1, max_grad_norm=1.0, batch_size=64)
     """
+    if config is not None and settings:
+        raise UserInputError(f"give DP-SGD settings either as config= or as keywords, not both ({', '.join(settings)})")
     config = config or DPConfig(**settings)
     x, y = (data.x, data.y) if hasattr(data, "x") else data
     if len(x) != len(y) or len(y) == 0:
