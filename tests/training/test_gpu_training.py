@@ -60,8 +60,14 @@ def test_adamw8bit_step_on_cuda_equals_the_cpu_step():
             for p, g in zip(params, grads):
                 p.grad = g.to(p.device)
             optimizer.step()
-    for a, b in zip(cpu, cuda):
+    for a, b in zip(cpu, cuda):  # CUDA runs the fused Triton step, the CPU the unfused reference
         assert torch.allclose(a, b.cpu(), atol=1e-6, rtol=0)
+        for key, value in optimizers[0].state[a].items():
+            other = optimizers[1].state[b][key].cpu()
+            if value.dtype == torch.uint8:  # a float rounding may flip a code at a midpoint, rarely
+                assert (value != other).float().mean() < 1e-3, key
+            else:
+                assert torch.allclose(value, other, rtol=1e-6, atol=0), key
 
 
 def test_qlora_on_cuda_trains_only_adapters_and_matches_cpu_forward():
