@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 
@@ -19,7 +20,8 @@ EXAMPLE = ("example:\n  slimkit privacy epsilon --noise 1.1 --sample-rate 0.004 
 def add_arguments(p) -> None:
     actions = p.add_subparsers(dest="action", required=True, metavar="epsilon|noise", parser_class=type(p))
     for action, text in (("epsilon", "epsilon of a run"), ("noise", "noise multiplier for a target epsilon")):
-        q = actions.add_parser(action, help=text, description=text)
+        q = actions.add_parser(action, help=text, description=text, epilog=EXAMPLE,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
         if action == "epsilon":
             q.add_argument("--noise", type=float, required=True, help="noise multiplier sigma (noise std / C)")
         else:
@@ -31,6 +33,7 @@ def add_arguments(p) -> None:
         q.add_argument("--epochs", type=float, help="passes over the data (steps = ceil(epochs / sample rate))")
         q.add_argument("--delta", type=float, default=1e-5, help="delta (default 1e-5; keep it below 1/N)")
         q.add_argument("--json", action="store_true", help="print the result as JSON")
+        q.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars (there are none)")
 
 
 def run(args) -> int:
