@@ -103,21 +103,23 @@ def sweep() -> None:
     x1 = torch.randn(1, 8192, device="cuda", dtype=torch.bfloat16)
     x16 = torch.randn(16, 8192, device="cuda", dtype=torch.bfloat16)
     base = ms(lambda: F.linear(x1, w))
-    print("| kernel | block_n | block_k | split_k | warps | stages | us, 1 row | vs bf16 | us, 16 rows |\n"
-          "|---|---|---|---|---|---|---|---|---|")
+    print("| kernel | block_n | block_k | split_k | warps | stages | split nibbles | us, 1 row | vs bf16 | "
+          "us, 16 rows |\n|---|---|---|---|---|---|---|---|---|---|")
     for fmt, defaults in (("int4", gemv.INT4_LAUNCH), ("int8", gemv.INT8_LAUNCH)):
         timings = {}
 
         def time_launch(launch):
             call, _, _ = slimkit_kernel(w, fmt, **launch)
             timings[tuple(launch.items())] = t = ms(lambda: call(x1))
-            print(f"| {fmt} | {' | '.join(str(v) for v in launch.values())} | {1e3 * t:.1f} | {base / t:.2f}x | "
-                  f"{1e3 * ms(lambda: call(x16)):.1f} |", flush=True)
+            cells = " | ".join(str(v) for v in launch.values()) + ("" if "split_nibbles" in launch else " | -")
+            print(f"| {fmt} | {cells} | {1e3 * t:.1f} | {base / t:.2f}x | {1e3 * ms(lambda: call(x16)):.1f} |",
+                  flush=True)
 
-        for block_n in (16, 32, 64):
-            for block_k in (256, 512, 1024):
-                for split_k in (1,):  # split-K (atomics into fp32) measured slower at every shape tried
-                    time_launch(dict(block_n=block_n, block_k=block_k, split_k=split_k, num_warps=4, num_stages=3))
+        for variant in ([{"split_nibbles": False}, {"split_nibbles": True}] if fmt == "int4" else [{}]):
+            for block_n in (16, 32, 64):
+                for block_k in (512, 1024):  # 128/256 and split-K measured slower at every shape tried
+                    time_launch(dict(block_n=block_n, block_k=block_k, split_k=1, num_warps=4, num_stages=3,
+                                     **variant))
         best = dict(min(timings, key=timings.get))
         for warps in (2, 4, 8):
             for stages in (2, 3, 4, 5):
@@ -125,8 +127,8 @@ def sweep() -> None:
                     time_launch({**best, "num_warps": warps, "num_stages": stages})
         best = dict(min(timings, key=timings.get))
         defaults.update(best)
-        print(f"| {fmt} best | {' | '.join(str(v) for v in best.values())} | {1e3 * timings[tuple(best.items())]:.1f} "
-              f"| {base / timings[tuple(best.items())]:.2f}x | |", flush=True)
+        print(f"{fmt} best: {best}: {1e3 * timings[tuple(best.items())]:.1f} us, "
+              f"{base / timings[tuple(best.items())]:.2f}x bf16", flush=True)
     print()
 
 

@@ -63,3 +63,15 @@ def test_one_pass_dequantization_is_exact(fmt, double_quant):
     reference = enc.dequantize()  # the general (many-op) path
     assert torch.equal(kernels.dequantize(enc, torch.float32), reference)
     assert torch.equal(kernels.dequantize(enc, torch.bfloat16), reference.bfloat16())
+
+
+@pytest.mark.parametrize("split_nibbles", [False, True])
+def test_both_int4_tile_layouts_compute_the_same(split_nibbles):
+    from slimkit.quantization import triton_kernels
+
+    weight = torch.randn(64, 1024, device="cuda")
+    enc = encode(weight, "int4", group_size=128, scale_dtype=torch.float16)
+    x = torch.randn(5, 1024, device="cuda")
+    y = triton_kernels.int4_gemv(x, enc.codes, enc.scales(), None, 128, split_nibbles=split_nibbles, block_k=1024)
+    reference = x.double() @ enc.dequantize().double().T
+    assert torch.allclose(y.double(), reference, rtol=1e-4, atol=1e-3 * reference.abs().max().item())

@@ -45,16 +45,28 @@ def block_k(in_features: int, group_size: int, largest: int = 1024) -> int | Non
 
 # Launch shapes, chosen from an H100 sweep at 8192x8192 and LLM MLP shapes (python
 # benchmarks/bench_gpu_gemv.py --sweep; table in docs/benchmarks.md).
-INT4_LAUNCH = dict(block_n=32, block_k=512, split_k=1, num_warps=4, num_stages=3)
+INT4_LAUNCH = dict(block_n=32, block_k=512, split_k=1, num_warps=4, num_stages=3, split_nibbles=False)
 INT8_LAUNCH = dict(block_n=32, block_k=512, split_k=1, num_warps=2, num_stages=4)
 BLOCK_M = 16
 
 if triton is not None:
 
     @triton.jit
+    def _scaled(codes, scale, zero, HAS_ZERO: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS_IN_TILE: tl.constexpr,
+                WIDTH: tl.constexpr):
+        """(BN, WIDTH) codes, their group's (BN, GROUPS_IN_TILE) scale and zero -> float32 weights."""
+        codes = tl.reshape(codes, (BLOCK_N, GROUPS_IN_TILE, WIDTH // GROUPS_IN_TILE)).to(tl.float32)
+        if HAS_ZERO:
+            weight = (codes - zero[:, :, None]) * scale[:, :, None]
+        else:
+            weight = (codes - 8.0) * scale[:, :, None]
+        return tl.reshape(weight, (BLOCK_N, WIDTH))
+
+    @triton.jit
     def _int4_kernel(x_ptr, codes_ptr, scale_ptr, zero_ptr, y_ptr, M, N, K, GROUPS,
                      GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+                     SPLIT_NIBBLES: tl.constexpr):
         m = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
         n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         m_ok, n_ok = m < M, n < N
@@ -64,18 +76,25 @@ if triton is not None:
         for k0 in range(tl.program_id(1) * span, (tl.program_id(1) + 1) * span, BLOCK_K):
             packed = tl.load(codes_ptr + n[:, None] * (K // 2) + (k0 // 2 + half)[None, :], mask=n_ok[:, None],
                              other=0)  # (BN, BK/2): code 2j in the low nibble, 2j+1 in the high one
-            codes = tl.reshape(tl.join(packed & 0xF, packed >> 4), (BLOCK_N, BLOCK_K // GROUP, GROUP))
             groups = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)
             offsets = n[:, None] * GROUPS + groups[None, :]
             scale = tl.load(scale_ptr + offsets, mask=n_ok[:, None], other=0.0).to(tl.float32)  # (BN, BK/G)
+            zero = scale
             if HAS_ZERO:
                 zero = tl.load(zero_ptr + offsets, mask=n_ok[:, None], other=0).to(tl.float32)
-                weight = (codes.to(tl.float32) - zero[:, :, None]) * scale[:, :, None]
+            if SPLIT_NIBBLES:  # even and odd columns as two dots: no interleaving of the nibbles
+                x_rows = x_ptr + m[:, None] * K + (k0 + 2 * half)[None, :]
+                x_even = tl.load(x_rows, mask=m_ok[:, None], other=0.0)  # (BM, BK/2)
+                x_odd = tl.load(x_rows + 1, mask=m_ok[:, None], other=0.0)
+                low = _scaled(packed & 0xF, scale, zero, HAS_ZERO, BLOCK_N, BLOCK_K // GROUP, BLOCK_K // 2)
+                high = _scaled(packed >> 4, scale, zero, HAS_ZERO, BLOCK_N, BLOCK_K // GROUP, BLOCK_K // 2)
+                acc += tl.dot(x_even, tl.trans(low.to(x_even.dtype)), input_precision=PRECISION)
+                acc += tl.dot(x_odd, tl.trans(high.to(x_even.dtype)), input_precision=PRECISION)
             else:
-                weight = (codes.to(tl.float32) - 8.0) * scale[:, :, None]
-            x = tl.load(x_ptr + m[:, None] * K + (k0 + k)[None, :], mask=m_ok[:, None], other=0.0)  # (BM, BK)
-            weight = tl.reshape(weight, (BLOCK_N, BLOCK_K)).to(x.dtype)
-            acc += tl.dot(x, tl.trans(weight), input_precision=PRECISION)
+                codes = tl.reshape(tl.join(packed & 0xF, packed >> 4), (BLOCK_N, BLOCK_K))
+                x = tl.load(x_ptr + m[:, None] * K + (k0 + k)[None, :], mask=m_ok[:, None], other=0.0)  # (BM, BK)
+                weight = _scaled(codes, scale, zero, HAS_ZERO, BLOCK_N, BLOCK_K // GROUP, BLOCK_K)
+                acc += tl.dot(x, tl.trans(weight.to(x.dtype)), input_precision=PRECISION)
         _write(y_ptr, acc, m, n, m_ok, n_ok, N, SPLIT_K)
 
     @triton.jit
@@ -133,7 +152,7 @@ def dequantize_4bit(codes: Tensor, table: Tensor, scale: Tensor, group_size: int
 
 
 def _launch(kernel, x: Tensor, out_features: int, args: tuple, extra: dict, *, block_n: int, block_k: int,
-            split_k: int, num_warps: int, num_stages: int) -> Tensor:
+            split_k: int, num_warps: int, num_stages: int, **variant) -> Tensor:
     rows, in_features = x.shape
     x = x.contiguous()
     split_k = split_k if in_features % (split_k * block_k) == 0 else 1
@@ -142,7 +161,8 @@ def _launch(kernel, x: Tensor, out_features: int, args: tuple, extra: dict, *, b
     grid = (triton.cdiv(out_features, block_n), split_k, triton.cdiv(rows, BLOCK_M))
     kernel[grid](x, *args, y, rows, out_features, in_features, **extra,
                  PRECISION="ieee" if x.dtype == torch.float32 else "tf32", BLOCK_M=BLOCK_M, BLOCK_N=block_n,
-                 BLOCK_K=block_k, SPLIT_K=split_k, num_warps=num_warps, num_stages=num_stages)
+                 BLOCK_K=block_k, SPLIT_K=split_k, num_warps=num_warps, num_stages=num_stages,
+                 **{name.upper(): value for name, value in variant.items()})
     return y.to(x.dtype)
 
 
