@@ -72,7 +72,7 @@ def ranks(rank: int, world: int, port: int, steps: int, batch: int, out: str) ->
                       MASTER_PORT=str(port))
     from slimkit import distributed
 
-    info = distributed.init(timeout_s=120)
+    info = distributed.init("gloo", timeout_s=120)
     results = {}
     for name, strategy, optimizer, fsdp_config in [
             ("ddp", "ddp", "adamw", None), ("fsdp", "fsdp", "adamw", None),

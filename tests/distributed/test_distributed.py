@@ -77,7 +77,7 @@ def test_reshard_to_one_rank_and_consolidate(two_ranks, tmp_path, monkeypatch):
     for name, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                             MASTER_PORT=str(port)).items():
         monkeypatch.setenv(name, value)
-    info = distributed.init(timeout_s=30)
+    info = distributed.init("gloo", timeout_s=30)
     try:
         capture, counter = workers.Capture(), workers.StepCounter()
         config = TrainConfig(steps=4, lr=1e-2, schedule="constant", optimizer="adamw8bit", precision="fp16",

@@ -65,7 +65,7 @@ def two_rank_checks(rank: int, world_size: int, out_dir: str) -> None:
     from slimkit import distributed
     from slimkit.training import TrainConfig, train
 
-    info = distributed.init(timeout_s=60)
+    info = distributed.init("gloo", timeout_s=60)
     results = {}
     config = TrainConfig(steps=4, lr=1e-3, accumulate=2, seed=0)
     reference = fresh_gpt()
@@ -191,7 +191,7 @@ def dead_rank(rank: int, world_size: int, out_dir: str) -> None:
     """Rank 1 dies after joining; rank 0 must stop with RankFailure within the timeout."""
     from slimkit import distributed
 
-    info = distributed.init(timeout_s=5)
+    info = distributed.init("gloo", timeout_s=5)
     if rank == 1:
         os._exit(3)
     start = time.monotonic()

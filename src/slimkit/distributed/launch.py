@@ -70,6 +70,9 @@ def init(backend: str | None = None, timeout_s: float = 60.0) -> DistInfo:
     local_rank = int(os.environ["LOCAL_RANK"])
     device = torch.device("cpu")
     if backend == "nccl":
+        if local_rank >= torch.cuda.device_count():
+            raise UserInputError(f"local rank {local_rank} needs GPU {local_rank}, but {torch.cuda.device_count()} "
+                                 "are visible: start at most one process per GPU, or use backend='gloo' (CPU)")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():

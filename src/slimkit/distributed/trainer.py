@@ -11,6 +11,8 @@ Example (``torchrun --standalone --nproc-per-node 2 script.py``):
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch.distributed as dist
 from torch import nn
 
@@ -40,7 +42,13 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig(), *, strate
     else:
         wrapped = fsdp.shard(model.to(info.device), fsdp_config)
     batches = ddp.RankShare(data, info.rank, info.world_size, info.device)
+    # the loss runs where the computation is (with CPU offload the parameters live in host memory)
+    on_device = partial(_loss_on_device, loss_fn, info.device)
     with collective_guard(info):
-        result = train_one(wrapped, batches, config, loss_fn=loss_fn, callbacks=callbacks, checkpoints=checkpoint)
+        result = train_one(wrapped, batches, config, loss_fn=on_device, callbacks=callbacks, checkpoints=checkpoint)
         dist.barrier()
     return wrapped, result
+
+
+def _loss_on_device(loss_fn, device, model: nn.Module, batch):
+    return loss_fn(model, ddp.to_device(batch, device))

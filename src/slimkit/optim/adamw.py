@@ -83,16 +83,6 @@ def local_part(tensor: Tensor) -> Tensor:
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
-def like_param(param: Tensor, local: Tensor, shape: tuple[int, ...] | None = None) -> Tensor:
-    """``local`` as a DTensor sharded like ``param`` (global ``shape``, default the parameter's), or
-    ``local`` itself when the parameter is a plain tensor."""
-    if not isinstance(param, DTensor):
-        return local
-    shape = torch.Size(shape or param.shape)
-    return DTensor.from_local(local, param.device_mesh, param.placements, run_check=False, shape=shape,
-                              stride=torch.empty(shape, device="meta").stride())
-
-
 def _where(group_index: int, param_index: int, param: Tensor) -> str:
     return f"parameter {param_index} of param group {group_index} (shape {tuple(param.shape)})"
 
@@ -185,11 +175,11 @@ class AdamW(torch.optim.Optimizer):
     def _init_state(self, param: Tensor, state: dict[str, Tensor], group: dict[str, Any]) -> None:
         # A float32 step tensor, as torch.optim.AdamW keeps it: state dicts stay interchangeable.
         state["step"] = torch.tensor(0.0)
-        # contiguous, so that a flat view of a moment lines up with param.reshape(-1); sharded like
-        # a DTensor parameter, so that torch.distributed.checkpoint can reshard it
-        local = local_part(param)
+        # contiguous, so that a flat view of a moment lines up with param.reshape(-1); *_like keeps a
+        # DTensor parameter's sharding and device (host memory under FSDP's CPU offload), so that
+        # torch.distributed.checkpoint can reshard the state
         for moment in ("exp_avg", "exp_avg_sq"):
-            state[moment] = like_param(param, torch.zeros(local.shape, dtype=torch.float32, device=local.device))
+            state[moment] = torch.zeros_like(param, dtype=torch.float32, memory_format=torch.contiguous_format)
 
     def _read_moments(self, state: dict[str, Tensor], group: dict[str, Any], span: slice) -> tuple[Tensor, Tensor]:
         """The two moments of ``span`` as float32 tensors that the step may update in place."""

@@ -35,7 +35,7 @@ from slimkit.formats.blockwise import (
     code_book,
 )
 from slimkit.optim import fused_step
-from slimkit.optim.adamw import FP32_STATE_KEYS, AdamW, like_param, local_part
+from slimkit.optim.adamw import FP32_STATE_KEYS, AdamW, local_part
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 SPAN = 2**20  # elements per piece of a step: a multiple of every block size
@@ -61,6 +61,16 @@ def adamw8bit_state_bytes(numels: Iterable[int], block_size: int = 256, min_8bit
 def _row_shardable(param: DTensor) -> bool:
     """A DTensor whose rows are split (FSDP) or whole: its 8-bit blocks can follow its rows."""
     return param.dim() >= 2 and all(p == Shard(0) or isinstance(p, Replicate) for p in param.placements)
+
+
+def _absmax_template(param: Tensor, block_size: int) -> Tensor:
+    """A tensor shaped (and, for a DTensor, sharded and placed) like the absmax of ``param``: (blocks,) for
+    a plain tensor; (rows, blocks per row) for a sharded one, whose blocks run along its rows so that a
+    checkpoint reshards to any world size exactly."""
+    if not isinstance(param, DTensor):
+        return param.detach().reshape(-1)[: -(-param.numel() // block_size)]
+    rows = param.detach().reshape(param.shape[0], -1)  # (rows, cols), sharded by rows
+    return rows[:, : -(-rows.shape[1] // block_size)]
 
 
 def _rows_blocked(state: dict[str, Tensor]) -> bool:
@@ -106,20 +116,14 @@ class AdamW8bit(AdamW):
         if param.numel() < group["min_8bit_size"] or (isinstance(param, DTensor) and not _row_shardable(param)):
             return super()._init_state(param, state, group)
         state["step"] = torch.tensor(0.0)
-        local, block_size = local_part(param), group["block_size"]
-        # A sharded parameter gets its blocks row by row (absmax of shape (rows, blocks per row),
-        # sharded like the rows), so that a checkpoint reshards to any world size exactly.
-        rows = isinstance(param, DTensor)
-        blocks = -(-param.numel() // block_size)
-        shape = (param.shape[0], -(-(param.numel() // param.shape[0]) // block_size)) if rows else (blocks,)
-        local_shape = (local.shape[0], shape[1]) if rows else shape
+        block_size = group["block_size"]
         for moment in MOMENTS:
             # what encoding zeros gives, without building a float32 tensor of the parameter's size
             codes, absmax = blockwise_encode(torch.zeros(1), self._book(group, moment), block_size)
-            state[f"{moment}_codes"] = like_param(
-                param, torch.full(local.shape, int(codes), dtype=torch.uint8, device=local.device))
-            state[f"{moment}_absmax"] = like_param(
-                param, torch.full(local_shape, float(absmax), device=local.device), shape)
+            state[f"{moment}_codes"] = torch.full_like(param, int(codes), dtype=torch.uint8,
+                                                       memory_format=torch.contiguous_format)
+            state[f"{moment}_absmax"] = torch.full_like(_absmax_template(param, block_size), float(absmax),
+                                                        dtype=torch.float32, memory_format=torch.contiguous_format)
 
     def _update(self, param: Tensor, group: dict[str, Any]) -> None:
         """On CUDA one fused kernel (fused_step.py) does what the unfused step's dozen operations do."""
@@ -128,11 +132,15 @@ class AdamW8bit(AdamW):
             self._init_state(param, state, group)
         if not fused_step.applies(param, state):
             return super()._update(param, group)
-        state["step"] += 1
         beta1, beta2 = group["betas"]
-        fused_step.fused_step(param, state, tuple(self._book(group, m) for m in MOMENTS), int(state["step"].item()),
-                              block_size=group["block_size"], lr=group["lr"], beta1=beta1, beta2=beta2,
-                              eps=group["eps"], weight_decay=group["weight_decay"])
+        try:
+            fused_step.fused_step(param, state, tuple(self._book(group, m) for m in MOMENTS),
+                                  int(state["step"].item()) + 1, block_size=group["block_size"], lr=group["lr"],
+                                  beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"])
+        except Exception as error:  # noqa: BLE001 - see fused_step.disable: the unfused step is always right
+            fused_step.disable(error)
+            return super()._update(param, group)
+        state["step"] += 1
 
     def _spans(self, numel: int, group: dict[str, Any], state: dict[str, Tensor]) -> list[slice]:
         if _rows_blocked(state):  # a shard is already 1/world of its parameter: one span
