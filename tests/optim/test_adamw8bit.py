@@ -183,3 +183,24 @@ def test_sparse_gradients_are_refused():
     embedding(torch.tensor([1, 2])).sum().backward()
     with pytest.raises(UserInputError, match=r"shape \(5000, 4\)\) has a sparse gradient; AdamW8bit needs dense"):
         optimizer.step()
+
+
+def test_a_failing_fused_kernel_warns_once_and_falls_back_to_the_unfused_step(monkeypatch):
+    from slimkit.optim import fused_step
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("PTX compile error")
+
+    monkeypatch.setattr(fused_step, "_disabled", [])
+    monkeypatch.setattr(fused_step, "applies", lambda param, state: not fused_step._disabled)
+    monkeypatch.setattr(fused_step, "fused_step", broken)
+    torch.manual_seed(0)
+    fused, plain = (torch.nn.Parameter(torch.randn(64, 128)) for _ in range(2))
+    plain.data.copy_(fused.data)
+    optimizers = [AdamW8bit([p], lr=1e-2) for p in (fused, plain)]
+    with pytest.warns(RuntimeWarning, match="fused 8-bit AdamW kernel failed .*PTX compile error"):
+        for _ in range(2):  # after the first failure the fused step is off for both optimizers
+            for p, optimizer in zip((fused, plain), optimizers):
+                p.grad = torch.ones_like(p)
+                optimizer.step()
+    assert torch.equal(fused, plain) and optimizers[0].state[fused]["step"] == 2

@@ -8,9 +8,15 @@ of ``block_size`` elements per program, and writes the same state: the codes and
 unfused path, equal up to float rounding (tested against it). Each new code is the nearest entry
 of the code book, found by a branchless binary search over its 255 midpoints (a tie goes to the
 lower code, as ``torch.bucketize`` does).
+
+Status: checked against the unfused step in Triton's interpreter (parameters equal to 1 ulp, codes
+identical); it has not yet run on a GPU (the session that wrote it had used its GPU time). If it
+fails to compile or launch there, ``disable`` warns once and every later step takes the unfused path.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import Tensor
@@ -26,10 +32,22 @@ except ImportError:  # CPU-only installs: the unfused step runs
     triton = None
 
 
+_disabled: list[str] = []  # the error that switched the fused step off in this process, if any
+
+
+def disable(error: Exception) -> None:
+    """Switch the fused step off for this process, with one warning that says why."""
+    if not _disabled:
+        _disabled.append(f"{type(error).__name__}: {error}")
+        warnings.warn(f"slimkit's fused 8-bit AdamW kernel failed ({_disabled[0][:200]}); using the unfused "
+                      "step (same results, slower on a GPU). Please report this with your GPU and Triton "
+                      "versions.", RuntimeWarning, stacklevel=3)
+
+
 def applies(param: Tensor, state: dict[str, Tensor]) -> bool:
     """Whether the fused step can update ``param``: a contiguous float32 CUDA tensor with flat
     8-bit block states (row-blocked states of sharded parameters take the unfused path)."""
-    return (triton is not None and param.is_cuda and not isinstance(param, DTensor)
+    return (triton is not None and not _disabled and param.is_cuda and not isinstance(param, DTensor)
             and param.dtype == torch.float32 and param.is_contiguous()
             and "exp_avg_codes" in state and state["exp_avg_absmax"].dim() == 1)
 
