@@ -21,7 +21,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
 from slimkit.configs import build_config
@@ -64,7 +66,8 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def shard(model: nn.Module, config: FSDPConfig = FSDPConfig(), mesh=None) -> nn.Module:
-    """Shard ``model`` in place over ``mesh`` (default: all ranks): one FSDP unit per block, then the root.
+    """Shard ``model`` in place over ``mesh`` (default: all ranks, on the model's device type): one FSDP unit
+    per block, then the root.
 
     Returns the same object, now also an ``FSDPModule`` (``set_requires_gradient_sync``, ``unshard``).
     """
@@ -75,6 +78,8 @@ def shard(model: nn.Module, config: FSDPConfig = FSDPConfig(), mesh=None) -> nn.
     if not blocks:
         raise UserInputError(f"{type(model).__name__} has no ModuleList named {', '.join(BLOCK_LISTS)}: FSDP "
                              "wraps one unit per block; give the model's blocks such a list")
+    if mesh is None:  # FSDP2's own default is the accelerator's mesh, wrong for a CPU (gloo) run on a GPU machine
+        mesh = init_device_mesh(next(model.parameters()).device.type, (dist.get_world_size(),))
     kwargs = dict(mesh=mesh, reshard_after_forward=config.reshard_after_forward,
                   mp_policy=MixedPrecisionPolicy(param_dtype=DTYPES[config.param_dtype],
                                                  reduce_dtype=DTYPES[config.reduce_dtype]))
