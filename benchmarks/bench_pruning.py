@@ -18,29 +18,47 @@ import time
 from slimkit.demo import machine_line
 from slimkit.evaluation import evaluate
 from slimkit.evaluation.report import markdown_table
-from slimkit.evaluation.tasks import get_task
+from slimkit.evaluation.tasks import get_task, infer_task
 from slimkit.io import load, save
 from slimkit.models import zoo
 from slimkit.pruning import PruneConfig, prune
 from slimkit.pruning.recipe import PruneRecipe, run_recipe, task_calibration
 from slimkit.pruning.schedule import KeepMasks
+from slimkit.timing import latency_ms
 from slimkit.training import TrainConfig, train
 
 THREADS = 2
+TIMED: dict[str, dict[str, object]] = {}  # section -> {row: zero-argument inference call}, timed interleaved
 FINETUNE = TrainConfig(steps=300, lr=1e-3, threads=THREADS)
 SPARSE_FINETUNE = TrainConfig(steps=200, lr=1e-3, threads=THREADS)
 
 
-def measured(model, name, technique, baseline, tmp):
+def measured(model, name, technique, baseline, tmp, section=None):
     """Save, reload and evaluate (bytes on disk, quality, latency) the way the demo does."""
     directory = save(model, f"{tmp}/{name}")
-    return evaluate(load(directory), name=name, technique=technique, baseline=baseline, artifact_dir=directory,
+    loaded = load(directory)
+    if section:
+        task = get_task(infer_task(loaded))
+        TIMED.setdefault(section, {})[name] = task.example_call(loaded, task.default_batch)
+    return evaluate(loaded, name=name, technique=technique, baseline=baseline, artifact_dir=directory,
                     threads=THREADS)
+
+
+def latency_table(calls: dict, rounds: int = 3) -> str:
+    """Each call's best median over ``rounds`` rounds that alternate between the models (fairer on a busy CPU)."""
+    best = {name: float("inf") for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            best[name] = min(best[name], latency_ms(call, runs=9, threads=THREADS))
+    base = next(iter(best.values()))
+    rows = ["| model | latency ms (best of 3 interleaved medians) | speedup |", "| --- | ---: | ---: |"]
+    rows += [f"| {name} | {ms:.3f} | {base / ms:.2f}x |" for name, ms in best.items()]
+    return "\n".join(rows)
 
 
 def cnn_rows(tmp) -> list:
     base = zoo.reference("cnn")
-    rows = [measured(base, "cnn", "baseline", None, tmp)]
+    rows = [measured(base, "cnn", "baseline", None, tmp, "cnn")]
     for name, technique, recipe in [
         ("cnn-sparse90", "90% global magnitude + 200 steps", PruneRecipe(PruneConfig(sparsity=0.9, scope="global"),
                                                                         SPARSE_FINETUNE)),
@@ -49,7 +67,7 @@ def cnn_rows(tmp) -> list:
     ]:
         model = copy.deepcopy(base)
         run_recipe(model, recipe)
-        rows.append(measured(model, name, technique, "cnn", tmp))
+        rows.append(measured(model, name, technique, "cnn", tmp, "cnn"))
     rows.append(torch_pruning_row(base, tmp))
     return [r for r in rows if r is not None]
 
@@ -69,6 +87,7 @@ def torch_pruning_row(base, tmp):
     batches = get_task("digits").training_batches(model, 64, FINETUNE.seed)
     train(model, batches, FINETUNE, callbacks=[KeepMasks()])
     # Torch-Pruning leaves plain nn.Conv2d layers whose shapes no config records; measure it in memory
+    TIMED["cnn"]["cnn-channels50-torch-pruning"] = get_task("digits").example_call(model.eval(), 64)
     return evaluate(model, name="cnn-channels50-torch-pruning", technique="50% channels, Torch-Pruning L1 + 300 steps",
                     baseline="cnn", threads=THREADS)
 
@@ -94,12 +113,12 @@ def minilm_rows(tmp) -> list:
     from slimkit.data import minilm
 
     base = minilm().model.eval()
-    rows = [measured(base, "minilm", "baseline", None, tmp)]
+    rows = [measured(base, "minilm", "baseline", None, tmp, "minilm")]
     model = copy.deepcopy(base)
     report = prune(model, PruneConfig(structured=True, ratio=0.25))
     heads = sum(r.after for r in report.layers if r.unit == "heads")
     rows.append(measured(model, "minilm-heads-ffn-25", f"25% of heads and FFN removed ({heads}/72 heads left)",
-                         "minilm", tmp))
+                         "minilm", tmp, "minilm"))
     return rows
 
 
@@ -110,6 +129,9 @@ def main() -> None:
         for title, rows in (("Digits CNN", cnn_rows), ("GPT (pycorpus), 50% of each layer", gpt_rows),
                             ("MiniLM", minilm_rows)):
             print(f"### {title}\n\n{markdown_table(rows(tmp))}\n", flush=True)
+            section = rows.__name__.removesuffix("_rows")
+            if section in TIMED:
+                print(latency_table(TIMED[section]) + "\n", flush=True)
     print(f"(benchmark took {time.perf_counter() - start:.0f} s)")
 
 

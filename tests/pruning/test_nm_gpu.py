@@ -4,7 +4,6 @@ import pytest
 import torch
 from torch import nn
 
-from slimkit.errors import UserInputError
 from slimkit.pruning import PruneConfig, prune
 from slimkit.pruning.nm import is_two_four, to_semi_structured
 
@@ -35,8 +34,3 @@ def test_only_faster_leaves_slower_layers_dense():
         sparse = type(model.get_submodule(name).weight).__name__.startswith("SparseSemiStructuredTensor")
         assert sparse == (speedup > 1)
 
-
-def test_without_cuda_the_message_says_so(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(UserInputError, match="need a CUDA GPU"):
-        to_semi_structured(nn.Linear(8, 8))

@@ -51,7 +51,7 @@ class Space:
 
     size: int
     producers: list[str] = field(default_factory=list)  # modules whose output rows are these channels
-    channelwise: list[tuple[str, int, int, int]] = field(default_factory=list)  # BatchNorm / depthwise conv, as consumers
+    channelwise: list[tuple[str, int, int, int]] = field(default_factory=list)  # BatchNorm, depthwise: as consumers
     consumers: list[tuple[str, int, int, int]] = field(default_factory=list)  # (module, input offset, start, length)
     blocked: str | None = None
     parent: Space | None = None

@@ -37,7 +37,7 @@ def weight_scores(method: str, layer: nn.Module, *, grad: Tensor | None = None, 
 
 def accumulated_grads(model: nn.Module, layers: list[tuple[str, nn.Module]], data: list, loss_fn=cross_entropy_loss
                       ) -> dict[str, Tensor]:
-    """{layer name: gradient of the summed loss over ``data`` w.r.t. its weight}; the model's grads are left as found."""
+    """{layer name: gradient of the summed loss over ``data`` w.r.t. its weight}; the model's own grads are kept."""
     saved = {id(p): p.grad for p in model.parameters()}
     model.zero_grad(set_to_none=True)
     was_training = model.training

@@ -128,11 +128,16 @@ def remove_masks(model: nn.Module) -> None:
     """Make the zeros permanent and drop the masks and their hooks (the weights may change freely after)."""
     reapply_masks(model)
     for module in model.modules():
-        if hasattr(module, "weight_mask"):
-            for handle in module._slimkit_mask_hooks:
-                handle.remove()
-            del module._slimkit_mask_hooks
-            del module.weight_mask
+        remove_mask(module)
+
+
+def remove_mask(module: nn.Module) -> None:
+    """Drop one module's mask and hooks, leaving its weight as it is."""
+    if hasattr(module, "weight_mask"):
+        for handle in module._slimkit_mask_hooks:
+            handle.remove()
+        del module._slimkit_mask_hooks
+        del module.weight_mask
 
 
 def _mask_before_forward(module: nn.Module, _args) -> None:

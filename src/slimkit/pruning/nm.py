@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from slimkit.errors import UserInputError
+from slimkit.pruning.masks import remove_mask
 from slimkit.timing import latency_ms
 
 
@@ -47,5 +48,6 @@ def to_semi_structured(model: nn.Module, *, example_batch: int = 256, only_faste
                             threads=torch.get_num_threads())
         speedups[name] = dense / sparse
         if speedups[name] > 1 or not only_faster:
+            remove_mask(layer)  # the compressed layout holds the 2:4 zeros itself; no hook may write into it
             layer.weight = nn.Parameter(sparse_weight, requires_grad=False)
     return speedups

@@ -42,14 +42,14 @@ def target_sparsity(name: str, config: PruneConfig) -> float:
 def prune_weights(model: nn.Module, config: PruneConfig, data: list | None) -> list[LayerReport]:
     """Mask the selected layers' weights as ``config`` says (in place, masks attached); one report per layer."""
     chosen, skipped = M.select_layers(model, config.include, config.exclude)
+    for name, layer in chosen:
+        if config.method in ("wanda", "sparsegpt") and not isinstance(layer, nn.Linear):
+            skipped[name] = f"{config.method} prunes Linear layers only"
+        elif config.nm and layer.weight[0].numel() % config.nm[1]:
+            skipped[name] = f"input size {layer.weight[0].numel()} is not a multiple of M={config.nm[1]}"
+    chosen = [(name, layer) for name, layer in chosen if name not in skipped]
     reports = [LayerReport(name, "weights", m.weight.numel(), m.weight.numel(), config.method, skipped=reason)
                for name, m in model.named_modules() if (reason := skipped.get(name))]
-    if config.method in ("wanda", "sparsegpt"):
-        convs = [name for name, m in chosen if not isinstance(m, nn.Linear)]
-        reports += [LayerReport(n, "weights", model.get_submodule(n).weight.numel(),
-                                model.get_submodule(n).weight.numel(), config.method,
-                                skipped=f"{config.method} prunes Linear layers only") for n in convs]
-        chosen = [(n, m) for n, m in chosen if n not in convs]
     if config.needs_data and not data:
         raise UserInputError(f"method={config.method!r} needs calibration data: pass data= (batches of model "
                              "inputs, or (inputs, targets) for taylor)")
