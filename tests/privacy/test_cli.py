@@ -34,6 +34,13 @@ def test_privacy_bad_input_is_one_line(capsys, argv, message):
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
+def test_privacy_warns_when_delta_is_not_below_one_over_n(capsys):
+    with pytest.warns(UserWarning, match=r"delta=0.01 >= 1/N = 0.001"):
+        code, _, _ = run(capsys, "privacy", "epsilon", "--noise", "1", "--dataset-size", "1000", "--batch-size", "10",
+                         "--steps", "10", "--delta", "0.01")
+    assert code == 0
+
+
 def test_train_with_dp_epsilon(capsys):
     code, out, _ = run(capsys, "train", "--model", "mlp", "--scratch", "--steps", "30", "--batch-size", "256",
                        "--lr", "2e-2", "--dp-epsilon", "3", "--quiet", "--json", "--threads", "1")
