@@ -30,10 +30,15 @@ from slimkit.training.batches import as_batch_source
 
 
 def wrap(model: nn.Module, info: DistInfo) -> DistributedDataParallel:
-    """``model`` moved to this rank's device and wrapped in DDP (parameters broadcast from rank 0)."""
+    """``model`` moved to this rank's device and wrapped in DDP (parameters and buffers broadcast from rank 0).
+
+    Buffers are broadcast again before every forward only when BatchNorm updates them; constant ones
+    (a QLoRA base's NF4 codes) are not re-sent each step.
+    """
     model.to(info.device)
     device_ids = [info.device.index] if info.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids)
+    batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=batch_norm)
 
 
 class RankShare:
