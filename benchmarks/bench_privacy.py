@@ -217,8 +217,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     print(f"Machine: {machine_line(2)}\n")
-    for table in (accuracy_table(args.seeds), step_table(args.runs), accountant_table(), federated_table()):
-        print("\n".join(table) + "\n", flush=True)
+    for make_table in (lambda: accuracy_table(args.seeds), lambda: step_table(args.runs), accountant_table,
+                       federated_table):
+        print("\n".join(make_table()) + "\n", flush=True)  # each table as soon as it is measured
 
 
 if __name__ == "__main__":
