@@ -185,10 +185,10 @@ _ACTIVATION_QUANT = {
 VARIANTS: dict[str, list[Variant]] = {
     "mlp": _MLP + _PRIVACY + _ACTIVATION_QUANT["mlp"],
     "cnn": [Variant("tucker2", "low-rank (Tucker-2, 90% energy)", LowRankConfig(energy=0.9)),
-            Variant("sparse90", "pruned 90% (global magnitude) + 100 fine-tuning steps", PruneRecipe(
-                PruneConfig(sparsity=0.9, scope="global"), TrainConfig(steps=100, lr=1e-3, threads=2))),
-            Variant("channels50", "half the channels removed (L1) + 150 fine-tuning steps", PruneRecipe(
-                PruneConfig(structured=True, ratio=0.5), TrainConfig(steps=150, lr=1e-3, threads=2)))]
+            Variant("sparse90", "pruned 90% (global magnitude) + 50 fine-tuning steps", PruneRecipe(
+                PruneConfig(sparsity=0.9, scope="global"), TrainConfig(steps=50, lr=1e-3, threads=2))),
+            Variant("channels50", "half the channels removed (L1) + 100 fine-tuning steps", PruneRecipe(
+                PruneConfig(structured=True, ratio=0.5), TrainConfig(steps=100, lr=1e-3, threads=2)))]
     + _ACTIVATION_QUANT["cnn"],
     "gpt": _QUANT + _GPT_TRAINING + [
         Variant("lowrank-mlp", "low-rank MLPs (SVD, half the weights)",
