@@ -2,7 +2,7 @@
 static int8 and QAT on the digits CNN, all in one run.
 
 Run:
-    python benchmarks/bench_activation_quant.py [--threads 2] [--rounds 5] [--qat-steps 300]
+    python benchmarks/bench_activation_quant.py [--threads 2] [--rounds 5] [--qat-steps 150]
 
 Tables:
 1. MiniLM (all-MiniLM-L6-v2), one call = 32 sentences padded to 128 tokens, fixed threads. Latency
@@ -13,7 +13,8 @@ Tables:
 2. W8A8 on MiniLM and the reference GPT with static per-tensor activation scales (minmax observer),
    plain vs SmoothQuant (alpha 0.5) vs LLM.int8 decomposition (threshold 6.0); 16 calibration batches.
 3. Digits CNN at batch 64: fp32 vs static int8 (fused Conv+BN(+ReLU), oneDNN int8 convs), accuracy and
-   latency; W4A8 PTQ vs W4A8 QAT (--qat-steps fine-tuning steps from the trained CNN) accuracy.
+   latency; PTQ vs QAT (--qat-steps fine-tuning steps from the trained CNN) at W4A8 and W2A8: accuracy
+   and test cross-entropy (NLL, finer than accuracy when both are near 100%).
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ import time
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from slimkit.data import digits
 from slimkit.data.minilm import minilm, sentences
 from slimkit.demo import machine_line
 from slimkit.evaluation.tasks import get_task
@@ -83,6 +86,7 @@ def outlier_table() -> list[str]:
     gpt = zoo.reference("gpt")
     rows.append(f"| fp32 | 1.0000 | 1.0000 | {gpt_task.quality(gpt)['bits_per_byte']:.4f} |")
     variants = {"plain W8A8": {}, "SmoothQuant alpha 0.5": {"smoothquant": 0.5},
+                "SmoothQuant alpha 0.75": {"smoothquant": 0.75},
                 "LLM.int8 decomposition (|x| > 6)": {"outlier_threshold": 6.0}}
     for name, extra in variants.items():
         config = ActivationQuantConfig(mode="static", **extra)
@@ -94,31 +98,46 @@ def outlier_table() -> list[str]:
     return rows
 
 
+def test_nll(model: nn.Module) -> float:
+    """Mean cross-entropy on the digits test split: finer than accuracy when both are near 100%."""
+    test = digits().test
+    with torch.no_grad():
+        return F.cross_entropy(model(test.x), test.y).item()
+
+
+def qat_model(cnn: nn.Module, bits: int, steps: int, threads: int) -> tuple[nn.Module, float]:
+    task = get_task("digits")
+    config = ActivationQuantConfig(mode="qat", weight_bits=bits, observer="moving_average",
+                                   freeze_observers_step=steps // 2)
+    model = prepare_qat(copy.deepcopy(cnn), config)
+    start = time.perf_counter()
+    train(model, task.training_batches(model, 64, seed=0), TrainConfig(steps=steps, lr=1e-3, warmup=10,
+                                                                        threads=threads),
+          callbacks=[QATSchedule(config)])
+    return convert(model), time.perf_counter() - start
+
+
 def cnn_table(threads: int, rounds: int, qat_steps: int) -> list[str]:
     task = get_task("digits")
     cnn = zoo.reference("cnn").eval()
     x = task.calibration(1)[0][:64]
     static = quantize(copy.deepcopy(cnn), ActivationQuantConfig(mode="static"), calib=task.calibration(16))
     timed = interleaved_ratios({"fp32": lambda: cnn(x), "static": lambda: static(x)}, rounds, threads)
-    w4 = ActivationQuantConfig(mode="static", weight_bits=4)
-    ptq = quantize(copy.deepcopy(cnn), w4, calib=task.calibration(16))
-    qat_config = ActivationQuantConfig(mode="qat", weight_bits=4, observer="moving_average",
-                                       freeze_observers_step=qat_steps // 2)
-    qat = prepare_qat(copy.deepcopy(cnn), qat_config)
-    start = time.perf_counter()
-    train(qat, task.training_batches(qat, 64, seed=0), TrainConfig(steps=qat_steps, lr=1e-3, warmup=10, threads=threads),
-          callbacks=[QATSchedule(qat_config)])
-    qat_s = time.perf_counter() - start
-    convert(qat)
+    rows = ["| digits CNN, batch 64 | accuracy | vs fp32 (points) | test NLL | latency ms | speed-up vs fp32 |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    variants = [("fp32", cnn, timed["fp32"]), ("static int8 (W8A8, fused)", static, timed["static"])]
+    for bits in (4, 2):
+        ptq = quantize(copy.deepcopy(cnn), ActivationQuantConfig(mode="static", weight_bits=bits),
+                       calib=task.calibration(16))
+        qat, seconds = qat_model(cnn, bits, qat_steps, threads)
+        variants += [(f"PTQ W{bits}A8 (static)", ptq, None),
+                     (f"QAT W{bits}A8 ({qat_steps} steps, {seconds:.0f} s)", qat, None)]
     fp32_acc = task.quality(cnn)["accuracy"]
-    rows = ["| digits CNN, batch 64 | accuracy | vs fp32 (points) | latency ms | speed-up vs fp32 |",
-            "| --- | ---: | ---: | ---: | ---: |"]
-    for name, model, ms in [("fp32", cnn, timed["fp32"]), ("static int8 (W8A8, fused)", static, timed["static"]),
-                            ("PTQ W4A8 (static)", ptq, None),
-                            (f"QAT W4A8 ({qat_steps} steps, {qat_s:.0f} s)", qat, None)]:
+    for name, model, ms in variants:
         acc = task.quality(model)["accuracy"]
         latency = f"{ms[0]:.2f} | {1 / ms[1]:.2f}x" if ms else "- | -"
-        rows.append(f"| {name} | {acc * 100:.2f}% | {(acc - fp32_acc) * 100:+.2f} | {latency} |")
+        rows.append(f"| {name} | {acc * 100:.2f}% | {(acc - fp32_acc) * 100:+.2f} | {test_nll(model):.4f} | "
+                    f"{latency} |")
     return rows
 
 
@@ -126,7 +145,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--qat-steps", type=int, default=300)
+    parser.add_argument("--qat-steps", type=int, default=150)
     args = parser.parse_args()
     torch.manual_seed(0)
     print(machine_line(args.threads) + "\n")

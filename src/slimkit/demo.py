@@ -178,9 +178,9 @@ class QATTraining:
 _ACTIVATION_QUANT = {
     "mlp": [Variant("int8-dynamic", "activation int8 dynamic (W8A8)", ActivationQuantConfig())],
     "cnn": [Variant("int8-static", "activation int8 static (W8A8, fused)", ActivationQuantConfig(mode="static")),
-            Variant("w4a8-qat", "QAT W4A8, 60 steps", QATTraining(
-                ActivationQuantConfig(mode="qat", weight_bits=4, observer="moving_average", freeze_observers_step=30),
-                TrainConfig(steps=60, lr=1e-3, warmup=5, threads=2), batch_size=64))],
+            Variant("w4a8-qat", "QAT W4A8, 30 steps", QATTraining(
+                ActivationQuantConfig(mode="qat", weight_bits=4, observer="moving_average", freeze_observers_step=15),
+                TrainConfig(steps=30, lr=1e-3, warmup=5, threads=2), batch_size=64))],
 }
 VARIANTS: dict[str, list[Variant]] = {
     "mlp": _MLP + _PRIVACY + _ACTIVATION_QUANT["mlp"],

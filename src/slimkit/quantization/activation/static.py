@@ -24,10 +24,11 @@ from slimkit.quantization.activation.config import ActivationQuantConfig
 from slimkit.quantization.activation.fuse import fuse
 from slimkit.quantization.activation.modules import Int8Conv2d, Int8Linear, encode_weight, onednn_conv_missing
 from slimkit.quantization.activation.observers import make_observer, range_qparams
-from slimkit.quantization.activation.outliers import outlier_columns, smooth_factors
+from slimkit.quantization.activation.outliers import outlier_columns, smooth_factors, smoothing_helps
 from slimkit.quantization.select import select_layers
 
 _ATTR = "_slimkit_activation_preparation"
+SAMPLE_ROWS = 64  # input rows kept per calibration batch and layer for SmoothQuant's check
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Preparation:
     config: ActivationQuantConfig
     observers: dict = field(default_factory=dict)
     channel_absmax: dict[str, Tensor] = field(default_factory=dict)
+    samples: dict[str, list[Tensor]] = field(default_factory=dict)  # input rows SmoothQuant checks its gain on
     skipped: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     handles: list = field(default_factory=list)
@@ -76,6 +78,10 @@ def _observing(preparation: Preparation, name: str, layer: nn.Module):
             absmax = x.reshape(-1, x.shape[-1]).abs().amax(0).float()  # (in,)
             previous = preparation.channel_absmax.get(name)
             preparation.channel_absmax[name] = absmax if previous is None else torch.maximum(previous, absmax)
+        if track_columns and preparation.config.smoothquant is not None:
+            rows = x.reshape(-1, x.shape[-1])
+            keep = torch.linspace(0, rows.shape[0] - 1, min(SAMPLE_ROWS, rows.shape[0])).long()
+            preparation.samples.setdefault(name, []).append(rows[keep].float())
     return hook
 
 
@@ -116,7 +122,8 @@ def convert_static(model: nn.Module) -> nn.Module:
         if not observer.batches and config.needs_calibration:
             preparation.skipped[name] = "never ran on the calibration data; left in float"
             continue
-        module, notes = int8_module(layer, config, observer, preparation.channel_absmax.get(name))
+        sample = torch.cat(preparation.samples[name]) if name in preparation.samples else None
+        module, notes = int8_module(layer, config, observer, preparation.channel_absmax.get(name), sample)
         model.set_submodule(name, module)
         add_entry(model, {"layer": name, "technique": f"activation int8 {config.mode}",
                           "format": f"w{config.weight_bits}a8", **notes})
@@ -128,7 +135,8 @@ def convert_static(model: nn.Module) -> nn.Module:
     return model
 
 
-def int8_module(layer: nn.Module, config: ActivationQuantConfig, observer, channel_absmax: Tensor | None):
+def int8_module(layer: nn.Module, config: ActivationQuantConfig, observer, channel_absmax: Tensor | None,
+                sample: Tensor | None = None):
     """The Int8Linear / Int8Conv2d for a float ``layer``, and its manifest notes."""
     relu = bool(getattr(layer, "relu", False))
     weight = layer.weight.detach().float()
@@ -150,8 +158,10 @@ def int8_module(layer: nn.Module, config: ActivationQuantConfig, observer, chann
             channel_absmax = channel_absmax.index_fill(0, index, 0.0)
     if channel_absmax is not None and config.smoothquant is not None:
         s = smooth_factors(channel_absmax, weight, config.smoothquant)
-        smooth, weight = 1.0 / s, weight * s
-        notes["smoothquant"] = config.smoothquant
+        inliers = sample if index is None else sample.index_fill(1, index, 0.0)
+        if smoothing_helps(inliers, weight, s, config.weight_bits, config.mode == "dynamic"):
+            smooth, weight = 1.0 / s, weight * s
+        notes["smoothquant"] = config.smoothquant if smooth is not None else "left out: no gain on calibration rows"
     act_scale = None
     if config.mode != "dynamic":
         low, high = observer.range()
