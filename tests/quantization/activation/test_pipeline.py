@@ -95,3 +95,17 @@ def test_bad_config_values_are_named():
         ActivationQuantConfig.from_dict({"mode": "static", "bits": 8})
     config = ActivationQuantConfig(mode="static", include=["net.*"])
     assert ActivationQuantConfig.from_dict(config.to_dict()) == config
+
+
+def test_smoothing_is_kept_only_where_it_lowers_the_simulated_error():
+    from slimkit.quantization.activation.outliers import smooth_factors, smoothing_helps
+
+    torch.manual_seed(0)
+    weight = torch.randn(32, 64) * 0.1
+    outlier_input = torch.randn(256, 64) * torch.where(torch.arange(64) < 2, 50.0, 1.0)
+    s = smooth_factors(outlier_input.abs().amax(0), weight, 0.5)
+    assert smoothing_helps(outlier_input, weight, s, 8, per_token=False)
+    # inputs without outliers, and factors that would blow one weight column up: no gain, left out
+    plain_input, blown = torch.randn(256, 64), torch.ones(64)
+    blown[0] = 300.0
+    assert not smoothing_helps(plain_input, weight, blown, 8, per_token=True)
