@@ -32,7 +32,7 @@ from slimkit.pruning.units import find_unit, is_unit
 
 PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.Hardswish, nn.Mish,
                 nn.Dropout, nn.Dropout2d, nn.Identity, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-                nn.AdaptiveMaxPool2d)
+                nn.AdaptiveMaxPool2d, nn.Upsample, nn.ZeroPad2d)
 BLOCK_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.Embedding, nn.BatchNorm1d)
 LEAVES = (nn.Linear, nn.Conv2d, nn.BatchNorm2d, nn.Flatten) + PASS_MODULES + BLOCK_MODULES
 PASS_NAMES = {"relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "dropout", "leaky_relu", "hardswish", "mish",
@@ -190,11 +190,11 @@ class _Propagation:
             self.units.append(unit)
             self.spaces.extend(unit.spaces)
             if x:
-                self._consume(x, unit.input_layers, len(_shape(node.args[0])))
+                self._consume(x, unit.input_layers, len(_shape(node.args[0])) - 1)
             return (len(out) - 1, self.new_space(out[-1], unit.output_layer))
         if isinstance(m, nn.Linear):
             if x:
-                self._consume(x, [name], len(_shape(node.args[0])))
+                self._consume(x, [name], len(_shape(node.args[0])) - 1)
             return (len(out) - 1, self.new_space(m.out_features, name))
         if isinstance(m, nn.Conv2d):
             return self._conv(m, name, x)
@@ -220,7 +220,7 @@ class _Propagation:
     def _conv(self, m: nn.Conv2d, name: str, x):
         if m.groups == 1:
             if x:
-                self._consume(x, [name], 4)
+                self._consume(x, [name], 1)
             return (1, self.new_space(m.out_channels, name))
         if m.groups == m.in_channels == m.out_channels and x:  # depthwise: channel c in -> channel c out
             self._channelwise(x[1], name)
@@ -229,9 +229,10 @@ class _Propagation:
             self._block(x[1], f"grouped convolution {name} (groups={m.groups})")
         return None
 
-    def _consume(self, x, names: list[str], ndim: int) -> None:
+    def _consume(self, x, names: list[str], expected: int) -> None:
+        """``names`` read the channels of ``x`` as their input features, if they lie along dim ``expected``."""
         dim, layout = x
-        if dim != ndim - 1 and not (ndim == 4 and dim == 1):
+        if dim != expected:
             self._block(layout, f"reach {names[0]} along another dimension")
             return
         offset = 0
@@ -271,7 +272,7 @@ class _Propagation:
             return self._cat(node)
         if op in ("split", "chunk", "tensor_split"):
             return self._split(node, tracked[0])
-        if op in ("size", "dim"):
+        if op in ("size", "dim", "getattr"):  # shape queries
             return None
         raise self._error(node, op)
 
