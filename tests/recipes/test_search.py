@@ -1,0 +1,66 @@
+"""The accuracy-budget search: resumable Optuna study, a recipe that reproduces the result, budget errors."""
+
+import pytest
+import torch
+
+pytest.importorskip("optuna")
+
+from slimkit.io import load  # noqa: E402
+from slimkit.models import MLP  # noqa: E402
+from slimkit.recipes import load_recipe, run_pipeline  # noqa: E402
+from slimkit.recipes.search import BudgetNotMet, SearchConfig, search  # noqa: E402
+from slimkit.recipes.space import apply_proxy, layer_space  # noqa: E402
+from slimkit.training import TrainConfig, train  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    """A briefly trained digits MLP (about 90% accurate), so that quality drops mean something."""
+    from slimkit.evaluation.tasks import get_task
+
+    model = MLP()
+    train(model, get_task("digits").training_batches(model, 64), TrainConfig(steps=60, lr=3e-3, threads=2))
+    return model.eval()
+
+
+def test_the_byte_estimate_matches_the_saved_artifact(mlp, tmp_path):
+    """The proxy's bytes against the real artifact of the same choice (the JSON metadata is the gap)."""
+    space = layer_space(mlp)
+    choice = {"net.1": "int4", "net.3": "sparse90"}
+    _, estimate = apply_proxy(mlp, choice, space)
+    import copy
+
+    from slimkit.recipes.space import choice_recipe
+
+    result = run_pipeline(copy.deepcopy(mlp), choice_recipe(choice, space), tmp_path, measure=False,
+                          measure_paths=False)
+    from slimkit.io import artifact_bytes
+
+    real = artifact_bytes(tmp_path / "model")
+    assert abs(real - estimate) < 0.1 * real and result.model is not None
+
+
+def test_search_resumes_and_its_recipe_reproduces_the_model(mlp, tmp_path):
+    import copy
+
+    import optuna
+
+    config = SearchConfig(max_drop=0.05, trials=2, options=("int8", "int4"))
+    first = search(copy.deepcopy(mlp), config, tmp_path)
+    second = search(copy.deepcopy(mlp), SearchConfig(max_drop=0.05, trials=4, options=("int8", "int4")), tmp_path)
+    study = optuna.load_study(study_name="slimkit", storage=f"sqlite:///{tmp_path / 'search.db'}")
+    assert first.trials == 2 and second.trials == 4 and len(study.trials) == 4
+    assert second.met and second.after.value >= second.before.value * 0.95
+    assert second.after.artifact_bytes < second.before.artifact_bytes / 3
+    assert (tmp_path / "pareto.png").stat().st_size > 0
+    rebuilt = run_pipeline(copy.deepcopy(mlp), load_recipe(tmp_path / "recipe.yaml"), measure=False)
+    x = torch.randn(8, 64)
+    assert torch.equal(rebuilt.model(x), load(tmp_path / "model")(x))
+    with pytest.raises(Exception, match="holds a search with other settings"):
+        search(copy.deepcopy(mlp), SearchConfig(max_drop=0.01, trials=4, options=("int8", "int4")), tmp_path)
+
+
+def test_a_budget_nothing_meets_says_so(mlp, tmp_path):
+    with pytest.raises(BudgetNotMet, match=r"no layer can be compressed within a drop of 0.00%: the mildest change, "
+                                           r"int2 on net\.\d alone, already loses"):
+        search(mlp, SearchConfig(max_drop=0.0, trials=2, options=("int2",)), tmp_path)
