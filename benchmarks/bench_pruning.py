@@ -4,15 +4,19 @@ same ratio), GPT at 50% one-shot (magnitude vs Wanda vs SparseGPT), MiniLM with 
     python benchmarks/bench_pruning.py            # slimkit rows (Torch-Pruning row when it imports)
     /tmp/peers/venv/bin/python benchmarks/bench_pruning.py   # the peer venv has torch-pruning installed
 
-Prints markdown tables; latency is the median of 7 calls after warm-up at 2 threads (slimkit.evaluate), so
-on a shared CPU compare the ratios, not the milliseconds.
+Prints markdown tables. The evaluate() rows time each model alone (median of 7 calls); the latency tables
+after them time the models in turns, 30 calls each, and give the median and the fastest call, which a
+busy CPU distorts least. On a shared CPU compare the ratios, not the milliseconds.
 """
 
 from __future__ import annotations
 
 import copy
+import statistics
 import tempfile
 import time
+
+import torch
 
 
 from slimkit.demo import machine_line
@@ -24,7 +28,7 @@ from slimkit.models import zoo
 from slimkit.pruning import PruneConfig, prune
 from slimkit.pruning.recipe import PruneRecipe, run_recipe, task_calibration
 from slimkit.pruning.schedule import KeepMasks
-from slimkit.timing import latency_ms
+from slimkit.timing import fixed_threads
 from slimkit.training import TrainConfig, train
 
 THREADS = 2
@@ -44,15 +48,24 @@ def measured(model, name, technique, baseline, tmp, section=None):
                     threads=THREADS)
 
 
-def latency_table(calls: dict, rounds: int = 3) -> str:
-    """Each call's best median over ``rounds`` rounds that alternate between the models (fairer on a busy CPU)."""
-    best = {name: float("inf") for name in calls}
-    for _ in range(rounds):
-        for name, call in calls.items():
-            best[name] = min(best[name], latency_ms(call, runs=9, threads=THREADS))
-    base = next(iter(best.values()))
-    rows = ["| model | latency ms (best of 3 interleaved medians) | speedup |", "| --- | ---: | ---: |"]
-    rows += [f"| {name} | {ms:.3f} | {base / ms:.2f}x |" for name, ms in best.items()]
+@torch.no_grad()
+def latency_table(calls: dict, rounds: int = 30) -> str:
+    """Calls timed one after another in turns (a busy CPU slows them alike): median and fastest per model."""
+    times = {name: [] for name in calls}
+    with fixed_threads(THREADS):
+        for call in calls.values():
+            call()  # warm-up
+        for _ in range(rounds):
+            for name, call in calls.items():
+                start = time.perf_counter()
+                call()
+                times[name].append((time.perf_counter() - start) * 1e3)
+    base_median, base_min = statistics.median(next(iter(times.values()))), min(next(iter(times.values())))
+    rows = [f"| model | median ms ({rounds} interleaved calls) | speedup | fastest ms | speedup |",
+            "| --- | ---: | ---: | ---: | ---: |"]
+    for name, t in times.items():
+        rows.append(f"| {name} | {statistics.median(t):.3f} | {base_median / statistics.median(t):.2f}x | "
+                    f"{min(t):.3f} | {base_min / min(t):.2f}x |")
     return "\n".join(rows)
 
 
