@@ -63,9 +63,11 @@ def test_train_dp_refusals(capsys, argv, message):
 
 def test_federated_dp_secure(capsys, tmp_path):
     code, out, _ = run(capsys, "federated", "--clients", "5", "--rounds", "2", "--clip", "1.0", "--noise", "0.5",
-                       "--secure", "--model", "mlp:hidden=16", "--local-epochs", "1", "--quiet", "--json", "--out", str(tmp_path / "fed"))
+                       "--secure", "--model", "mlp:hidden=16", "--local-epochs", "1", "--threads", "1", "--quiet",
+                       "--json", "--out", str(tmp_path / "fed"))
     summary = json.loads(out)
     assert code == 0 and summary["epsilon"] == pytest.approx(epsilon(0.5, 1.0, 2, 1e-5))
     assert sum(summary["client_sizes"]) == 1257 and (tmp_path / "fed" / "slimkit.json").exists()
-    code, out, _ = run(capsys, "federated", "--clients", "5", "--rounds", "1", "--iid", "--local-epochs", "1", "--quiet")
+    code, out, _ = run(capsys, "federated", "--clients", "5", "--rounds", "1", "--iid", "--local-epochs", "1",
+                       "--threads", "1", "--quiet")
     assert code == 0 and "FedAvg: 5 clients (IID" in out and "| 1 |" in out
