@@ -6,8 +6,8 @@ loop three ways: ``batches`` (random or Poisson-sampled batches), ``loss_fn`` (c
 gradient, see grads.py) and itself as the callback (noise once per optimizer step, accounting,
 epsilon in the progress bar, the guarantee in the model's manifest).
 
->>> private = make_private(mlp, None, digits().train, target_epsilon=3.0, steps=300, batch_size=256)
->>> result = private.train(TrainConfig(steps=300, lr=0.5, optimizer="sgd", clip_grad_norm=None))  # doctest: +SKIP
+>>> private = make_private(mlp, None, digits().train, target_epsilon=3.0, steps=100, batch_size=512)  # doctest: +SKIP
+>>> result = private.train(TrainConfig(steps=100, lr=2e-2, clip_grad_norm=None))  # doctest: +SKIP
 >>> private.epsilon()  # doctest: +SKIP
 """
 

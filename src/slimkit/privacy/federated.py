@@ -37,7 +37,7 @@ from slimkit.training import GeneratorBatches, TrainConfig, train
 class FederatedConfig:
     """Clients, their data split, the rounds, and the optional privacy mechanisms.
 
-    >>> FederatedConfig(clients=10, alpha=0.3, rounds=50).clients_per_round
+    >>> FederatedConfig(clients=10, alpha=0.3, rounds=50).per_round
     10
     """
 
@@ -92,6 +92,7 @@ class FederatedConfig:
 
     @property
     def per_round(self) -> int:
+        """Clients taking part in each round."""
         return self.clients_per_round or self.clients
 
     def to_dict(self) -> dict:
