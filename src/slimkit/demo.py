@@ -39,6 +39,7 @@ from slimkit.pruning.recipe import PruneConfig, PruneRecipe, run_recipe
 from slimkit.quantization import (ActivationQuantConfig, QATSchedule, WeightQuantConfig, convert, prepare_qat,
                                   quantize)
 from slimkit.quantization.paths import choose_paths
+from slimkit.recipes import Recipe, parse_recipe, run_pipeline
 from slimkit.training import TrainConfig, train
 
 BASES = ("mlp", "cnn", "gpt", "minilm")
@@ -114,6 +115,8 @@ def apply_variant(model: nn.Module, config, base: str) -> nn.Module:
     elif isinstance(config, FederatedConfig):
         model.load_state_dict(zoo.build(base).state_dict())
         federated_average(model, digits().train, config)
+    elif isinstance(config, Recipe):
+        model = run_pipeline(model, config, measure=False).model
     else:
         raise TypeError(f"the demo does not know how to apply a {type(config).__name__}")
     return model
@@ -182,8 +185,11 @@ _ACTIVATION_QUANT = {
                 ActivationQuantConfig(mode="qat", weight_bits=4, observer="moving_average", freeze_observers_step=15),
                 TrainConfig(steps=30, lr=1e-3, warmup=5, threads=2), batch_size=64))],
 }
+_RECIPES = [Variant("recipe-w4-mixed", "recipe: int4 weights (groups of 32), first layer int8", parse_recipe(
+    "steps:\n  - quantize: {format: int4, group_size: 32}\n"
+    "    overrides: {'net.1': {format: int8, group_size: null}}\n", "demo recipe"))]
 VARIANTS: dict[str, list[Variant]] = {
-    "mlp": _MLP + _PRIVACY + _ACTIVATION_QUANT["mlp"],
+    "mlp": _MLP + _PRIVACY + _ACTIVATION_QUANT["mlp"] + _RECIPES,
     "cnn": [Variant("tucker2", "low-rank (Tucker-2, 90% energy)", LowRankConfig(energy=0.9)),
             Variant("sparse90", "pruned 90% (global magnitude) + 50 fine-tuning steps", PruneRecipe(
                 PruneConfig(sparsity=0.9, scope="global"), TrainConfig(steps=50, lr=1e-3, threads=2))),

@@ -24,7 +24,7 @@ def mlp():
 
 
 def test_the_byte_estimate_matches_the_saved_artifact(mlp, tmp_path):
-    """The proxy's bytes against the real artifact of the same choice (the JSON metadata is the gap)."""
+    """The proxy's bytes against the weights file of the real artifact of the same choice."""
     space = layer_space(mlp)
     choice = {"net.1": "int4", "net.3": "sparse90"}
     _, estimate = apply_proxy(mlp, choice, space)
@@ -34,10 +34,8 @@ def test_the_byte_estimate_matches_the_saved_artifact(mlp, tmp_path):
 
     result = run_pipeline(copy.deepcopy(mlp), choice_recipe(choice, space), tmp_path, measure=False,
                           measure_paths=False)
-    from slimkit.io import artifact_bytes
-
-    real = artifact_bytes(tmp_path / "model")
-    assert abs(real - estimate) < 0.1 * real and result.model is not None
+    real = (tmp_path / "model" / "model.safetensors").stat().st_size  # slimkit.json, the metadata, is left out
+    assert abs(real - estimate) < 0.03 * real and result.model is not None
 
 
 def test_search_resumes_and_its_recipe_reproduces_the_model(mlp, tmp_path):

@@ -53,7 +53,8 @@ def run_pipeline(model: nn.Module, recipe: Recipe, out: str | Path | None = None
     ``out``: folder for the step artifacts, the final artifact and the report (None: keep nothing, as the
     search does). ``task``: evaluation/training task (default: the recipe's, else inferred);
     ``calib``: task whose training split calibrates (default: ``task``). ``source`` names the input
-    model in the resume key. ``measure``: evaluate before and after (quality, bytes, latency, memory);
+    model in the resume key. ``measure``: evaluate before and after (quality, bytes, latency, memory)
+    and the quality after each step;
     ``measure_paths``: time the execution paths of weight-quantized layers (see ``apply_step``).
     """
     from slimkit.evaluation import evaluate
@@ -78,8 +79,10 @@ def run_pipeline(model: nn.Module, recipe: Recipe, out: str | Path | None = None
             else:
                 model = _run_step(model, step, index, task, calib or task, out, result, measure_paths)
             row = {"step": index + 1, "name": step.name, "technique": step.technique, "resumed": resumed is not None,
-                   "seconds": round(time.perf_counter() - start, 2),
-                   get_task(task).metric: get_task(task).quality(model)[get_task(task).metric]}
+                   "seconds": round(time.perf_counter() - start, 2)}
+            if measure:
+                metric = get_task(task).metric
+                row[metric] = get_task(task).quality(model)[metric]
             if folder is not None and resumed is None:
                 _save_step(model, folder, digest, step)
             if folder is not None:
@@ -162,7 +165,8 @@ def report_markdown(result: PipelineResult, recipe: Recipe) -> str:
     metric = next((k for k in result.steps[0] if k not in _STEP_COLUMNS), "quality") if result.steps else "quality"
     lines += [f"| step | technique | {metric} | artifact bytes | seconds | resumed |", "| --- | --- | ---: | ---: | ---: | --- |"]
     for r in result.steps:
-        lines.append(f"| {r['step']}. {r['name']} | {r['technique']} | {r[metric]:.4f} | "
+        value = f"{r[metric]:.4f}" if metric in r else "—"
+        lines.append(f"| {r['step']}. {r['name']} | {r['technique']} | {value} | "
                      f"{r.get('artifact_bytes', 0):,} | {r['seconds']} | {'yes' if r['resumed'] else ''} |")
     return "\n".join(lines) + "\n"
 

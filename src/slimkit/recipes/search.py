@@ -163,12 +163,18 @@ def _study(optuna, config: SearchConfig, out: Path, space):
                              "--out, or delete that file to start over")
     if not study.trials:
         study.set_user_attr("key", key)
-        # starting points for the sampler: uniform int8, int4, and each layer's harshest option that passed alone
-        starts = [{n: option if option in o else "float" for n, o in space.layers.items()} for option in ("int8", "int4")]
+        # starting points for the sampler: uniform int8 and int4 (a layer too sensitive for it takes the
+        # harshest width that passed alone), and each layer's harshest option that passed alone
+        starts = [{n: option if option in o else _harshest_bits(o) for n, o in space.layers.items()}
+                  for option in ("int8", "int4")]
         starts.append({n: o[-1] for n, o in space.layers.items()})
         for start in starts:
             study.enqueue_trial({n: o for n, o in start.items() if len(space.layers[n]) > 1})
     return study
+
+
+def _harshest_bits(options: tuple[str, ...]) -> str:
+    return next((o for o in reversed(options) if o in BITS), "float")
 
 
 def _trial_function(model, space, quality, base_quality, config, task, calib, threads):

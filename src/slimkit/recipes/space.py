@@ -4,7 +4,7 @@ space, and the recipe that applies a choice for real.
 
 A proxy choice is made on a copy of the model: sparsity with ``slimkit.prune`` (magnitude), bit
 widths as the quantize/dequantize round trip of ``slimkit.formats`` with the layout the real step
-uses (per output channel for convolutions with int8 activations, groups of 32 for Linear weights).
+uses (per output channel for convolutions with int8 activations, groups of 64 for Linear weights).
 Its bytes are the model's fp32 bytes with each chosen layer's weight replaced by what it would
 store (the bitmask/CSR of formats.sparse, the packed codes and scales of formats.quantize).
 
@@ -26,7 +26,7 @@ from slimkit.errors import UserInputError
 SPARSITIES = {"sparse50": 0.5, "sparse75": 0.75, "sparse90": 0.9}
 BITS = {"int8": 8, "int4": 4, "int3": 3, "int2": 2}
 MIN_WEIGHTS = 1024  # smaller layers stay float: too little to save for the trials they cost
-GROUP = 32  # Linear weight-only groups (divides every reference model's widths)
+GROUP = 64  # Linear weight-only groups (divides every reference model's widths)
 
 
 @dataclass(frozen=True)
@@ -39,10 +39,18 @@ class LayerSpace:
 
 
 def layer_space(model: nn.Module, options: tuple[str, ...] = tuple(SPARSITIES) + tuple(BITS)) -> LayerSpace:
-    """Every Linear/Conv2d of at least MIN_WEIGHTS weights, each with all ``options``."""
+    """Every Linear/Conv2d of at least MIN_WEIGHTS weights, each with all ``options``.
+
+    A weight shared with another module (a GPT's lm_head tied to its embedding) stays float: the
+    techniques leave tied weights alone.
+    """
+    from slimkit.naming import parameter_owners
+
     conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    owners = parameter_owners(model)
     layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))
-              and m.weight.numel() >= MIN_WEIGHTS and (conv or m.weight.shape[1] % GROUP == 0)}
+              and m.weight.numel() >= MIN_WEIGHTS and (conv or m.weight.shape[1] % GROUP == 0)
+              and len(owners[id(m.weight)]) == 1}
     if not layers:
         raise UserInputError(f"{type(model).__name__} has no Linear/Conv2d layer of {MIN_WEIGHTS}+ weights to search")
     return LayerSpace({n: ("float",) + tuple(options) for n in layers},
@@ -72,7 +80,7 @@ def apply_proxy(model: nn.Module, choice: dict[str, str], space: LayerSpace) -> 
             saved += weight.numel() * 4 - encoded.nbytes()
         elif option in SPARSITIES:
             compact = encode_sparse(weight.detach())
-            saved += weight.numel() * 4 - (sum(t.nbytes for t in compact[1].values()) if compact else 0)
+            saved += weight.numel() * 4 - sum(t.nbytes for t in compact[1].values()) if compact else 0
     return result, float_bytes(model) - saved
 
 
