@@ -102,3 +102,16 @@ def test_modules_round_trip_through_save_and_load(tmp_path):
     loaded = load(save(model, tmp_path))
     x = torch.rand(16, 1, 8, 8)
     assert torch.equal(model(x), loaded(x))
+
+
+def test_layers_reading_one_input_quantize_it_once_and_an_in_place_change_is_seen(monkeypatch):
+    q, k = (Int8Linear(encode_weight(nn.Linear(16, 8).weight, 8)) for _ in range(2))
+    calls = []
+    tokens = kernels._tokens
+    monkeypatch.setattr(kernels, "_tokens", lambda *a: calls.append(1) or tokens(*a))
+    x = torch.randn(2, 5, 16)
+    q(x), k(x)
+    assert len(calls) == 1
+    x.mul_(2)  # same memory, new values: quantized again
+    assert torch.equal(k(x), k(x.clone()))
+    assert len(calls) >= 2

@@ -81,8 +81,11 @@ def _run(fn, *args):
 @torch.no_grad()
 def quantize_tokens(x: Tensor, smooth: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """int8 codes (rows, K) and one symmetric scale per row (rows, 1) of ``x * smooth``."""
-    key = (x.data_ptr(), x._version, tuple(x.shape), None if smooth is None else smooth.data_ptr())
-    if _last_input.get("key") == key and _last_input["x"] is x:
+    # Q, K and V get reshaped views of one tensor: a view of the same memory with the same shape,
+    # strides and version counter holds the same values. Keeping ``x`` referenced keeps its memory
+    # from being reused by another tensor while the entry lives.
+    key = (x.data_ptr(), x._version, tuple(x.shape), x.stride(), None if smooth is None else smooth.data_ptr())
+    if _last_input.get("key") == key:
         return _last_input["out"]
     out = _run(_tokens, x, smooth)
     _last_input.update(key=key, x=x, out=out)
