@@ -69,6 +69,7 @@ class _QATBase(nn.Module):
         w_scale = self.weight.detach().abs().flatten(1).amax(1).clamp_min(1e-8) / qmax
         self.weight_scale = nn.Parameter(w_scale) if self.lsq else None
         self.input_scale = nn.Parameter(torch.zeros(())) if self.lsq else None
+        self._zero_point = None  # LSQ keeps the zero point the first batch's observed range gave
 
     def input_qparams(self) -> tuple[Tensor, Tensor | None]:
         if self.lsq and self.input_scale.item() > 0:
@@ -100,8 +101,6 @@ class _QATBase(nn.Module):
         scale = None if not self.lsq else self.weight_scale.detach().reshape(-1, 1)
         return quantize(self.weight.detach().float(), f"int{self.weight_bits}", granularity="channel", axis=0,
                         scale=scale)
-
-    _zero_point = None
 
 
 class QATLinear(_QATBase):
