@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from slimkit.pruning.api import PruneReport, prune
@@ -49,5 +51,22 @@ def run_recipe(model: nn.Module, recipe: PruneRecipe, task: str | None = None) -
     if recipe.finetune is not None:
         batches = get_task(task or infer_task(model)).training_batches(model, recipe.batch_size,
                                                                         recipe.finetune.seed)
-        train(model, batches, recipe.finetune, callbacks=[KeepMasks()])
+        with flush_denormals():
+            train(model, batches, recipe.finetune, callbacks=[KeepMasks()])
     return report
+
+
+@contextlib.contextmanager
+def flush_denormals():
+    """Treat subnormal floats as zero on the CPU while the block runs (torch's default, off, after it).
+
+    Fine-tuning a heavily pruned model produces subnormal values (gradients of weights whose inputs
+    were pruned away, and Adam's squares of them); x86 handles those in microcode, which made 20
+    steps of the 90%-sparse digits CNN take 39 s instead of 0.6 s. Flushing them changes values
+    below 1.2e-38 only.
+    """
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
