@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 
@@ -76,7 +77,8 @@ def iterative_prune(model: nn.Module, config: PruneConfig, data, train_config: T
     for r in range(1, rounds + 1):
         target = 1 - (1 - config.sparsity) ** (r / rounds)
         reports.append(prune(model, dataclasses.replace(config, sparsity=target), calibration))
-        train(model, data, train_config, callbacks=[KeepMasks()])
+        with flush_denormals():
+            train(model, data, train_config, callbacks=[KeepMasks()])
     return reports
 
 
@@ -106,3 +108,18 @@ def rewind(model: nn.Module, snapshot: dict) -> None:
                 own[name].copy_(value)
     reapply_masks(model)
 
+
+@contextlib.contextmanager
+def flush_denormals():
+    """Treat subnormal floats as zero on the CPU while the block runs (torch's default, off, after it).
+
+    Fine-tuning a heavily pruned model produces subnormal values (gradients of weights whose inputs
+    were pruned away, and Adam's squares of them); x86 handles those in microcode, which made 20
+    steps of the 90%-sparse digits CNN take 39 s instead of 0.6 s. Flushing them changes values
+    below 1.2e-38 only.
+    """
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
