@@ -26,6 +26,8 @@ def add_arguments(p) -> None:
     p.add_argument("--objective", choices=["bytes", "latency"], default="bytes", help="search: what to minimise")
     p.add_argument("--trials", type=positive_int, default=20, help="search: Optuna trials (default 20)")
     p.add_argument("--pareto", action="store_true", help="search: NSGA-II over (objective, quality) instead of TPE")
+    p.add_argument("--method", choices=["rtn", "gptq"], default="rtn",
+                   help="search: weight-only rounding for models without convolutions (gptq: slower, tighter)")
     p.add_argument("--calib", choices=["digits", "pycorpus", "minilm"],
                    help="calibration data (default: the evaluation task)")
     p.add_argument("--eval", choices=["digits", "pycorpus", "minilm"], dest="task",
@@ -91,7 +93,7 @@ def _search(args) -> int:
 
     drop, relative = parse_drop(args.max_drop)
     config = SearchConfig(max_drop=drop, relative=relative, objective=args.objective, trials=args.trials,
-                          pareto=args.pareto)
+                          pareto=args.pareto, method=args.method)
     result = search(load(args.model_dir), config, args.out, task=args.task, calib=args.calib,
                     source=str(args.model_dir), threads=args.threads)
     if args.json:

@@ -23,7 +23,7 @@ from pathlib import Path
 from torch import nn
 
 from slimkit.errors import MissingDependencyError, SlimkitError, UserInputError
-from slimkit.recipes.space import (BITS, SPARSITIES, apply_proxy, choice_recipe, layer_space, proxy_quality,
+from slimkit.recipes.space import (BITS, CALIB, SPARSITIES, apply_proxy, choice_recipe, layer_space, proxy_quality,
                                    sensitivity)
 
 OBJECTIVES = ("bytes", "latency")
@@ -55,6 +55,9 @@ class SearchConfig:
     """Seed of the sampler."""
     options: tuple[str, ...] = tuple(SPARSITIES) + tuple(BITS)
     """Per-layer options besides float: sparse50/75/90 (magnitude pruning), int8/int4/int3/int2 weights."""
+    method: str = "rtn"
+    """Weight-only rounding of models without convolutions: "rtn", or "gptq" (run for real in every trial:
+    slower, and what makes int4 fit a tight budget)."""
 
     def __post_init__(self) -> None:
         if not self.max_drop >= 0:
@@ -64,6 +67,8 @@ class SearchConfig:
         if self.trials < 1:
             raise UserInputError(f"trials={self.trials}: run at least one trial")
         object.__setattr__(self, "options", tuple(self.options))
+        if self.method not in ("rtn", "gptq"):
+            raise UserInputError(f"method={self.method!r}: choose rtn or gptq")
         unknown = [o for o in self.options if o not in SPARSITIES and o not in BITS]
         if unknown or not self.options:
             raise UserInputError(f"options={list(self.options)}: choose among {', '.join([*SPARSITIES, *BITS])}")
@@ -113,7 +118,9 @@ def search(model: nn.Module, config: SearchConfig, out: str | Path, *, task: str
     base_quality = quality(model)
     sign = 1 if get_task(task).higher_is_better else -1
     budget = _budget(config, base_quality)
-    space, drops = sensitivity(model, layer_space(model, config.options), quality, budget)
+    calib_batches = get_task(calib or task).calibration(CALIB) if config.method == "gptq" else ()
+    space, drops = sensitivity(model, layer_space(model, config.options, config.method, calib_batches), quality,
+                               budget)
     if all(len(options) == 1 for options in space.layers.values()):
         layer, option, drop = min(((n, o, d) for n, ds in drops.items() for o, d in ds.items()), key=lambda x: x[2])
         raise BudgetNotMet(f"no layer can be compressed within a drop of {_budget_text(config)}: the mildest "

@@ -4,7 +4,7 @@ space, and the recipe that applies a choice for real.
 
 A proxy choice is made on a copy of the model: sparsity with ``slimkit.prune`` (magnitude), bit
 widths as the quantize/dequantize round trip of ``slimkit.formats`` with the layout the real step
-uses (per output channel for convolutions with int8 activations, groups of 64 for Linear weights).
+uses (per output channel for convolutions with int8 activations and for int8 weights, else groups of 64).
 Its bytes are the model's fp32 bytes with each chosen layer's weight replaced by what it would
 store (the bitmask/CSR of formats.sparse, the packed codes and scales of formats.quantize).
 
@@ -15,8 +15,9 @@ store (the bitmask/CSR of formats.sparse, the packed codes and scales of formats
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -27,6 +28,7 @@ SPARSITIES = {"sparse50": 0.5, "sparse75": 0.75, "sparse90": 0.9}
 BITS = {"int8": 8, "int4": 4, "int3": 3, "int2": 2}
 MIN_WEIGHTS = 1024  # smaller layers stay float: too little to save for the trials they cost
 GROUP = 64  # Linear weight-only groups (divides every reference model's widths)
+CALIB = 8  # calibration batches of GPTQ and of static activation ranges
 
 
 @dataclass(frozen=True)
@@ -36,9 +38,12 @@ class LayerSpace:
     layers: dict[str, tuple[str, ...]]  # name -> options, "float" first
     shapes: dict[str, tuple[int, ...]]
     conv: bool  # True: int8 activations with N-bit weights (quantize_activations); False: weight-only
+    method: str = "rtn"  # weight-only rounding: "rtn" (simulated) or "gptq" (run for real on each trial)
+    calib: tuple = field(default=(), compare=False, repr=False)  # GPTQ's calibration batches
 
 
-def layer_space(model: nn.Module, options: tuple[str, ...] = tuple(SPARSITIES) + tuple(BITS)) -> LayerSpace:
+def layer_space(model: nn.Module, options: tuple[str, ...] = tuple(SPARSITIES) + tuple(BITS), method: str = "rtn",
+                calib: tuple = ()) -> LayerSpace:
     """Every Linear/Conv2d of at least MIN_WEIGHTS weights, each with all ``options``.
 
     A weight shared with another module (a GPT's lm_head tied to its embedding) stays float: the
@@ -54,7 +59,7 @@ def layer_space(model: nn.Module, options: tuple[str, ...] = tuple(SPARSITIES) +
     if not layers:
         raise UserInputError(f"{type(model).__name__} has no Linear/Conv2d layer of {MIN_WEIGHTS}+ weights to search")
     return LayerSpace({n: ("float",) + tuple(options) for n in layers},
-                      {n: tuple(m.weight.shape) for n, m in layers.items()}, conv)
+                      {n: tuple(m.weight.shape) for n, m in layers.items()}, conv, method, tuple(calib))
 
 
 def apply_proxy(model: nn.Module, choice: dict[str, str], space: LayerSpace) -> tuple[nn.Module, int]:
@@ -69,23 +74,42 @@ def apply_proxy(model: nn.Module, choice: dict[str, str], space: LayerSpace) -> 
         prune(result, PruneConfig(layer_sparsity=sparse, include=tuple(sparse)))
         remove_masks(result)
     saved = 0
+    gptq = space.method == "gptq" and not space.conv
     modules = dict(result.named_modules())
     for name, option in choice.items():
         weight = modules[name].weight
         if option in BITS:
-            encoded = quantize(weight.detach().reshape(weight.shape[0], -1), f"int{BITS[option]}",
-                               **_layout(space))
-            with torch.no_grad():
-                weight.copy_(encoded.dequantize().reshape(weight.shape))
-            saved += weight.numel() * 4 - encoded.nbytes()
+            encoded = quantize(weight.detach().reshape(weight.shape[0], -1), option, **_layout(space, option),
+                               scale_dtype=torch.float32 if space.conv else torch.float16)
+            if not gptq:
+                with torch.no_grad():
+                    weight.copy_(encoded.dequantize().reshape(weight.shape))
+            saved += weight.numel() * 4 - encoded.nbytes()  # GPTQ stores codes and scales of the same size
         elif option in SPARSITIES:
             compact = encode_sparse(weight.detach())
             saved += weight.numel() * 4 - sum(t.nbytes for t in compact[1].values()) if compact else 0
+    if gptq:  # error compensation cannot be simulated weight by weight: the real transform, as the recipe runs it
+        from slimkit.quantization import quantize as quantize_model
+
+        for option in BITS:
+            layers = tuple(sorted(n for n, o in choice.items() if o == option))
+            if layers:
+                quantize_model(result, _weight_config(option, layers, space), calib=list(space.calib))
     return result, float_bytes(model) - saved
 
 
-def _layout(space: LayerSpace) -> dict:
-    return {"granularity": "channel"} if space.conv else {"granularity": "group", "group_size": GROUP}
+def _weight_config(option: str, layers: tuple[str, ...], space: LayerSpace):
+    from slimkit.quantization import WeightQuantConfig
+
+    return WeightQuantConfig(option, group_size=None if option == "int8" else GROUP, include=layers,
+                             method=space.method, calib_samples=CALIB)
+
+
+def _layout(space: LayerSpace, option: str) -> dict:
+    """The real step's layout: per output channel for int8 activations and for int8 weights, else groups."""
+    if space.conv or option == "int8":
+        return {"granularity": "channel"}
+    return {"granularity": "group", "group_size": GROUP}
 
 
 def float_bytes(model: nn.Module) -> int:
@@ -112,14 +136,14 @@ def sensitivity(model: nn.Module, space: LayerSpace, quality, max_drop: float) -
                 if drop > max_drop:
                     break
                 kept[name].append(option)
-    return LayerSpace({n: tuple(o) for n, o in kept.items()}, space.shapes, space.conv), drops
+    return dataclasses.replace(space, layers={n: tuple(o) for n, o in kept.items()}), drops
 
 
 def choice_recipe(choice: dict[str, str], space: LayerSpace, name: str = "auto", description: str = ""):
     """The Recipe that applies ``choice`` with the real techniques: one prune step (per-layer sparsity),
     then one quantization step per bit width (int8 activations for convolutional models)."""
     from slimkit.pruning import PruneConfig
-    from slimkit.quantization import ActivationQuantConfig, WeightQuantConfig
+    from slimkit.quantization import ActivationQuantConfig
     from slimkit.recipes.recipe import Recipe, Step
 
     steps = []
@@ -130,8 +154,8 @@ def choice_recipe(choice: dict[str, str], space: LayerSpace, name: str = "auto",
         layers = tuple(sorted(n for n, o in choice.items() if o == option))
         if not layers:
             continue
-        config = (ActivationQuantConfig(mode="static", weight_bits=bits, include=layers, calib_batches=8)
-                  if space.conv else WeightQuantConfig(option, group_size=GROUP, include=layers))
+        config = (ActivationQuantConfig(mode="static", weight_bits=bits, include=layers, calib_batches=CALIB)
+                  if space.conv else _weight_config(option, layers, space))
         steps.append(Step("quantize_activations" if space.conv else "quantize", config, option))
     if not steps:
         raise UserInputError("the chosen configuration leaves every layer float; nothing to write")
