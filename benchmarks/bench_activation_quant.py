@@ -2,7 +2,7 @@
 static int8 and QAT on the digits CNN, all in one run.
 
 Run:
-    python benchmarks/bench_activation_quant.py [--threads 2] [--rounds 5] [--qat-steps 150]
+    python benchmarks/bench_activation_quant.py [--threads 2] [--rounds 3] [--qat-steps 150]
 
 Tables:
 1. MiniLM (all-MiniLM-L6-v2), one call = 32 sentences padded to 128 tokens, fixed threads. Latency
@@ -144,7 +144,7 @@ def cnn_table(threads: int, rounds: int, qat_steps: int) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--qat-steps", type=int, default=150)
     args = parser.parse_args()
     torch.manual_seed(0)
