@@ -6,7 +6,10 @@ the target is an auto-searched model smaller in bytes than every row that meets 
 Compressor's accuracy-driven tuning (autotune over RTN weight-only configs, same budget, same
 evaluation) runs beside it on the GPT when neural_compressor is importable.
 
-    python benchmarks/bench_recipes.py [--trials 20] [--models cnn,gpt]
+    python benchmarks/bench_recipes.py [--trials 40] [--gpt-trials 20] [--gpt-method rtn|gptq] [--models cnn,gpt]
+
+``--gpt-method gptq`` runs GPTQ for real in every GPT trial (several minutes on 2 cores); the default
+searches with RTN.
 
 The demo rows come from the demo's variant cache (built on the first run, as ``slimkit demo`` does).
 """
@@ -44,7 +47,7 @@ def drop(base: float, value: float, task: str) -> float:
     return sign * (base - value) / abs(base)
 
 
-def rows_for(name: str, trials: int) -> list[dict]:
+def rows_for(name: str, trials: int, method: str = "rtn") -> list[dict]:
     base_model = zoo.reference(name)
     task = "digits" if name == "cnn" else "pycorpus"
     base = quality(base_model, task)
@@ -61,7 +64,6 @@ def rows_for(name: str, trials: int) -> list[dict]:
                      "seconds": time.perf_counter() - start})
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        method = "gptq" if name == "gpt" else "rtn"
         result = search(copy.deepcopy(base_model), SearchConfig(max_drop=BUDGET, trials=trials,
                                                                 options=OPTIONS[name], method=method), tmp)
         rows.append({"model": f"{name}-auto", "technique": f"auto search ({result.trials} trials, TPE"
@@ -108,13 +110,16 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--trials", type=int, default=40, help="CNN search trials")
+    parser.add_argument("--gpt-trials", type=int, default=20, help="GPT search trials")
+    parser.add_argument("--gpt-method", choices=["rtn", "gptq"], default="rtn", help="GPT weight-only rounding")
     parser.add_argument("--models", default="cnn,gpt")
     args = parser.parse_args()
     torch.set_num_threads(2)
     print(machine_line(2))
     for name in args.models.split(","):
-        rows = rows_for(name, args.trials)
+        rows = rows_for(name, args.gpt_trials if name == "gpt" else args.trials,
+                        args.gpt_method if name == "gpt" else "rtn")
         print(f"\n### {name}: budget {BUDGET:.0%} of the baseline's metric\n\n{table(rows)}")
         auto = rows[-1] if not rows[-1]["model"].endswith("inc") else rows[-2]
         print(f"\nchosen recipe:\n```yaml\n{auto.get('recipe', '')}```")
