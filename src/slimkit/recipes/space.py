@@ -4,7 +4,7 @@ space, and the recipe that applies a choice for real.
 
 A proxy choice is made on a copy of the model: sparsity with ``slimkit.prune`` (magnitude), bit
 widths as the quantize/dequantize round trip of ``slimkit.formats`` with the layout the real step
-uses (per output channel for convolutions with int8 activations and for int8 weights, else groups of 64).
+uses (per output channel for convolutions with int8 activations and for int8 weights, else groups of 128 or 64).
 Its bytes are the model's fp32 bytes with each chosen layer's weight replaced by what it would
 store (the bitmask/CSR of formats.sparse, the packed codes and scales of formats.quantize).
 
@@ -27,7 +27,7 @@ from slimkit.errors import UserInputError
 SPARSITIES = {"sparse50": 0.5, "sparse75": 0.75, "sparse90": 0.9}
 BITS = {"int8": 8, "int4": 4, "int3": 3, "int2": 2}
 MIN_WEIGHTS = 1024  # smaller layers stay float: too little to save for the trials they cost
-GROUP = 64  # Linear weight-only groups (divides every reference model's widths)
+GROUPS = (128, 64)  # weight-only group sizes, widest first: the widest dividing every searched layer is used
 CALIB = 8  # calibration batches of GPTQ and of static activation ranges
 
 
@@ -38,6 +38,7 @@ class LayerSpace:
     layers: dict[str, tuple[str, ...]]  # name -> options, "float" first
     shapes: dict[str, tuple[int, ...]]
     conv: bool  # True: int8 activations with N-bit weights (quantize_activations); False: weight-only
+    group: int = 64  # weight-only group size
     method: str = "rtn"  # weight-only rounding: "rtn" (simulated) or "gptq" (run for real on each trial)
     calib: tuple = field(default=(), compare=False, repr=False)  # GPTQ's calibration batches
 
@@ -54,12 +55,13 @@ def layer_space(model: nn.Module, options: tuple[str, ...] = tuple(SPARSITIES) +
     conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
     owners = parameter_owners(model)
     layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))
-              and m.weight.numel() >= MIN_WEIGHTS and (conv or m.weight.shape[1] % GROUP == 0)
+              and m.weight.numel() >= MIN_WEIGHTS and (conv or m.weight.shape[1] % GROUPS[-1] == 0)
               and len(owners[id(m.weight)]) == 1}
     if not layers:
         raise UserInputError(f"{type(model).__name__} has no Linear/Conv2d layer of {MIN_WEIGHTS}+ weights to search")
+    group = next(g for g in GROUPS if all(conv or m.weight.shape[1] % g == 0 for m in layers.values()))
     return LayerSpace({n: ("float",) + tuple(options) for n in layers},
-                      {n: tuple(m.weight.shape) for n, m in layers.items()}, conv, method, tuple(calib))
+                      {n: tuple(m.weight.shape) for n, m in layers.items()}, conv, group, method, tuple(calib))
 
 
 def apply_proxy(model: nn.Module, choice: dict[str, str], space: LayerSpace) -> tuple[nn.Module, int]:
@@ -101,7 +103,7 @@ def apply_proxy(model: nn.Module, choice: dict[str, str], space: LayerSpace) -> 
 def _weight_config(option: str, layers: tuple[str, ...], space: LayerSpace):
     from slimkit.quantization import WeightQuantConfig
 
-    return WeightQuantConfig(option, group_size=None if option == "int8" else GROUP, include=layers,
+    return WeightQuantConfig(option, group_size=None if option == "int8" else space.group, include=layers,
                              method=space.method, calib_samples=CALIB)
 
 
@@ -109,7 +111,7 @@ def _layout(space: LayerSpace, option: str) -> dict:
     """The real step's layout: per output channel for int8 activations and for int8 weights, else groups."""
     if space.conv or option == "int8":
         return {"granularity": "channel"}
-    return {"granularity": "group", "group_size": GROUP}
+    return {"granularity": "group", "group_size": space.group}
 
 
 def float_bytes(model: nn.Module) -> int:
