@@ -159,3 +159,10 @@ def test_row_lookup_equals_full_dequantization(fmt, group):
                           double_quant=fmt == "nf4")
     idx = torch.randint(0, 50, (3, 7))
     assert torch.equal(enc.dequantize_rows(idx), enc.dequantize()[idx])
+
+
+def test_config_round_trips_and_refuses_unknown_keys():
+    config = WeightQuantConfig("int4", group_size=64, method="gptq", act_order=True)
+    assert WeightQuantConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(UserInputError, match="unknown weight quantization setting.*group; known: format"):
+        WeightQuantConfig.from_dict({**config.to_dict(), "group": 32})

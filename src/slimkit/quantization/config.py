@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from slimkit.configs import build_config
 from slimkit.errors import UserInputError
 from slimkit.formats import check_format
 
@@ -71,4 +72,4 @@ class WeightQuantConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> WeightQuantConfig:
-        return cls(**data)
+        return build_config(cls, data, "weight quantization")
