@@ -20,7 +20,7 @@ from slimkit.training import TrainConfig, train
 __version__ = "0.1.0"
 
 __all__ = [
-    "ArtifactError", "DistillConfig", "EvalRecord", "LowRankConfig", "MissingDependencyError", "SlimkitError",
-    "TrainConfig", "UserInputError", "WeightQuantConfig", "data", "distill", "evaluate", "factorize", "formats", "load",
-    "lora", "models", "quantize", "save", "train",
+    "ArtifactError", "DistillConfig", "EvalRecord", "LowRankConfig", "MissingDependencyError", "PruneConfig",
+    "SlimkitError", "TrainConfig", "UserInputError", "WeightQuantConfig", "data", "distill", "evaluate", "factorize", "formats", "load",
+    "lora", "models", "prune", "quantize", "save", "train",
 ]
