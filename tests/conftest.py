@@ -3,6 +3,8 @@ import os
 import pytest
 import torch
 
+from slimkit.cli import main
+
 
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory):
@@ -57,3 +59,23 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def run_cli(capsys, *argv):
+    """``slimkit ARGV`` in-process: (exit code, stdout, stderr); argparse's usage errors give theirs."""
+    try:
+        code = main(list(argv))
+    except SystemExit as exit:
+        code = exit.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture()
+def mlp_dir(tmp_path):
+    """A saved, untrained digits MLP artifact."""
+    from slimkit.io import save
+    from slimkit.models import MLP
+
+    save(MLP().eval(), tmp_path / "mlp")
+    return tmp_path / "mlp"

@@ -5,12 +5,7 @@ import pytest
 from slimkit.cli import main
 from slimkit.io import save
 from slimkit.models import MLP
-
-
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.conftest import run_cli
 
 
 @pytest.mark.parametrize("verb", [[], ["demo"], ["eval"], ["report"]])
@@ -23,7 +18,7 @@ def test_help_has_an_example(capsys, verb):
 
 def test_eval_prints_a_record_as_json(capsys, tmp_path):
     save(MLP(), tmp_path)
-    code, out, _ = run(capsys, "eval", str(tmp_path), "--json", "--runs", "5", "--quiet")
+    code, out, _ = run_cli(capsys, "eval", str(tmp_path), "--json", "--runs", "5", "--quiet")
     record = json.loads(out)
     assert code == 0 and record["task"] == "digits" and record["artifact_bytes"] > 0
     assert record["latency_runs"] == 5
@@ -50,13 +45,13 @@ def test_user_errors_exit_2_with_one_line(capsys, argv, message):
 def test_corrupt_artifact_is_a_user_error(capsys, tmp_path):
     save(MLP(), tmp_path)
     (tmp_path / "slimkit.json").write_text("{")
-    code, _, err = run(capsys, "eval", str(tmp_path))
+    code, _, err = run_cli(capsys, "eval", str(tmp_path))
     assert code == 2 and "slimkit.json: not valid JSON" in err
 
 
 def test_report_rejects_a_foreign_records_file(capsys, tmp_path):
     (tmp_path / "records.json").write_text('{"records": [{"bogus": 1}]}')
-    code, _, err = run(capsys, "report", str(tmp_path))
+    code, _, err = run_cli(capsys, "report", str(tmp_path))
     assert code == 2 and "not a slimkit records file" in err
 
 
@@ -64,5 +59,5 @@ def test_eval_names_the_technique_of_a_quantized_artifact(capsys, tmp_path):
     from slimkit.quantization import WeightQuantConfig, quantize
 
     save(quantize(MLP(), WeightQuantConfig("int8", group_size=None)), tmp_path)
-    code, out, _ = run(capsys, "eval", str(tmp_path), "--json", "--runs", "5", "--quiet")
+    code, out, _ = run_cli(capsys, "eval", str(tmp_path), "--json", "--runs", "5", "--quiet")
     assert code == 0 and json.loads(out)["technique"] == "weight-only rtn"

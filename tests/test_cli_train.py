@@ -5,18 +5,13 @@ import torch
 
 from slimkit.cli import main
 from slimkit.io import load
-
-
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.conftest import run_cli
 
 
 def test_train_prints_json_saves_and_resumes(capsys, tmp_path):
     common = ["train", "--model", "mlp", "--scratch", "--lr", "3e-3", "--batch-size", "64", "--quiet",
               "--checkpoint-dir", str(tmp_path / "ckpt"), "--json"]
-    code, out, _ = run(capsys, *common, "--steps", "40", "--out", str(tmp_path / "model"))
+    code, out, _ = run_cli(capsys, *common, "--steps", "40", "--out", str(tmp_path / "model"))
     first = json.loads(out)
     assert code == 0 and first["steps"] == 40 and first["data"] == "digits"
     assert first["quality_after"]["accuracy"] > first["quality_before"]["accuracy"] + 0.5
@@ -24,7 +19,7 @@ def test_train_prints_json_saves_and_resumes(capsys, tmp_path):
     model = load(tmp_path / "model")
     x = torch.randn(3, 64)
     assert model(x).shape == (3, 10)
-    code, out, _ = run(capsys, *common, "--steps", "50", "--resume")  # ten more steps from the checkpoint
+    code, out, _ = run_cli(capsys, *common, "--steps", "50", "--resume")  # ten more steps from the checkpoint
     assert code == 0 and json.loads(out)["steps"] == 50
 
 
@@ -51,9 +46,9 @@ def test_train_user_errors_exit_2_with_one_line(capsys, argv, message):
 
 def test_a_saved_lora_model_trains_only_its_adapters_again(capsys, tmp_path):
     common = ["train", "--scratch", "--steps", "2", "--quiet", "--json", "--batch-size", "2"]
-    code, out, _ = run(capsys, *common, "--model", "gpt", "--lora", "r=4,targets=blocks.0.*",
+    code, out, _ = run_cli(capsys, *common, "--model", "gpt", "--lora", "r=4,targets=blocks.0.*",
                        "--out", str(tmp_path / "lora"))
     first = json.loads(out)
     assert code == 0 and first["trainable_parameters"] < first["parameters"] / 50
-    code, out, _ = run(capsys, *common, "--model", str(tmp_path / "lora"))
+    code, out, _ = run_cli(capsys, *common, "--model", str(tmp_path / "lora"))
     assert code == 0 and json.loads(out)["trainable_parameters"] == first["trainable_parameters"]

@@ -3,29 +3,14 @@ import json
 import pytest
 
 from slimkit.cli import main
-from slimkit.io import load, save
+from slimkit.io import load
 from slimkit.lowrank import LowRankLinear
-from slimkit.models import MLP
-
-
-def run(capsys, *argv):
-    try:
-        code = main(list(argv))
-    except SystemExit as exit:  # argparse's usage errors
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture()
-def mlp_dir(tmp_path):
-    save(MLP().eval(), tmp_path / "mlp")
-    return tmp_path / "mlp"
+from tests.conftest import run_cli
 
 
 def test_factorize_writes_an_artifact_and_reports_as_json(capsys, tmp_path, mlp_dir):
     out_dir = tmp_path / "out"
-    code, out, _ = run(capsys, "factorize", str(mlp_dir), "--param-budget", "0.5", "--exclude", "net.5",
+    code, out, _ = run_cli(capsys, "factorize", str(mlp_dir), "--param-budget", "0.5", "--exclude", "net.5",
                        "--out", str(out_dir), "--json", "--quiet")
     result = json.loads(out)
     assert code == 0 and [r["name"] for r in result["records"]] == ["before", "after low-rank (param_budget=0.5)"]
@@ -52,11 +37,11 @@ def test_help_has_an_example(capsys):
     (["--rank", "2", "--finetune", "-1"], "--finetune -1: the number of steps cannot be negative"),
 ])
 def test_user_errors_exit_2_with_one_line(capsys, tmp_path, mlp_dir, argv, message):
-    code, out, err = run(capsys, "factorize", str(mlp_dir), "--out", str(tmp_path / "o"), *argv)
+    code, out, err = run_cli(capsys, "factorize", str(mlp_dir), "--out", str(tmp_path / "o"), *argv)
     assert code == 2 and message in err and err.count("\n") == 1 and not out
 
 
 def test_missing_model_dir_exits_2(capsys, tmp_path):
-    code, _, err = run(capsys, "factorize", "/no/such/dir", "--rank", "2", "--out", str(tmp_path / "o"))
+    code, _, err = run_cli(capsys, "factorize", "/no/such/dir", "--rank", "2", "--out", str(tmp_path / "o"))
     assert code == 2 and err == "slimkit factorize: error: /no/such/dir: no such directory; pass the folder that " \
         "slimkit.save wrote\n"

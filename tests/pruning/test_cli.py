@@ -2,29 +2,13 @@ import json
 
 import pytest
 
-from slimkit.cli import main
-from slimkit.io import load, save
-from slimkit.models import MLP
-
-
-def run(capsys, *argv):
-    try:
-        code = main(list(argv))
-    except SystemExit as exit:  # argparse's usage errors
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture()
-def mlp_dir(tmp_path):
-    save(MLP().eval(), tmp_path / "mlp")
-    return tmp_path / "mlp"
+from slimkit.io import load
+from tests.conftest import run_cli
 
 
 def test_prune_writes_a_smaller_artifact_and_reports_as_json(capsys, tmp_path, mlp_dir):
     out_dir = tmp_path / "out"
-    code, out, _ = run(capsys, "prune", str(mlp_dir), "--sparsity", "0.9", "--scope", "global", "--finetune-steps",
+    code, out, _ = run_cli(capsys, "prune", str(mlp_dir), "--sparsity", "0.9", "--scope", "global", "--finetune-steps",
                        "3", "--out", str(out_dir), "--json", "--quiet")
     result = json.loads(out)
     before, after = result["records"]
@@ -36,7 +20,7 @@ def test_prune_writes_a_smaller_artifact_and_reports_as_json(capsys, tmp_path, m
 
 
 def test_structured_prune_prints_the_table_and_the_clamp(capsys, tmp_path, mlp_dir):
-    code, out, _ = run(capsys, "prune", str(mlp_dir), "--structured", "--ratio", "0.5", "--out",
+    code, out, _ = run_cli(capsys, "prune", str(mlp_dir), "--structured", "--ratio", "0.5", "--out",
                        str(tmp_path / "half"), "--layers", "--quiet")
     assert code == 0 and "| net.1 | channels | 256 | 128 |" in out
     assert load(tmp_path / "half").net[1].out_features == 128
@@ -48,5 +32,5 @@ def test_structured_prune_prints_the_table_and_the_clamp(capsys, tmp_path, mlp_d
     (["--structured", "--ratio", "0.5", "--method", "wanda"], "not among the structured importances"),
 ])
 def test_user_errors_exit_2_with_one_line(capsys, tmp_path, mlp_dir, argv, message):
-    code, _, err = run(capsys, "prune", str(mlp_dir), "--out", str(tmp_path / "x"), *argv)
+    code, _, err = run_cli(capsys, "prune", str(mlp_dir), "--out", str(tmp_path / "x"), *argv)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
