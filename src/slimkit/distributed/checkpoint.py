@@ -27,7 +27,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from slimkit.errors import ArtifactError
-from slimkit.training.checkpoint import _check_config, _rng_state, _set_rng_state
+from slimkit.training.checkpoint import _check_config, _rng_state, check_scaler, restore_loop_state
 
 FOLDER = "sharded"
 FORMAT = 1
@@ -73,15 +73,9 @@ def load_checkpoint(checkpoint_dir, *, config: dict, model: nn.Module, optimizer
     if meta.get("format") != FORMAT:
         raise ArtifactError(f"{path}: not a slimkit sharded checkpoint of format {FORMAT}")
     _check_config(path, meta["config"], config)
-    if (meta["scaler"] is None) != (scaler is None):
-        raise ArtifactError(f"{path}: saved {'with' if meta['scaler'] else 'without'} a GradScaler, "
-                            f"this run is {'with' if scaler else 'without'} one")
+    check_scaler(path, meta["scaler"], scaler)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
-    scheduler.load_state_dict(meta["scheduler"])
-    if scaler:
-        scaler.load_state_dict(meta["scaler"])
-    batches.load_state_dict(meta["batches"])
-    _set_rng_state(meta["rng"])
+    restore_loop_state(meta, scheduler, scaler, batches)
     return meta["step"], meta["extra"]
 
 

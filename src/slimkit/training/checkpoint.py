@@ -53,17 +53,27 @@ def load_checkpoint(checkpoint_dir, *, config: dict, model, optimizer, scheduler
         raise ArtifactError(f"{path}: not a slimkit training checkpoint of format {FORMAT}")
     _check_config(path, state["config"], config)
     _check_model(path, state["model"], model.state_dict())
-    if (state["scaler"] is None) != (scaler is None):
-        raise ArtifactError(f"{path}: saved {'with' if state['scaler'] else 'without'} a GradScaler, "
-                            f"this run is {'with' if scaler else 'without'} one")
+    check_scaler(path, state["scaler"], scaler)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if scaler:
-        scaler.load_state_dict(state["scaler"])
-    batches.load_state_dict(state["batches"])
-    _set_rng_state(state["rng"])
+    restore_loop_state(state, scheduler, scaler, batches)
     return state["step"], state["extra"]
+
+
+def check_scaler(path: Path, saved: dict | None, scaler) -> None:
+    """A checkpoint saved with a GradScaler resumes only with one, and the other way round."""
+    if (saved is None) != (scaler is None):
+        raise ArtifactError(f"{path}: saved {'with' if saved else 'without'} a GradScaler, "
+                            f"this run is {'with' if scaler else 'without'} one")
+
+
+def restore_loop_state(saved: dict, scheduler, scaler, batches) -> None:
+    """What a resumed loop needs besides model and optimizer: schedule, loss scale, data position, RNG."""
+    scheduler.load_state_dict(saved["scheduler"])
+    if scaler:
+        scaler.load_state_dict(saved["scaler"])
+    batches.load_state_dict(saved["batches"])
+    _set_rng_state(saved["rng"])
 
 
 def _check_config(path: Path, saved: dict, current: dict) -> None:
