@@ -23,6 +23,7 @@ import time
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from bench_lora import bnb_nf4_copy  # the same NF4 copy as the CPU benchmark (benchmarks/ is on sys.path)
 from slimkit.adapters import LoRAConfig, lora
 from slimkit.data import pycorpus, random_windows
 from slimkit.models.gpt import GPT, GPTConfig
@@ -128,7 +129,7 @@ def adapter_table(config, batch, steps, profile: bool = False) -> None:
         import bitsandbytes as bnb
 
         models[f"peft QLoRA r=8 (bitsandbytes {bnb.__version__} NF4, DQ)"] = peft.get_peft_model(
-            bnb_nf4_copy(bnb, base_model, targets), peft.LoraConfig(r=8, lora_alpha=16, target_modules=list(targets)))
+            bnb_nf4_copy(bnb, base_model, targets, torch.bfloat16, "cuda"), peft.LoraConfig(r=8, lora_alpha=16, target_modules=list(targets)))
     except ImportError as exc:
         print(f"| peft / bitsandbytes rows | not installed ({exc}) | | | | |")
     full = None
@@ -144,22 +145,6 @@ def adapter_table(config, batch, steps, profile: bool = False) -> None:
             print(f"{label}:\n" + prof.key_averages().table(sort_by="cuda_time_total", row_limit=12), flush=True)
         print(f"| {label} | {1e3 * seconds:.1f} | {tokens / seconds:,.0f} | {seconds / full:.2f}x | "
               f"{peak / GiB:.2f} | {100 * trainable / total:.2f}% |", flush=True)
-
-
-def bnb_nf4_copy(bnb, base, targets):
-    """A copy of ``base`` whose targeted Linears are bitsandbytes NF4 layers (QLoRA's storage, bf16 compute)."""
-    model = copy.deepcopy(base).cpu()
-    for name, module in list(model.named_modules()):
-        if type(module) is torch.nn.Linear and any(name.endswith(f".{t}") for t in targets):
-            layer = bnb.nn.Linear4bit(module.in_features, module.out_features, bias=module.bias is not None,
-                                      compute_dtype=torch.bfloat16, compress_statistics=True, quant_type="nf4")
-            layer.weight = bnb.nn.Params4bit(module.weight.data, requires_grad=False, compress_statistics=True,
-                                             quant_type="nf4", blocksize=64)
-            if module.bias is not None:
-                layer.bias = torch.nn.Parameter(module.bias.data, requires_grad=False)
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, layer)
-    return model.cuda()  # bitsandbytes quantizes on the move to CUDA
 
 
 def main() -> None:

@@ -67,18 +67,19 @@ def variants(base: nn.Module, targets: tuple[str, ...], rank: int) -> dict[str, 
     return {label: model.train() for label, model in models.items()}
 
 
-def bnb_nf4_copy(bnb, base: nn.Module, targets: tuple[str, ...]) -> nn.Module:
-    """A copy of ``base`` whose targeted Linears are bitsandbytes NF4 layers (QLoRA's storage)."""
-    model = copy.deepcopy(base)
+def bnb_nf4_copy(bnb, base: nn.Module, targets: tuple[str, ...], compute_dtype: torch.dtype = torch.float32,
+                 device: str = "cpu") -> nn.Module:
+    """A copy of ``base`` on ``device`` whose targeted Linears are bitsandbytes NF4 layers (QLoRA's storage)."""
+    model = copy.deepcopy(base).to(device)
     for name, module in list(model.named_modules()):
         if type(module) is nn.Linear and any(name.endswith(f".{t}") for t in targets):
             q = bnb.nn.Linear4bit(module.in_features, module.out_features, bias=module.bias is not None,
-                                  compute_dtype=torch.float32, quant_type="nf4", compress_statistics=True)
+                                  compute_dtype=compute_dtype, quant_type="nf4", compress_statistics=True)
             q.weight = bnb.nn.Params4bit(module.weight.data.clone(), requires_grad=False, quant_type="nf4",
                                          blocksize=64, compress_statistics=True)
             if module.bias is not None:
                 q.bias = nn.Parameter(module.bias.data.clone(), requires_grad=False)
-            model.set_submodule(name, q.to("cpu"))  # moving the layer is what quantizes it
+            model.set_submodule(name, q.to(device))  # moving the layer is what quantizes it
     return model
 
 
