@@ -113,9 +113,9 @@ _DEVICE_COPIES: dict[tuple[int, str], Tensor] = {}
 
 
 def on_device(table: Tensor, device: torch.device) -> Tensor:
-    """``table`` (a small constant of a cached code book) on ``device``, copied there once: a
-    host-to-device copy on every call would stall the GPU's queue (an 8-bit AdamW step copies four
-    tables per parameter)."""
+    """``table`` (a small module-level constant: a code book's values or midpoints, a 4-bit code table)
+    on ``device``, copied there once: a host-to-device copy on every call would stall the GPU's queue
+    (an 8-bit AdamW step would copy four tables per parameter)."""
     if table.device == device:
         return table
     key = (id(table), str(device))

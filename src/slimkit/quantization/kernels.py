@@ -15,9 +15,11 @@ import torch
 from torch import Tensor
 
 from slimkit.formats import NF4_CODE, EncodedTensor, unpack
+from slimkit.formats.blockwise import on_device
 from slimkit.quantization import triton_kernels as gemv
 
 _INT4_GROUPS = (32, 64, 128, 256)
+_INT4_CODES = torch.arange(16, dtype=torch.float32) - 8  # symmetric int4: code c means c - 8
 KERNELS = ("int4pack", "int8pack", "gemv_int4", "gemv_int8")
 
 
@@ -88,17 +90,5 @@ def dequantize(enc: EncodedTensor, dtype: torch.dtype) -> Tensor | None:
     if not (gemv.available(enc.codes.device) and enc.granularity == "group" and in_features % enc.group_size == 0
             and (enc.fmt == "nf4" or (enc.fmt == "int4" and enc.zero_point is None))):
         return None
-    return gemv.dequantize_4bit(enc.codes, _code_table(enc.fmt, enc.codes.device), enc.scales(), enc.group_size,
-                                (out_features, in_features), dtype)
-
-
-_TABLES: dict[tuple[str, torch.device], Tensor] = {}
-
-
-def _code_table(fmt: str, device: torch.device) -> Tensor:
-    """The 16 code values on ``device``, copied there once (a copy per call would stall the GPU queue)."""
-    key = (fmt, device)
-    if key not in _TABLES:
-        table = NF4_CODE if fmt == "nf4" else torch.arange(16, dtype=torch.float32) - 8
-        _TABLES[key] = table.to(device)
-    return _TABLES[key]
+    table = on_device(NF4_CODE if enc.fmt == "nf4" else _INT4_CODES, enc.codes.device)
+    return gemv.dequantize_4bit(enc.codes, table, enc.scales(), enc.group_size, (out_features, in_features), dtype)
