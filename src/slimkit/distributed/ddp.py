@@ -96,11 +96,6 @@ class SampledBatches:
             self.next()
 
 
-def to_device(batch: Any, device: torch.device) -> Any:
-    """A batch (tensor, tuple/list or dict of them) on ``device``."""
-    return _rows(batch, 0, 1, device)
-
-
 def _rows(batch: Any, rank: int, world_size: int, device: torch.device | None) -> Any:
     if isinstance(batch, torch.Tensor):
         if batch.shape[0] % world_size:

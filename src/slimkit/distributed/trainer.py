@@ -21,6 +21,7 @@ from slimkit.distributed.launch import DistInfo, collective_guard, init
 from slimkit.errors import UserInputError
 from slimkit.training import TrainConfig, TrainResult, cross_entropy_loss
 from slimkit.training import train as train_one
+from slimkit.training.loop import to_device
 
 STRATEGIES = ("ddp", "fsdp")
 
@@ -51,4 +52,4 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig(), *, strate
 
 
 def _loss_on_device(loss_fn, device, model: nn.Module, batch):
-    return loss_fn(model, ddp.to_device(batch, device))
+    return loss_fn(model, to_device(batch, device))
