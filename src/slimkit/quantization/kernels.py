@@ -3,7 +3,7 @@
 CPU: torch's own kernels ("int4pack", "int8pack"). They are fast with bf16 activations only
 (measured: at one row, int4 about 0.2x of a bf16 F.linear and 0.1x of an fp32 one on an
 AVX512-BF16 machine), so these paths cast the activations to bf16 and the result back.
-CUDA: slimkit's Triton GEMV kernels ("gemv_int4", "gemv_int8", see gemv.py), which read the stored
+CUDA: slimkit's Triton GEMV kernels ("gemv_int4", "gemv_int8", see triton_kernels.py), which read the stored
 codes in place. Whether a kernel wins for a given layer and batch size is measured by
 ``paths.choose_paths``; a layer whose format, shape or device a kernel cannot take is simply never
 offered that path.
@@ -16,7 +16,7 @@ from torch import Tensor
 
 from slimkit.formats import NF4_CODE, EncodedTensor, unpack
 from slimkit.formats.blockwise import on_device
-from slimkit.quantization import triton_kernels as gemv
+from slimkit.quantization import triton_kernels
 
 _INT4_GROUPS = (32, 64, 128, 256)
 _INT4_CODES = torch.arange(16, dtype=torch.float32) - 8  # symmetric int4: code c means c - 8
@@ -30,11 +30,11 @@ def kernel_for(enc: EncodedTensor) -> str | None:
                    and in_features % enc.group_size == 0)
     int8_channels = enc.fmt == "int8" and enc.granularity == "channel" and enc.symmetric
     if enc.codes.device.type == "cuda":
-        if not gemv.available(enc.codes.device):
+        if not triton_kernels.available(enc.codes.device):
             return None
-        if int4_groups and gemv.block_k(in_features, enc.group_size):
+        if int4_groups and triton_kernels.block_k(in_features, enc.group_size):
             return "gemv_int4"
-        if int8_channels and gemv.block_k(in_features, 1):
+        if int8_channels and triton_kernels.block_k(in_features, 1):
             return "gemv_int8"
         return None
     aten = torch.ops.aten
@@ -71,9 +71,9 @@ def prepare(enc: EncodedTensor, kernel: str) -> tuple[Tensor, Tensor]:
 def run(kernel: str, weight: Tensor, scale: Tensor, group_size: int | None, x: Tensor) -> Tensor:
     """x (rows, in) in any float dtype -> (rows, out) in x's dtype."""
     if kernel == "gemv_int4":
-        return gemv.int4_gemv(x, weight, scale[0], scale[1] if len(scale) == 2 else None, group_size)
+        return triton_kernels.int4_gemv(x, weight, scale[0], scale[1] if len(scale) == 2 else None, group_size)
     if kernel == "gemv_int8":
-        return gemv.int8_gemv(x, weight, scale[0, :, 0])
+        return triton_kernels.int8_gemv(x, weight, scale[0, :, 0])
     xb = x.to(torch.bfloat16)
     if kernel == "int8pack":
         y = torch.ops.aten._weight_int8pack_mm(xb, weight, scale)
@@ -87,8 +87,10 @@ def dequantize(enc: EncodedTensor, dtype: torch.dtype) -> Tensor | None:
     that kernel does not apply (then ``enc.dequantize()`` does the work). QLoRA training dequantizes
     every base weight twice per step, so this is its hot path on a GPU."""
     out_features, in_features = enc.shape
-    if not (gemv.available(enc.codes.device) and enc.granularity == "group" and in_features % enc.group_size == 0
+    if not (triton_kernels.available(enc.codes.device) and enc.granularity == "group"
+            and in_features % enc.group_size == 0
             and (enc.fmt == "nf4" or (enc.fmt == "int4" and enc.zero_point is None))):
         return None
     table = on_device(NF4_CODE if enc.fmt == "nf4" else _INT4_CODES, enc.codes.device)
-    return gemv.dequantize_4bit(enc.codes, table, enc.scales(), enc.group_size, (out_features, in_features), dtype)
+    return triton_kernels.dequantize_4bit(enc.codes, table, enc.scales(), enc.group_size,
+                                          (out_features, in_features), dtype)

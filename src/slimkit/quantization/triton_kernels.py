@@ -43,7 +43,7 @@ def block_k(in_features: int, group_size: int, largest: int = 1024) -> int | Non
     return None
 
 
-# Launch shapes, chosen from an H100 sweep at 8192x8192 and LLM MLP shapes (python
+# Launch shapes, chosen from an H100 sweep at 8192x8192 and one row (python
 # benchmarks/bench_gpu_gemv.py --sweep; table in docs/benchmarks.md).
 INT4_LAUNCH = dict(block_n=32, block_k=512, split_k=1, num_warps=4, num_stages=3, split_nibbles=False)
 INT8_LAUNCH = dict(block_n=32, block_k=512, split_k=1, num_warps=2, num_stages=4)
