@@ -4,15 +4,34 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import re
 from collections.abc import Iterable
 
 from torch import nn
 
 
 def closest_names(pattern: str, names: Iterable[str], n: int = 5) -> list[str]:
-    """The ``n`` names most like ``pattern`` (wildcards dropped), best first, for "did you mean" messages."""
-    literal = pattern.replace("*", "").replace("?", "")
-    return sorted(names, key=lambda name: difflib.SequenceMatcher(None, literal, name).ratio(), reverse=True)[:n]
+    """Up to ``n`` real names most like ``pattern``, best first, for "did you mean" messages.
+
+    Wildcards are dropped and each name is compared over as many trailing dotted parts as the
+    pattern has, so ``"*.qkvv"`` finds ``blocks.0.attn.qkv``; names that differ only in an inner
+    index (``blocks.0.mlp.0``, ``blocks.1.mlp.0``) are listed once, by the one most like the pattern.
+
+    >>> closest_names("blocks.1.mlpp", ["blocks.0.mlp", "blocks.1.mlp", "lm_head"], n=2)
+    ['blocks.1.mlp', 'lm_head']
+    """
+    literal, depth = pattern.replace("*", "").replace("?", ""), pattern.count(".") + 1
+
+    def score(name: str) -> float:
+        return difflib.SequenceMatcher(None, literal, ".".join(name.split(".")[-depth:])).ratio()
+
+    chosen, shapes = [], set()
+    for name in sorted(names, key=score, reverse=True):
+        shape = re.sub(r"(?<=\.)\d+(?=\.)", "*", name)  # an inner all-digit part indexes a block list
+        if shape not in shapes:
+            shapes.add(shape)
+            chosen.append(name)
+    return chosen[:n]
 
 
 def parameter_owners(model: nn.Module) -> dict[int, list[str]]:

@@ -14,11 +14,8 @@ only A and B (adapters.safetensors + adapters.json); ``slimkit.save`` saves the 
 
 from __future__ import annotations
 
-import difflib
 import json
-import re
 from dataclasses import replace
-from fnmatch import fnmatchcase
 from pathlib import Path
 
 import torch
@@ -31,9 +28,9 @@ from slimkit.adapters.layer import LoRALinear
 from slimkit.errors import ArtifactError, UserInputError
 from slimkit.formats import quantize as quantize_tensor
 from slimkit.manifest import add_entry
-from slimkit.naming import parameter_owners
 from slimkit.progress import progress
 from slimkit.quantization.modules import QuantLinear
+from slimkit.selection import select_layers
 
 __all__ = ["LoRAConfig", "LoRALinear", "adapter_layers", "freeze", "inject", "load_adapters", "merge",
            "save_adapters", "trainable_parameters", "unload", "unmerge"]
@@ -204,40 +201,12 @@ def load_adapters(model: nn.Module, directory: str | Path) -> list[str]:
 
 def _select(model: nn.Module, config: LoRAConfig) -> tuple[list[tuple[str, nn.Linear]], dict[str, str]]:
     """Linear layers matched by targets and not by exclude, and {name: reason} for the others."""
-    linears = {name: m for name, m in model.named_modules() if type(m) is nn.Linear}
-    if not linears:
-        raise UserInputError(f"{type(model).__name__} has no nn.Linear layers for LoRA to adapt")
-    for pattern in config.targets:
-        if not any(fnmatchcase(name, pattern) for name in linears):
-            raise UserInputError(f"LoRA target {pattern!r} matches no Linear layer; closest names: "
-                                 f"{', '.join(_closest(pattern, linears))}")
-    owners = parameter_owners(model)
-    chosen, skipped = [], {}
-    for name, layer in linears.items():
-        tied = [o for o in owners[id(layer.weight)] if o != f"{name}.weight"]
-        if config.targets and not any(fnmatchcase(name, p) for p in config.targets):
-            skipped[name] = f"not matched by targets {list(config.targets)}"
-        elif any(fnmatchcase(name, p) for p in config.exclude):
-            skipped[name] = f"matched by exclude {list(config.exclude)}"
-        elif tied:
-            skipped[name] = (f"weight tied to {', '.join(tied)}: merging an adapter would change that too "
-                             "(and an NF4 base would store the weight twice)")
-        else:
-            chosen.append((name, layer))
+    chosen, skipped = select_layers(model, config.targets, config.exclude, (nn.Linear,), action="for LoRA to adapt",
+                                    include_name="targets", tied="merging an adapter would change that too "
+                                    "(and an NF4 base would store the weight twice)")
     if not chosen:
         raise UserInputError(f"no Linear layer left to adapt: {'; '.join(f'{n}: {r}' for n, r in skipped.items())}")
     return chosen, skipped
-
-
-def _closest(pattern: str, names, n: int = 5) -> list[str]:
-    """The layer-name shapes (indices as *) most like ``pattern``, compared over as many trailing parts."""
-    shapes = sorted({re.sub(r"(?<=\.)\d+(?=\.)", "*", name) for name in names})
-    literal, depth = pattern.replace("*", "").replace("?", ""), pattern.count(".") + 1
-
-    def score(shape: str) -> float:
-        return difflib.SequenceMatcher(None, literal, ".".join(shape.split(".")[-depth:])).ratio()
-
-    return sorted(shapes, key=score, reverse=True)[:n]
 
 
 def _nf4_base(layer: nn.Linear, config: LoRAConfig) -> QuantLinear:

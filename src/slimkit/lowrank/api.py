@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
+from functools import partial
 
 import torch
 from torch import nn
@@ -14,8 +14,8 @@ from slimkit.lowrank.config import LowRankConfig
 from slimkit.lowrank.conv import LowRankConv2d, spatial_rank, tucker2_params, tucker2_ranks
 from slimkit.lowrank.svd import LowRankLinear, energy_kept, matrix_rank_rule
 from slimkit.manifest import add_entry
-from slimkit.naming import closest_names, parameter_owners
 from slimkit.progress import progress
+from slimkit.selection import select_layers
 from slimkit.timing import fixed_threads
 
 TECHNIQUE = "low-rank"
@@ -169,43 +169,20 @@ def _skip_reason(config: LowRankConfig, rank: str, full_rank: str | None, after:
 
 
 def _select(model: nn.Module, config: LowRankConfig) -> tuple[list[tuple[str, nn.Module]], list[LayerReport]]:
-    """Candidate layers ``config`` chooses, and reports for the candidates it leaves out (with the reason).
-
-    Candidates are exactly nn.Linear and nn.Conv2d (a subclass such as MultiheadAttention's out_proj
-    is read through its weight by its owner, so swapping it would be ignored).
-    """
-    candidates = {name: m for name, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)}
-    if not candidates:
-        raise UserInputError(f"{type(model).__name__} has no nn.Linear or nn.Conv2d layer to factorize")
-    for kind, patterns in (("include", config.include), ("exclude", config.exclude)):
-        for pattern in patterns:
-            if not any(fnmatchcase(name, pattern) for name in candidates):
-                raise UserInputError(f"{kind} pattern {pattern!r} matches no Linear or Conv2d layer; closest names: "
-                                     f"{', '.join(closest_names(pattern, candidates))}")
-    owners = parameter_owners(model)
+    """Candidate layers ``config`` chooses, and reports for the candidates it leaves out (with the reason)."""
     factorized = [name for name, m in model.named_modules() if isinstance(m, (LowRankLinear, LowRankConv2d))]
-    chosen, skipped = [], []
-    for name, layer in candidates.items():
-        method = _method(layer, config)
-        reason = _leave_out_reason(name, layer, config, owners, factorized)
-        if reason:
-            skipped.append(LayerReport(name, method, layer.weight.numel(), layer.weight.numel(), skipped=reason))
-        else:
-            chosen.append((name, layer))
-    return chosen, skipped
+    chosen, skipped = select_layers(model, config.include, config.exclude, (nn.Linear, nn.Conv2d),
+                                    action="to factorize", leave_out=partial(_leave_out_reason, config, factorized),
+                                    tied="factorizing it would untie them and store the weight twice")
+    modules = dict(model.named_modules())
+    return chosen, [LayerReport(name, _method(modules[name], config), modules[name].weight.numel(),
+                                modules[name].weight.numel(), skipped=reason) for name, reason in skipped.items()]
 
 
-def _leave_out_reason(name: str, layer: nn.Module, config: LowRankConfig, owners: dict, factorized: list) -> str | None:
-    tied = [o for o in owners[id(layer.weight)] if o != f"{name}.weight"]
+def _leave_out_reason(config: LowRankConfig, factorized: list[str], name: str, layer: nn.Module) -> str | None:
     inside = next((f for f in factorized if name.startswith(f"{f}.")), None)
-    if config.include and not any(fnmatchcase(name, p) for p in config.include):
-        return f"{UNMATCHED} {list(config.include)}"
-    if any(fnmatchcase(name, p) for p in config.exclude):
-        return f"matched by exclude {list(config.exclude)}"
     if inside:
         return f"a factor of the already factorized layer {inside!r}"
-    if tied:
-        return f"weight tied to {', '.join(tied)}; factorizing it would untie them and store the weight twice"
     if isinstance(layer, nn.Conv2d):
         if config.conv == "skip":
             return "conv layers left alone (conv='skip')"

@@ -32,7 +32,8 @@ def prepare(model: nn.Module, setup: TrainSetup) -> tuple[nn.Module, torch.optim
         from slimkit.adapters.lora import inject
 
         # every Linear inside the blocks, as the QLoRA paper does; the (tied) LM head stays frozen
-        inject(model, LoRAConfig(rank=setup.lora_rank, alpha=2.0 * setup.lora_rank, exclude=("lm_head",),
+        head = ("lm_head",) if isinstance(getattr(model, "lm_head", None), nn.Linear) else ()  # an encoder has none
+        inject(model, LoRAConfig(rank=setup.lora_rank, alpha=2.0 * setup.lora_rank, exclude=head,
                                  base="nf4" if setup.qlora else "float",
                                  dtype="bfloat16" if setup.precision == "bf16" else "float32"))
     if setup.checkpointing != "none":

@@ -12,13 +12,11 @@ weights (so what is saved is sparse even right after an optimizer step).
 
 from __future__ import annotations
 
-from fnmatch import fnmatchcase
-
 import torch
 from torch import Tensor, nn
 
+from slimkit import selection
 from slimkit.errors import UserInputError
-from slimkit.naming import closest_names, parameter_owners
 
 LAYER_TYPES = (nn.Linear, nn.Conv2d)
 
@@ -26,27 +24,8 @@ LAYER_TYPES = (nn.Linear, nn.Conv2d)
 def select_layers(model: nn.Module, include: tuple[str, ...], exclude: tuple[str, ...]
                   ) -> tuple[list[tuple[str, nn.Module]], dict[str, str]]:
     """Linear/Conv2d layers matching ``include`` (all when empty) and not ``exclude``; {name: reason} for the rest."""
-    candidates = {name: m for name, m in model.named_modules() if isinstance(m, LAYER_TYPES)}
-    if not candidates:
-        raise UserInputError(f"{type(model).__name__} has no nn.Linear or nn.Conv2d layer to prune")
-    for kind, patterns in (("include", include), ("exclude", exclude)):
-        for pattern in patterns:
-            if not any(fnmatchcase(name, pattern) for name in candidates):
-                raise UserInputError(f"{kind} pattern {pattern!r} matches no Linear or Conv2d layer; closest names: "
-                                     f"{', '.join(closest_names(pattern, candidates))}")
-    owners = parameter_owners(model)
-    chosen, skipped = [], {}
-    for name, module in candidates.items():
-        tied = [o for o in owners[id(module.weight)] if o != f"{name}.weight"]
-        if include and not any(fnmatchcase(name, p) for p in include):
-            skipped[name] = f"not matched by include {list(include)}"
-        elif any(fnmatchcase(name, p) for p in exclude):
-            skipped[name] = f"matched by exclude {list(exclude)}"
-        elif tied:
-            skipped[name] = f"weight tied to {', '.join(tied)}; pruning it would prune that tensor too"
-        else:
-            chosen.append((name, module))
-    return chosen, skipped
+    return selection.select_layers(model, include, exclude, LAYER_TYPES, action="to prune",
+                                   tied="pruning it would prune that tensor too")
 
 
 def prune_count(numel: int, sparsity: float) -> int:

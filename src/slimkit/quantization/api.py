@@ -16,7 +16,7 @@ from slimkit.quantization.config import WeightQuantConfig
 from slimkit.quantization.embedding import QuantEmbedding
 from slimkit.quantization.gptq import gptq
 from slimkit.quantization.modules import QuantLinear
-from slimkit.quantization.select import select_layers
+from slimkit.selection import select_layers
 
 
 def quantize(model: nn.Module, config: WeightQuantConfig | ActivationQuantConfig = WeightQuantConfig(),
@@ -35,7 +35,8 @@ def quantize(model: nn.Module, config: WeightQuantConfig | ActivationQuantConfig
     if isinstance(config, ActivationQuantConfig):
         return quantize_activations(model, config, calib)
     types = (nn.Linear, nn.Embedding) if config.embeddings else (nn.Linear,)
-    chosen, skipped = select_layers(model, config.include, config.exclude, types)
+    chosen, skipped = select_layers(model, config.include, config.exclude, types,
+                                    action="to quantize", tied="quantizing it would store it twice")
     calib = _check_calibration(config, calib)
     technique = f"weight-only {config.method}"
     model.eval()
