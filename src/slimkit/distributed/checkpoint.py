@@ -27,7 +27,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from slimkit.errors import ArtifactError
-from slimkit.training.checkpoint import _check_config, _rng_state, check_scaler, restore_loop_state
+from slimkit.training.checkpoint import check_config, check_scaler, restore_loop_state, rng_state
 
 FOLDER = "sharded"
 FORMAT = 1
@@ -46,7 +46,7 @@ def save_checkpoint(checkpoint_dir, *, step: int, config: dict, model: nn.Module
     model_state, optimizer_state = get_state_dict(model, optimizer)
     meta = {"format": FORMAT, "step": step, "config": config, "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler else None, "batches": batches.state_dict(),
-            "rng": _rng_state(), "extra": extra, "world_size": _world_size()}
+            "rng": rng_state(), "extra": extra, "world_size": _world_size()}
     dcp.save({"model": model_state, "optimizer": optimizer_state, "meta": _pickled(meta)}, checkpoint_id=tmp)
     if _rank() == 0:  # the previous checkpoint stays intact until the new one is complete
         shutil.rmtree(final, ignore_errors=True)
@@ -72,7 +72,7 @@ def load_checkpoint(checkpoint_dir, *, config: dict, model: nn.Module, optimizer
     meta = torch.load(state["meta"], weights_only=False)
     if meta.get("format") != FORMAT:
         raise ArtifactError(f"{path}: not a slimkit sharded checkpoint of format {FORMAT}")
-    _check_config(path, meta["config"], config)
+    check_config(path, meta["config"], config)
     check_scaler(path, meta["scaler"], scaler)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     restore_loop_state(meta, scheduler, scaler, batches)

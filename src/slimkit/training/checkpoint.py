@@ -34,7 +34,7 @@ def save_checkpoint(checkpoint_dir, *, step: int, config: dict, model, optimizer
         "format": FORMAT, "step": step, "config": config,
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler else None, "batches": batches.state_dict(),
-        "rng": _rng_state(), "extra": extra,
+        "rng": rng_state(), "extra": extra,
     }
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -51,7 +51,7 @@ def load_checkpoint(checkpoint_dir, *, config: dict, model, optimizer, scheduler
         raise ArtifactError(f"{path}: not a readable slimkit training checkpoint ({exc})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ArtifactError(f"{path}: not a slimkit training checkpoint of format {FORMAT}")
-    _check_config(path, state["config"], config)
+    check_config(path, state["config"], config)
     _check_model(path, state["model"], model.state_dict())
     check_scaler(path, state["scaler"], scaler)
     model.load_state_dict(state["model"])
@@ -76,7 +76,8 @@ def restore_loop_state(saved: dict, scheduler, scaler, batches) -> None:
     _set_rng_state(saved["rng"])
 
 
-def _check_config(path: Path, saved: dict, current: dict) -> None:
+def check_config(path: Path, saved: dict, current: dict) -> None:
+    """The settings a checkpoint was saved with equal this run's, apart from FREE_FIELDS."""
     differ = [f"{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}"
               for k in sorted((set(saved) | set(current)) - FREE_FIELDS) if saved.get(k) != current.get(k)]
     if differ:
@@ -94,7 +95,8 @@ def _check_model(path: Path, saved: dict, current: dict) -> None:
         raise ArtifactError(f"{path} does not fit this model: {'; '.join(problems)}")
 
 
-def _rng_state() -> dict:
+def rng_state() -> dict:
+    """Every random generator a run draws from (torch, Python, NumPy, CUDA), as restore_loop_state restores it."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
