@@ -162,7 +162,16 @@ def test_row_lookup_equals_full_dequantization(fmt, group):
 
 
 def test_config_round_trips_and_refuses_unknown_keys():
-    config = WeightQuantConfig("int4", group_size=64, method="gptq", act_order=True)
+    config = WeightQuantConfig("int4", group_size=64, method="gptq", act_order=True, static_groups=True,
+                               mse_clip=True, skip_padding=False)
     assert WeightQuantConfig.from_dict(config.to_dict()) == config
     with pytest.raises(UserInputError, match="unknown weight quantization setting.*group; known: format"):
         WeightQuantConfig.from_dict({**config.to_dict(), "group": 32})
+
+
+def test_an_include_pattern_matching_no_layer_names_it_and_real_layers():
+    model = small_gpt()
+    with pytest.raises(UserInputError, match=r"include pattern '\*\.qkvv' matches no Linear layer; closest names: "
+                                             r"blocks\.\d\.attn\.qkv"):
+        quantize(model, WeightQuantConfig("int4", group_size=32, include=("*.qkvv",)))
+    assert not any(isinstance(m, QuantLinear) for m in model.modules())  # nothing was changed

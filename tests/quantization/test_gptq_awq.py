@@ -1,9 +1,10 @@
+import pytest
 import torch
 
 from slimkit.formats import fake_quantize, qparams
 from slimkit.quantization.awq import awq_input_scale
 from slimkit.quantization.gptq import gptq
-from tests.reference.gptq import naive_gptq
+from tests.reference.gptq import brute_force_clip_error, naive_gptq
 
 
 def correlated_inputs(n=512, features=64, seed=0):
@@ -77,3 +78,42 @@ def test_awq_clip_never_raises_a_groups_output_error():
         err = ((X[:, cols] @ (clipped[:, cols] - W[:, cols]).T) ** 2).sum(0)
         plain = ((X[:, cols] @ (rtn(W, "int4", 16)[:, cols] - W[:, cols]).T) ** 2).sum(0)
         assert (err <= plain * (1 + 1e-5)).all()  # each row's choice includes the unclipped range
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_mse_clip_finds_the_brute_force_best_range(symmetric):
+    from slimkit.quantization.gptq import clip_qparams
+
+    w = torch.randn(12, 64) * torch.linspace(0.1, 2.0, 12)[:, None]
+    w[3, 5] = 9.0  # an outlier
+    w[7] = w[7].abs() + 0.5  # an all-positive row (asymmetric range starts at 0)
+    scale, zero = clip_qparams(w, "int4", symmetric=symmetric)
+    err = (fake_quantize(w, "int4", scale, zero) - w).abs().pow(2.4).sum(1)
+    best = brute_force_clip_error(w, 4, symmetric)
+    torch.testing.assert_close(err.double(), best, rtol=1e-4, atol=1e-6)
+    unclipped = (fake_quantize(w, "int4", *qparams(w, "int4", symmetric=symmetric, dim=1)) - w).abs().pow(2.4).sum(1)
+    assert (err <= unclipped * (1 + 1e-6)).all()  # the full range is a candidate
+    assert (err < 0.95 * unclipped).sum() >= 3  # and clipping pays on several rows here
+
+
+def test_static_groups_fix_scales_from_the_original_weights():
+    from slimkit.quantization.gptq import clip_qparams
+
+    X, W = correlated_inputs(seed=5), torch.randn(16, 64)
+    H = X.T.double() @ X.double()
+    for mse_clip in (False, True):
+        Q, scales, _ = gptq(W, H, "int4", group_size=16, static_groups=True, mse_clip=mse_clip)
+        for g in range(4):
+            block = W[:, 16 * g:16 * g + 16]
+            expected = clip_qparams(block, "int4")[0] if mse_clip else qparams(block, "int4", dim=1)[0]
+            torch.testing.assert_close(scales[:, g:g + 1], expected)
+        assert output_error(W, Q, X) < 0.8 * output_error(W, rtn(W, "int4", 16), X)
+
+
+def test_mse_clip_lowers_the_layer_output_error_of_gptq_here():
+    X, W = correlated_inputs(seed=6), torch.randn(32, 64)
+    W[:, 10] *= 6  # heavy columns: each group's absmax is set by a few weights
+    H = X.T.double() @ X.double()
+    plain, _, _ = gptq(W, H, "int3", group_size=32)
+    clipped, _, _ = gptq(W, H, "int3", group_size=32, mse_clip=True)
+    assert output_error(W, clipped, X) < output_error(W, plain, X)

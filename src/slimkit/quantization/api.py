@@ -11,7 +11,7 @@ from slimkit.manifest import add_entry
 from slimkit.progress import progress
 from slimkit.quantization.activation import ActivationQuantConfig, quantize_activations
 from slimkit.quantization.awq import awq_clip, awq_input_scale
-from slimkit.quantization.calibrate import layer_inputs
+from slimkit.quantization.calibrate import LayerInputs, sequential_inputs
 from slimkit.quantization.config import WeightQuantConfig
 from slimkit.quantization.embedding import QuantEmbedding
 from slimkit.quantization.gptq import gptq
@@ -38,30 +38,38 @@ def quantize(model: nn.Module, config: WeightQuantConfig | ActivationQuantConfig
     chosen, skipped = select_layers(model, config.include, config.exclude, types,
                                     action="to quantize", tied="quantizing it would store it twice")
     calib = _check_calibration(config, calib)
-    technique = f"weight-only {config.method}"
-    model.eval()
-    for name, layer in progress(chosen, desc=f"quantizing ({config.method} {config.format})", unit="layer"):
+    for name, layer in chosen:  # every layer checked before any is changed
         _check_finite(name, layer.weight)
-        if isinstance(layer, nn.Embedding):  # a lookup table: no inputs to calibrate on, so RTN
-            encoded, notes = _encode(layer.weight.detach().float(), config), {"method": "rtn (embedding)"}
+    model.eval()
+    linears = [(name, layer) for name, layer in chosen if not isinstance(layer, nn.Embedding)]
+    for name, layer in chosen:
+        if isinstance(layer, nn.Embedding):  # a lookup table: nothing to calibrate, so RTN, before the Linears
+            encoded = _encode(layer.weight.detach().float(), config)
             model.set_submodule(name, QuantEmbedding.from_embedding(layer, encoded))
-        else:
-            encoded, input_scale, notes = _quantize_layer(model, layer, config, calib)
-            model.set_submodule(name, QuantLinear.from_linear(layer, encoded, input_scale))
-        add_entry(model, {"layer": name, "technique": technique, "format": config.format,
-                          "group_size": config.group_size, "symmetric": config.symmetric,
-                          "double_quant": config.double_quant, "bits_per_weight": round(encoded.bits_per_element(), 4),
-                          "path": "dequant", **notes})
+            add_entry(model, _entry(name, config, encoded, {"method": "rtn (embedding)"}))
+    layers = (((name, layer, None) for name, layer in linears) if calib is None else
+              sequential_inputs(model, linears, calib, skip_padding=config.skip_padding))
+    for name, layer, stats in progress(layers, total=len(linears), desc=f"quantizing ({config.method} {config.format})",
+                                       unit="layer"):
+        encoded, input_scale, notes = _quantize_layer(layer, config, stats)
+        model.set_submodule(name, QuantLinear.from_linear(layer, encoded, input_scale))
+        add_entry(model, _entry(name, config, encoded, notes))
     for name, reason in skipped.items():
-        add_entry(model, {"layer": name, "technique": technique, "skipped": reason})
+        add_entry(model, {"layer": name, "technique": f"weight-only {config.method}", "skipped": reason})
     return model
 
 
-def _quantize_layer(model, layer: nn.Linear, config: WeightQuantConfig, calib) -> tuple[EncodedTensor, torch.Tensor | None, dict]:
+def _entry(name: str, config: WeightQuantConfig, encoded: EncodedTensor, notes: dict) -> dict:
+    return {"layer": name, "technique": f"weight-only {config.method}", "format": config.format,
+            "group_size": config.group_size, "symmetric": config.symmetric, "double_quant": config.double_quant,
+            "bits_per_weight": round(encoded.bits_per_element(), 4), "path": "dequant", **notes}
+
+
+def _quantize_layer(layer: nn.Linear, config: WeightQuantConfig, stats: LayerInputs | None
+                    ) -> tuple[EncodedTensor, torch.Tensor | None, dict]:
     weight = layer.weight.detach().float()
     if config.method == "rtn":
         return _encode(weight, config), None, {}
-    stats = layer_inputs(model, layer, calib)
     if config.method == "awq":
         options = {"group_size": config.group_size, "symmetric": config.symmetric, "grid": config.awq_grid}
         scale, alpha = awq_input_scale(weight, stats.sample, config.format, **options)
@@ -70,7 +78,8 @@ def _quantize_layer(model, layer: nn.Linear, config: WeightQuantConfig, calib) -
                 {"awq_alpha": alpha, "calib_tokens": stats.tokens})
     q, scales, zeros = gptq(weight, stats.hessian, config.format, group_size=config.group_size,
                             symmetric=config.symmetric, damp=config.damp, block_size=config.block_size,
-                            act_order=config.act_order)
+                            act_order=config.act_order, static_groups=config.static_groups,
+                            mse_clip=config.mse_clip)
     return _encode(q, config, scales, zeros), None, {"calib_tokens": stats.tokens}
 
 

@@ -30,6 +30,11 @@ class WeightQuantConfig:
     damp: GPTQ damping, a fraction of the mean Hessian diagonal added to its diagonal.
     block_size: GPTQ lazy-update block width (rounded to whole groups).
     act_order: GPTQ processes columns by decreasing Hessian diagonal (static groups).
+    static_groups: GPTQ fixes every group's scale from the original weights before the column
+        sweep (always so with act_order) instead of from the error-updated weights.
+    mse_clip: GPTQ shrinks each group's range to the ratio (1 down to 0.21) with the least
+        sum |q(w) - w|^2.4, as the reference GPTQ's ``mse`` option does.
+    skip_padding: gptq/awq leave out calibration rows where the batch's ``attention_mask`` is 0.
     awq_grid: number of alpha values AWQ tries in [0, 1).
     calib_samples: calibration batches used by gptq/awq.
     """
@@ -46,6 +51,9 @@ class WeightQuantConfig:
     damp: float = 0.01
     block_size: int = 128
     act_order: bool = False
+    static_groups: bool = False
+    mse_clip: bool = False
+    skip_padding: bool = True
     awq_grid: int = 20
     calib_samples: int = 32
 

@@ -4,8 +4,12 @@ rounding error onto the columns not yet quantized through the inverse calibratio
 Follows the reference implementation: damped Hessian, Cholesky factor of its inverse, lazy
 batched updates in blocks, optional activation order. Blocks are whole groups, so each group's
 scale is computed from fully updated weights, exactly as a column-by-column pass would. With
-``act_order`` the group scales are fixed up front from the original weights ("static groups")
-so that the groups stay contiguous in storage.
+``act_order`` (or ``static_groups``) the group scales are fixed up front from the original
+weights ("static groups"), so that the groups stay contiguous in storage.
+
+``mse_clip`` chooses each group's range as the reference Quantizer's ``mse=True`` does: the
+min/max range shrunk by the ratio in {1, 0.99, ..., 0.21} that minimises sum |q(w) - w|^2.4
+over the group's weights, per output row.
 """
 
 from __future__ import annotations
@@ -15,13 +19,17 @@ from torch import Tensor
 
 from slimkit.formats import fake_quantize, qparams
 
+CLIP_GRID, CLIP_MAX_SHRINK, CLIP_NORM = 100, 0.8, 2.4  # the reference GPTQ Quantizer's defaults
+
 
 def gptq(weight: Tensor, hessian: Tensor, fmt: str, *, group_size: int | None, symmetric: bool = True,
-         damp: float = 0.01, block_size: int = 128, act_order: bool = False
-         ) -> tuple[Tensor, Tensor, Tensor | None]:
+         damp: float = 0.01, block_size: int = 128, act_order: bool = False, static_groups: bool = False,
+         mse_clip: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
     """Quantized weight (out, in) float32 plus its scales and zero points (out, n_groups).
 
     ``hessian`` is X^T X (in, in) summed over the calibration tokens (any positive factor).
+
+    >>> q, scales, zeros = gptq(torch.randn(8, 32), torch.eye(32), "int4", group_size=16)
     """
     W = weight.detach().float().clone()  # (out, in)
     H = hessian.detach().double().clone()  # (in, in); float64 keeps the Cholesky factorisation stable
@@ -31,8 +39,12 @@ def gptq(weight: Tensor, hessian: Tensor, fmt: str, *, group_size: int | None, s
     W[:, dead] = 0
     g = group_size or cols
     starts = list(range(0, cols, g))
-    static = act_order or group_size is None
-    params = [qparams(W[:, s:s + g], fmt, symmetric=symmetric, dim=1) for s in starts] if static else [None] * len(starts)
+    static = act_order or static_groups or group_size is None
+
+    def group_params(w: Tensor) -> tuple[Tensor, Tensor | None]:
+        return clip_qparams(w, fmt, symmetric=symmetric) if mse_clip else qparams(w, fmt, symmetric=symmetric, dim=1)
+
+    params = [group_params(W[:, s:s + g]) for s in starts] if static else [None] * len(starts)
     perm = torch.argsort(H.diagonal(), descending=True) if act_order else torch.arange(cols)
     W, H = W[:, perm], H[perm][:, perm]
     H.diagonal().add_(damp * H.diagonal().mean())
@@ -46,7 +58,7 @@ def gptq(weight: Tensor, hessian: Tensor, fmt: str, *, group_size: int | None, s
         for i in range(i2 - i1):
             col = i1 + i
             if not static and col % g == 0:  # a new group starts here, inside this block
-                params[col // g] = qparams(W1[:, i:i + g], fmt, symmetric=symmetric, dim=1)
+                params[col // g] = group_params(W1[:, i:i + g])
             scale, zero = params[int(perm[col]) // g]  # (out, 1) each
             w = W1[:, i:i + 1]  # (out, 1)
             q = fake_quantize(w, fmt, scale, zero)
@@ -59,3 +71,26 @@ def gptq(weight: Tensor, hessian: Tensor, fmt: str, *, group_size: int | None, s
     scales = torch.cat([p[0] for p in params], dim=1)
     zeros = None if params[0][1] is None else torch.cat([p[1] for p in params], dim=1)
     return Q, scales, zeros
+
+
+def clip_qparams(w: Tensor, fmt: str, *, symmetric: bool = True, grid: int = CLIP_GRID,
+                 max_shrink: float = CLIP_MAX_SHRINK, norm: float = CLIP_NORM) -> tuple[Tensor, Tensor | None]:
+    """Scale and zero point per row of ``w`` (rows, cols), each (rows, 1), from the row's range
+    shrunk by the ratio 1 - k/grid (k < max_shrink * grid) with the least sum |q(w) - w|^norm.
+
+    >>> scale, zero = clip_qparams(torch.randn(4, 128), "int4")
+    """
+    w = w.detach().float()
+    lo, hi = w.min(1, keepdim=True).values, w.max(1, keepdim=True).values  # (rows, 1)
+    best_err = torch.full((w.shape[0], 1), float("inf"))
+    best_scale, best_zero = qparams(w, fmt, symmetric=symmetric, dim=1)
+    for k in range(int(max_shrink * grid)):
+        ratio = 1 - k / grid
+        scale, zero = qparams(w.clamp(lo * ratio, hi * ratio), fmt, symmetric=symmetric, dim=1)
+        err = (fake_quantize(w, fmt, scale, zero) - w).abs().pow(norm).sum(1, keepdim=True)  # (rows, 1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_scale = torch.where(better, scale, best_scale)
+        if zero is not None:
+            best_zero = torch.where(better, zero, best_zero)
+    return best_scale, best_zero
