@@ -13,12 +13,12 @@ import hashlib
 import json
 from pathlib import Path
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 import torch
 from torch import Tensor, nn
 
 from slimkit.errors import ArtifactError, UserInputError
+from slimkit.files import read_description, read_safetensors
 from slimkit.formats.sparse import decode_sparse, encode_sparse
 from slimkit.manifest import get_manifest, set_manifest
 from slimkit.naming import import_object
@@ -92,14 +92,7 @@ def load(directory: str | Path) -> nn.Module:
 def read_meta(directory: str | Path) -> dict:
     """The parsed slimkit.json of an artifact, checked to be one."""
     path = Path(directory) / META_FILE
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: missing; this folder is not a slimkit artifact") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path}: not valid JSON ({exc}); the file is corrupt or truncated") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ArtifactError(f"{path}: not a slimkit artifact description (no \"format\": \"{FORMAT}\")")
+    meta = read_description(path, FORMAT, "a slimkit artifact description", "this folder is not a slimkit artifact")
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise ArtifactError(
             f"{path}: format version {meta['format_version']} is newer than this slimkit reads "
@@ -239,10 +232,7 @@ def _read_weights(directory: Path, meta: dict) -> dict[str, Tensor]:
         raise ArtifactError(f"{path}: {size} bytes, expected {expected['bytes']}; the file is truncated or was replaced")
     if "sha256" in expected and _sha256(path) != expected["sha256"]:
         raise ArtifactError(f"{path}: checksum mismatch; the file is corrupt or was changed after saving")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ArtifactError(f"{path}: not a readable safetensors file ({exc})") from None
+    return read_safetensors(path, "the artifact is incomplete")
 
 
 def _load_hf_folder(directory: Path) -> nn.Module:

@@ -19,13 +19,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from slimkit.adapters.config import LoRAConfig
 from slimkit.adapters.layer import LoRALinear
 from slimkit.errors import ArtifactError, UserInputError
+from slimkit.files import read_description, read_safetensors
 from slimkit.formats import quantize as quantize_tensor
 from slimkit.manifest import add_entry
 from slimkit.progress import progress
@@ -174,7 +174,8 @@ def load_adapters(model: nn.Module, directory: str | Path) -> list[str]:
     exactly the saved layers, unmerged.
     """
     directory = Path(directory)
-    meta = _read_adapter_meta(directory / ADAPTER_META)
+    meta = read_description(directory / ADAPTER_META, ADAPTER_FORMAT, "a LoRA adapter description",
+                            "pass the folder that save_adapters wrote")
     saved = meta["layers"]
     if not adapter_layers(model):
         inject(model, replace(LoRAConfig.from_dict(meta["config"]), targets=tuple(saved), exclude=()))
@@ -186,7 +187,7 @@ def load_adapters(model: nn.Module, directory: str | Path) -> list[str]:
     merged = [n for n, m in layers.items() if m.merged]
     if merged:
         raise UserInputError(f"adapters of {merged[0]!r} are merged into its weight; unmerge(model) before loading")
-    tensors = _read_adapter_weights(directory / ADAPTER_WEIGHTS)
+    tensors = read_safetensors(directory / ADAPTER_WEIGHTS, "the adapter folder is incomplete")
     with torch.no_grad():
         for name in saved:
             for ab in ("lora_A", "lora_B"):
@@ -224,24 +225,3 @@ def _config_of(layers: dict[str, LoRALinear]) -> LoRAConfig:
         base = {"base": "nf4", "group_size": meta["group_size"], "double_quant": first.base.encoded().scale_codes is not None}
     return LoRAConfig(rank=first.rank, alpha=first.alpha, dropout=first.dropout_p, targets=tuple(layers),
                       dtype=first.dtype_name, **base)
-
-
-def _read_adapter_meta(path: Path) -> dict:
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: missing; pass the folder that save_adapters wrote") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path}: not valid JSON ({exc}); the file is corrupt or truncated") from None
-    if not isinstance(meta, dict) or meta.get("format") != ADAPTER_FORMAT:
-        raise ArtifactError(f"{path}: not a LoRA adapter description (no \"format\": \"{ADAPTER_FORMAT}\")")
-    return meta
-
-
-def _read_adapter_weights(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: missing; the adapter folder is incomplete") from None
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ArtifactError(f"{path}: not a readable safetensors file ({exc})") from None
