@@ -5,7 +5,8 @@ from slimkit.errors import UserInputError
 from slimkit.models import from_spec
 from slimkit.naming import closest_names
 from slimkit.pruning.modules import PrunedLinear
-from slimkit.selection import select_layers
+from slimkit.quantization.activation import ActivationQuantConfig
+from slimkit.selection import as_patterns, select_layers
 
 # the Linear layers of from_spec("gpt:n_layer=2,n_embd=64"), in module order, written out by hand
 BLOCK = ("attn.qkv", "attn.proj", "mlp.0", "mlp.2")
@@ -85,3 +86,9 @@ def test_a_model_without_candidates_is_rejected():
 
 def test_closest_names_lists_each_block_layer_once_by_its_best_index():
     assert closest_names("blocks.1.mlp.00", LINEARS, n=3) == ["blocks.1.mlp.0", "blocks.1.mlp.2", "blocks.1.attn.qkv"]
+
+
+def test_a_lone_string_is_one_pattern_in_every_config():
+    assert as_patterns("blocks.*") == ("blocks.*",) and as_patterns(["a", "b"]) == ("a", "b")
+    config = ActivationQuantConfig(include="net.*", exclude=["net.5"])  # was ('n', 'e', 't', '.', '*')
+    assert (config.include, config.exclude) == (("net.*",), ("net.5",))

@@ -6,7 +6,7 @@ pruning, low-rank factorization, LoRA's ``targets``) chooses its layers here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from fnmatch import fnmatchcase
 
 from torch import nn
@@ -80,3 +80,12 @@ def _reason(name: str, module: nn.Module, include: tuple[str, ...], exclude: tup
     if shared:
         return f"weight tied to {', '.join(shared)}; {tied}"
     return None
+
+
+def as_patterns(value: str | Iterable[str]) -> tuple[str, ...]:
+    """A config's include/exclude as a tuple; a lone string is one pattern, not one per character.
+
+    >>> as_patterns("blocks.*"), as_patterns(["fc1", "fc2"])
+    (('blocks.*',), ('fc1', 'fc2'))
+    """
+    return (value,) if isinstance(value, str) else tuple(value)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from slimkit.configs import build_config
 from slimkit.errors import UserInputError
+from slimkit.selection import as_patterns
 
 INITS = ("default", "gaussian")
 BASES = ("float", "nf4")
@@ -60,8 +61,7 @@ class LoRAConfig:
         if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1:
             raise UserInputError(f"LoRA group_size={self.group_size!r}: must be a positive whole number (64 in QLoRA)")
         for name in ("targets", "exclude"):
-            value = getattr(self, name)
-            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+            object.__setattr__(self, name, as_patterns(getattr(self, name)))
 
     @property
     def scale(self) -> float:

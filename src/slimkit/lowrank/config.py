@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from slimkit.configs import build_config
 from slimkit.errors import UserInputError
+from slimkit.selection import as_patterns
 
 CONV_METHODS = ("tucker2", "spatial", "skip")
 
@@ -51,8 +52,7 @@ class LowRankConfig:
         if self.conv not in CONV_METHODS:
             raise UserInputError(f"conv={self.conv!r}: choose one of {', '.join(CONV_METHODS)}")
         for name in ("include", "exclude"):
-            value = getattr(self, name)
-            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+            object.__setattr__(self, name, as_patterns(getattr(self, name)))
 
     @property
     def rule(self) -> str:

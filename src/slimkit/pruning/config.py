@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from slimkit.configs import build_config
 from slimkit.errors import UserInputError
+from slimkit.selection import as_patterns
 
 UNSTRUCTURED_METHODS = ("magnitude", "l2", "random", "taylor", "wanda", "sparsegpt")
 STRUCTURED_METHODS = ("l1", "magnitude", "l2", "random", "taylor", "bn_scale")  # magnitude = l1 here
@@ -76,8 +77,7 @@ class PruneConfig:
         if self.calibration_batches < 1:
             raise UserInputError(f"calibration_batches={self.calibration_batches!r} must be at least 1")
         for name in ("include", "exclude"):
-            value = getattr(self, name)
-            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+            object.__setattr__(self, name, as_patterns(getattr(self, name)))
 
     @property
     def needs_data(self) -> bool:

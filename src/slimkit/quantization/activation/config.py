@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from slimkit.configs import build_config
 from slimkit.errors import UserInputError
+from slimkit.selection import as_patterns
 
 MODES = ("dynamic", "static", "qat")
 OBSERVERS = ("minmax", "moving_average", "percentile", "mse", "entropy")
@@ -52,8 +53,8 @@ class ActivationQuantConfig:
     fold_bn_step: int | None = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "include", tuple(self.include))
-        object.__setattr__(self, "exclude", tuple(self.exclude))
+        for name in ("include", "exclude"):
+            object.__setattr__(self, name, as_patterns(getattr(self, name)))
         for name, value, choices in (("mode", self.mode, MODES), ("observer", self.observer, OBSERVERS),
                                      ("granularity", self.granularity, GRANULARITIES)):
             if value not in choices:
