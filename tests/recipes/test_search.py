@@ -24,10 +24,14 @@ def mlp():
     return model.eval()
 
 
-def test_the_byte_estimate_matches_the_saved_artifact(mlp, tmp_path):
+@pytest.mark.parametrize("choice, method", [({"net.1": "int4", "net.3": "sparse90"}, "rtn"),
+                                            ({"net.1": "channels25", "net.3": "int4", "net.5": "lowrank50"}, "rtn"),
+                                            ({"net.1": "int3", "net.3": "int8"}, "gptq")])
+def test_the_byte_estimate_matches_the_saved_artifact(mlp, tmp_path, choice, method):
     """The proxy's bytes against the weights file of the real artifact of the same choice."""
-    space = layer_space(mlp)
-    choice = {"net.1": "int4", "net.3": "sparse90"}
+    from slimkit.evaluation.tasks import get_task
+
+    space = layer_space(mlp, method=method, calib=get_task("digits").calibration(8) if method == "gptq" else ())
     _, estimate = apply_proxy(mlp, choice, space)
     import copy
 
@@ -37,6 +41,29 @@ def test_the_byte_estimate_matches_the_saved_artifact(mlp, tmp_path):
                           measure_paths=False)
     real = (tmp_path / "model" / "model.safetensors").stat().st_size  # slimkit.json, the metadata, is left out
     assert abs(real - estimate) < 0.03 * real and result.model is not None
+
+
+def test_channel_and_rank_choices_are_the_real_techniques(mlp):
+    """The proxy of removed channels and a low rank is the model the recipe builds: same shapes, same outputs."""
+    import copy
+
+    from slimkit.lowrank import LowRankConfig, factorize
+    from slimkit.pruning import PruneConfig, prune
+    from slimkit.recipes.space import choice_recipe
+
+    space = layer_space(mlp)
+    assert "channels25" in space.layers["net.1"] and "channels25" not in space.layers["net.3"]  # 96 is no group
+    choice = {"net.1": "channels50", "net.5": "lowrank25"}
+    proxy, _ = apply_proxy(mlp, choice, space)
+    by_hand = copy.deepcopy(mlp)
+    prune(by_hand, PruneConfig(structured=True, ratio=0.5, include=("net.1",)))
+    factorize(by_hand, LowRankConfig(param_budget=0.25, include=("net.5",)))
+    x = torch.randn(8, 64)
+    assert proxy.net[1].out_features == 128 and proxy.net[3].in_features == 128
+    assert torch.equal(proxy(x), by_hand(x))
+    recipe = choice_recipe(choice, space)
+    assert [(s.technique, s.name) for s in recipe.steps] == [("prune", "channels50"), ("factorize", "lowrank25")]
+    assert torch.equal(run_pipeline(copy.deepcopy(mlp), recipe, measure=False).model(x), by_hand(x))
 
 
 def test_search_resumes_and_its_recipe_reproduces_the_model(mlp, tmp_path):
@@ -58,6 +85,31 @@ def test_search_resumes_and_its_recipe_reproduces_the_model(mlp, tmp_path):
     assert all(torch.equal(v, saved[k]) for k, v in rebuilt.model.state_dict().items())
     with pytest.raises(Exception, match="holds a search with other settings"):
         search(copy.deepcopy(mlp), SearchConfig(max_drop=0.01, trials=4, options=("int8", "int4")), tmp_path)
+
+
+def test_the_latency_objective_records_measured_latencies_and_keeps_the_fastest_within_budget(mlp, tmp_path,
+                                                                                              monkeypatch):
+    import copy
+
+    import optuna
+
+    import slimkit.recipes.search
+
+    measured = []
+
+    def recording(call, **kwargs):  # the real timer; the values it returned are kept to compare
+        measured.append(real(call, **kwargs))
+        return measured[-1]
+
+    real = slimkit.recipes.search.latency_ms
+    monkeypatch.setattr(slimkit.recipes.search, "latency_ms", recording)
+    config = SearchConfig(max_drop=0.5, objective="latency", trials=4, options=("int8", "sparse50"))
+    result = search(copy.deepcopy(mlp), config, tmp_path)
+    study = optuna.load_study(study_name="slimkit", storage=f"sqlite:///{tmp_path / 'search.db'}")
+    values = [t.values[0] for t in study.trials]
+    assert values == measured and len(values) == 4  # one timing per trial, of the model that trial built
+    feasible = [t for t in study.trials if t.constraints["quality_drop"] <= 0]  # drop minus budget
+    assert result.met and result.trial == min(feasible, key=lambda t: t.values[0]).number
 
 
 def test_a_budget_nothing_meets_says_so(mlp, tmp_path):

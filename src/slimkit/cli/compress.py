@@ -13,7 +13,8 @@ HELP = ("Compress a model with a recipe (YAML steps: prune, finetune, distill, f
         "DIR/report.md. MODEL_DIR is a slimkit artifact or a Hugging Face model folder.")
 EXAMPLE = ("example:\n  slimkit compress --list\n  slimkit compress ~/.cache/slimkit/cnn-* --recipe edge-int8 --out "
            "cnn-edge\n  slimkit compress MODEL_DIR --recipe my-recipe.yaml --calib pycorpus --out m-small\n"
-           "  slimkit compress ~/.cache/slimkit/cnn-* --max-drop 1% --objective bytes --trials 30 --out cnn-auto")
+           "  slimkit compress ~/.cache/slimkit/cnn-* --max-drop 1% --objective bytes --trials 30 --out cnn-auto\n"
+           "  slimkit compress MINILM_DIR --max-drop 1% --options int8,int4 --include 'encoder.*' --out minilm-auto")
 
 
 def add_arguments(p) -> None:
@@ -26,6 +27,10 @@ def add_arguments(p) -> None:
     p.add_argument("--objective", choices=["bytes", "latency"], default="bytes", help="search: what to minimise")
     p.add_argument("--trials", type=positive_int, default=20, help="search: Optuna trials (default 20)")
     p.add_argument("--pareto", action="store_true", help="search: NSGA-II over (objective, quality) instead of TPE")
+    p.add_argument("--options", help="search: comma-separated per-layer options among channels25, channels50, "
+                   "sparse50, sparse75, sparse90, lowrank50, lowrank25, int8, int4, int3, int2 (default: all)")
+    p.add_argument("--include", nargs="+", metavar="PATTERN", default=(),
+                   help="search: fnmatch patterns of the layers searched (default: every Linear/Conv2d of 1,024+ weights)")
     p.add_argument("--method", choices=["rtn", "gptq"], default="rtn",
                    help="search: weight-only rounding for models without convolutions (gptq: slower, tighter)")
     p.add_argument("--calib", choices=["digits", "pycorpus", "minilm"],
@@ -90,10 +95,12 @@ def parse_drop(text: str) -> tuple[float, bool]:
 def _search(args) -> int:
     from slimkit.io import load
     from slimkit.recipes.search import SearchConfig, search
+    from slimkit.recipes.space import OPTIONS
 
     drop, relative = parse_drop(args.max_drop)
+    options = tuple(o.strip() for o in args.options.split(",")) if args.options else OPTIONS
     config = SearchConfig(max_drop=drop, relative=relative, objective=args.objective, trials=args.trials,
-                          pareto=args.pareto, method=args.method)
+                          pareto=args.pareto, method=args.method, options=options, include=tuple(args.include))
     result = search(load(args.model_dir), config, args.out, task=args.task, calib=args.calib,
                     source=str(args.model_dir), threads=args.threads)
     if args.json:

@@ -1,8 +1,10 @@
 """Accuracy-budget search with Optuna: the smallest (or fastest) model within a quality budget.
 
-slimkit contributes the space (space.py: per-layer float / sparsity / bit width), the per-layer
-sensitivity that prunes it, and cheap proxies; Optuna searches (TPE with the budget as a constraint,
-or NSGA-II over objective and quality drop with ``pareto=True``) and keeps every trial in
+slimkit contributes the space (space.py: per-layer float / removed channels / sparsity / low rank /
+bit width), the per-layer sensitivity that prunes it and guides it (greedy.py: for the bytes
+objective, a bisection along the configurations ordered by measured drop per byte saved runs before
+TPE), and cheap proxies; Optuna searches (TPE with the budget as a constraint, or NSGA-II over
+objective and quality drop with ``pareto=True``) and keeps every trial in
 ``OUT/search.db`` (SQLite), so an interrupted search resumes and ``optuna-dashboard
 sqlite:///OUT/search.db`` shows it. The best candidates within budget are then built for real with
 the recipe pipeline and evaluated on the task's own evaluation data; the first that stays within the
@@ -23,8 +25,10 @@ from pathlib import Path
 from torch import nn
 
 from slimkit.errors import MissingDependencyError, SlimkitError, UserInputError
-from slimkit.recipes.space import (BITS, CALIB, SPARSITIES, apply_proxy, choice_recipe, layer_space, proxy_quality,
+from slimkit.recipes.greedy import bisect_chain, greedy_chain
+from slimkit.recipes.space import (BITS, CALIB, OPTIONS, apply_proxy, choice_recipe, layer_space, proxy_quality,
                                    sensitivity)
+from slimkit.timing import latency_ms
 
 OBJECTIVES = ("bytes", "latency")
 CANDIDATES = 3  # feasible trials built for real, best first, until one meets the budget on the evaluation data
@@ -53,11 +57,14 @@ class SearchConfig:
     """NSGA-II over (objective, quality drop) instead of TPE on the objective with the budget as a constraint."""
     seed: int = 0
     """Seed of the sampler."""
-    options: tuple[str, ...] = tuple(SPARSITIES) + tuple(BITS)
-    """Per-layer options besides float: sparse50/75/90 (magnitude pruning), int8/int4/int3/int2 weights."""
+    options: tuple[str, ...] = OPTIONS
+    """Per-layer options besides float: channels25/50 (structured pruning, L1), sparse50/75/90 (magnitude
+    pruning), lowrank50/25 (factors keeping that fraction of the weights), int8/int4/int3/int2 weights."""
     method: str = "rtn"
     """Weight-only rounding of models without convolutions: "rtn", or "gptq" (run for real in every trial:
     slower, and what makes int4 fit a tight budget)."""
+    include: tuple[str, ...] = ()
+    """fnmatch patterns of the layers searched (empty: every Linear/Conv2d of 1,024+ weights)."""
 
     def __post_init__(self) -> None:
         if not self.max_drop >= 0:
@@ -67,11 +74,12 @@ class SearchConfig:
         if self.trials < 1:
             raise UserInputError(f"trials={self.trials}: run at least one trial")
         object.__setattr__(self, "options", tuple(self.options))
+        object.__setattr__(self, "include", (self.include,) if isinstance(self.include, str) else tuple(self.include))
         if self.method not in ("rtn", "gptq"):
             raise UserInputError(f"method={self.method!r}: choose rtn or gptq")
-        unknown = [o for o in self.options if o not in SPARSITIES and o not in BITS]
+        unknown = [o for o in self.options if o not in OPTIONS]
         if unknown or not self.options:
-            raise UserInputError(f"options={list(self.options)}: choose among {', '.join([*SPARSITIES, *BITS])}")
+            raise UserInputError(f"options={list(self.options)}: choose among {', '.join(OPTIONS)}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -87,13 +95,14 @@ class SearchResult:
     met: bool
     trials: int
     seconds: float
+    trial: int = -1  # the chosen trial's number in the study
     frontier: list[dict] = field(default_factory=list)
     drops: dict = field(default_factory=dict)
     out: str = ""
 
     def to_dict(self) -> dict:
         return {"recipe": self.recipe.to_dict(), "before": self.before.to_dict(), "after": self.after.to_dict(),
-                "met": self.met, "trials": self.trials, "seconds": round(self.seconds, 1),
+                "met": self.met, "trials": self.trials, "trial": self.trial, "seconds": round(self.seconds, 1),
                 "frontier": self.frontier, "sensitivity": self.drops, "out": self.out}
 
     def summary(self) -> str:
@@ -114,23 +123,27 @@ def search(model: nn.Module, config: SearchConfig, out: str | Path, *, task: str
     task = task or infer_task(model)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    quality = proxy_quality(task)
-    base_quality = quality(model)
+    measure = proxy_quality(task, model)
+    base_quality = measure(model)[0]
     sign = 1 if get_task(task).higher_is_better else -1
     budget = _budget(config, base_quality)
     calib_batches = get_task(calib or task).calibration(CALIB) if config.method == "gptq" else ()
-    space, drops = sensitivity(model, layer_space(model, config.options, config.method, calib_batches), quality,
-                               budget)
+    space, found = sensitivity(model, layer_space(model, config.options, config.method, calib_batches,
+                                                  config.include), measure, budget)
+    drops = found["drop"]
     if all(len(options) == 1 for options in space.layers.values()):
         layer, option, drop = min(((n, o, d) for n, ds in drops.items() for o, d in ds.items()), key=lambda x: x[2])
         raise BudgetNotMet(f"no layer can be compressed within a drop of {_budget_text(config)}: the mildest "
                            f"change, {option} on {layer} alone, already loses {drop:.4g} (budget {budget:.4g}); "
                            "the model is left as it is; allow a larger --max-drop")
     study = _study(optuna, config, out, space)
-    evaluate_trial = _trial_function(model, space, quality, base_quality, config, task, calib, threads)
-    remaining = config.trials - len([t for t in study.trials if t.state.is_finished()])
-    if remaining > 0:
-        study.optimize(evaluate_trial, n_trials=remaining)
+    evaluate_trial = _trial_function(model, space, measure, base_quality, config, task, calib, threads)
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    _optimize(study, evaluate_trial, config, len(waiting))  # the starting points first
+    if config.objective == "bytes":
+        bisect_chain(greedy_chain(space.layers, found), budget,
+                     lambda choice: _measure(study, evaluate_trial, config, space, choice), config.trials)
+    _optimize(study, evaluate_trial, config, config.trials)
     trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     frontier = pareto_front(trials)
     result = _build_best(model, trials, space, budget, config, out, task, calib, source, threads, sign)
@@ -180,19 +193,40 @@ def _study(optuna, config: SearchConfig, out: Path, space):
     return study
 
 
+def _optimize(study, evaluate_trial, config: SearchConfig, count: int) -> None:
+    """Run up to ``count`` more trials, never past ``config.trials`` finished ones in all."""
+    left = config.trials - len([t for t in study.trials if t.state.is_finished()])
+    if min(count, left) > 0:
+        study.optimize(evaluate_trial, n_trials=min(count, left))
+
+
+def _measure(study, evaluate_trial, config: SearchConfig, space, choice: dict[str, str]) -> float | None:
+    """The proxy drop of ``choice`` from the study (a resumed search finds it there), else as a new trial;
+    None when no trials are left."""
+    params = {n: choice.get(n, "float") for n, options in space.layers.items() if len(options) > 1}
+    done = [t for t in study.trials if t.params == params and "drop" in t.user_attrs]
+    if not done:
+        if len([t for t in study.trials if t.state.is_finished()]) >= config.trials:
+            return None
+        study.enqueue_trial(params)
+        _optimize(study, evaluate_trial, config, 1)
+        done = [study.trials[-1]]
+    return done[0].user_attrs["drop"]
+
+
 def _harshest_bits(options: tuple[str, ...]) -> str:
     return next((o for o in reversed(options) if o in BITS), "float")
 
 
-def _trial_function(model, space, quality, base_quality, config, task, calib, threads):
+def _trial_function(model, space, measure, base_quality, config, task, calib, threads):
     def objective(trial):
         choice = {n: trial.suggest_categorical(n, list(opts)) for n, opts in space.layers.items() if len(opts) > 1}
         choice = {n: o for n, o in choice.items() if o != "float"}
         if config.objective == "latency":
-            value, drop = _real_trial(model, choice, space, quality, base_quality, task, calib, threads)
+            value, drop = _real_trial(model, choice, space, measure, base_quality, task, calib, threads)
         else:
             candidate, value = apply_proxy(model, choice, space)
-            drop = base_quality - quality(candidate)
+            drop = base_quality - measure(candidate)[0]
         trial.set_user_attr("drop", drop)
         trial.set_constraint("quality_drop", drop - _budget(config, base_quality))
         return (value, drop) if config.pareto else value
@@ -203,20 +237,19 @@ def _budget(config: SearchConfig, base_quality: float) -> float:
     return config.max_drop * abs(base_quality) if config.relative else config.max_drop
 
 
-def _real_trial(model, choice, space, quality, base_quality, task, calib, threads) -> tuple[float, float]:
+def _real_trial(model, choice, space, measure, base_quality, task, calib, threads) -> tuple[float, float]:
     """(latency ms, quality drop) of the choice built with the real techniques."""
     import copy
 
     from slimkit.evaluation.tasks import get_task
     from slimkit.recipes.pipeline import run_pipeline
-    from slimkit.timing import latency_ms
 
     candidate = copy.deepcopy(model)
     if choice:
         candidate = run_pipeline(candidate, choice_recipe(choice, space), task=task, calib=calib, measure=False).model
     task_obj = get_task(task)
     return latency_ms(task_obj.example_call(candidate, task_obj.default_batch), threads=threads), \
-        base_quality - quality(candidate)
+        base_quality - measure(candidate)[0]
 
 
 def pareto_front(trials) -> list[dict]:
@@ -250,7 +283,7 @@ def _build_best(model, trials, space, budget, config, out, task, calib, source, 
         met = drop <= (config.max_drop * abs(result.before.value) if config.relative else config.max_drop)
         if met or not feasible:
             break
-    return SearchResult(recipe, result.before, result.after, met and bool(feasible), 0, 0.0)
+    return SearchResult(recipe, result.before, result.after, met and bool(feasible), 0, 0.0, trial.number)
 
 
 def _budget_text(config: SearchConfig) -> str:

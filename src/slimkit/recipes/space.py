@@ -1,15 +1,17 @@
-"""The search space of the accuracy-budget search: one option per layer (float, a sparsity, or a weight
-bit width), cheap proxies for a choice's quality and bytes, per-layer sensitivity that prunes the
-space, and the recipe that applies a choice for real.
+"""The search space of the accuracy-budget search: one option per layer (float, removed channels, a
+sparsity, a low-rank budget or a weight bit width), cheap proxies for a choice's quality and bytes,
+per-layer sensitivity that prunes the space, and the recipe that applies a choice for real.
 
-A proxy choice is made on a copy of the model: sparsity with ``slimkit.prune`` (magnitude), bit
-widths as the quantize/dequantize round trip of ``slimkit.formats`` with the layout the real step
-uses (per output channel for convolutions with int8 activations and for int8 weights, else groups of 128 or 64).
-Its bytes are the model's fp32 bytes with each chosen layer's weight replaced by what it would
-store (the bitmask/CSR of formats.sparse, the packed codes and scales of formats.quantize).
+A proxy choice is made on a copy of the model: removed channels with ``slimkit.prune`` (structured,
+L1), sparsity with ``slimkit.prune`` (magnitude), ranks with ``slimkit.factorize``, bit widths as the
+quantize/dequantize round trip of ``slimkit.formats`` with the layout the real step uses (per output
+channel for convolutions with int8 activations and for int8 weights, else groups of 128 or 64), or
+GPTQ run for real. Its bytes are the fp32 bytes of the reshaped copy with each chosen layer's weight
+replaced by what it would store (the bitmask/CSR of formats.sparse, the packed codes and scales of
+formats.quantize).
 
 >>> space = layer_space(reference("cnn"))  # doctest: +SKIP
->>> recipe = choice_recipe({"blocks.3.conv2": "int4", "blocks.2.conv2": "sparse75"}, space)  # doctest: +SKIP
+>>> recipe = choice_recipe({"blocks.3.conv2": "int4", "blocks.2.conv1": "channels25"}, space)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -18,14 +20,19 @@ import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 
 import torch
 from torch import nn
 
 from slimkit.errors import UserInputError
 
+CHANNELS = {"channels25": 0.25, "channels50": 0.5}  # structured: fraction of the layer's output channels removed
 SPARSITIES = {"sparse50": 0.5, "sparse75": 0.75, "sparse90": 0.9}
+RANKS = {"lowrank50": 0.5, "lowrank25": 0.25}  # low-rank: fraction of the layer's weights its factors keep
 BITS = {"int8": 8, "int4": 4, "int3": 3, "int2": 2}
+FAMILIES = (CHANNELS, SPARSITIES, RANKS, BITS)  # applied in this order; within one, mild to harsh
+OPTIONS = tuple(o for family in FAMILIES for o in family)
 MIN_WEIGHTS = 1024  # smaller layers stay float: too little to save for the trials they cost
 GROUPS = (128, 64)  # weight-only group sizes, widest first: the widest dividing every searched layer is used
 CALIB = 8  # calibration batches of GPTQ and of static activation ranges
@@ -43,12 +50,15 @@ class LayerSpace:
     calib: tuple = field(default=(), compare=False, repr=False)  # GPTQ's calibration batches
 
 
-def layer_space(model: nn.Module, options: tuple[str, ...] = tuple(SPARSITIES) + tuple(BITS), method: str = "rtn",
-                calib: tuple = ()) -> LayerSpace:
-    """Every Linear/Conv2d of at least MIN_WEIGHTS weights, each with all ``options``.
+def layer_space(model: nn.Module, options: tuple[str, ...] = OPTIONS, method: str = "rtn", calib: tuple = (),
+                include: tuple[str, ...] = ()) -> LayerSpace:
+    """Every Linear/Conv2d of at least MIN_WEIGHTS weights (matching an ``include`` fnmatch pattern, if
+    given), each with the ``options`` that apply to it.
 
     A weight shared with another module (a GPT's lm_head tied to its embedding) stays float: the
-    techniques leave tied weights alone.
+    techniques leave tied weights alone. Channel options go to a layer that alone produces a group of
+    coupled channels (a block's inner convolution, an MLP's hidden layer: see pruning/graph.py); in a
+    weight-only model only where the channels left still divide into the quantization groups.
     """
     from slimkit.naming import parameter_owners
 
@@ -56,30 +66,53 @@ def layer_space(model: nn.Module, options: tuple[str, ...] = tuple(SPARSITIES) +
     owners = parameter_owners(model)
     layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))
               and m.weight.numel() >= MIN_WEIGHTS and (conv or m.weight.shape[1] % GROUPS[-1] == 0)
-              and len(owners[id(m.weight)]) == 1}
+              and len(owners[id(m.weight)]) == 1 and (not include or any(fnmatchcase(n, p) for p in include))}
     if not layers:
-        raise UserInputError(f"{type(model).__name__} has no Linear/Conv2d layer of {MIN_WEIGHTS}+ weights to search")
+        where = f" matching {list(include)}" if include else ""
+        raise UserInputError(f"{type(model).__name__} has no Linear/Conv2d layer of {MIN_WEIGHTS}+ weights{where} to "
+                             "search")
     group = next(g for g in GROUPS if all(conv or m.weight.shape[1] % g == 0 for m in layers.values()))
-    return LayerSpace({n: ("float",) + tuple(options) for n in layers},
+    channels = _channel_sizes(model) if any(o in CHANNELS for o in options) else {}
+
+    def applies(name: str, option: str) -> bool:
+        if option not in CHANNELS:
+            return True
+        size = channels.get(name)
+        return size is not None and (conv or (size - round(CHANNELS[option] * size)) % group == 0)
+
+    return LayerSpace({n: ("float",) + tuple(o for o in options if applies(n, o)) for n in layers},
                       {n: tuple(m.weight.shape) for n, m in layers.items()}, conv, group, method, tuple(calib))
+
+
+def _channel_sizes(model: nn.Module) -> dict[str, int]:
+    """{layer: channels} of the layers that alone produce a prunable channel group (attention heads left out)."""
+    from slimkit.evaluation.tasks import get_task, infer_task
+    from slimkit.pruning.graph import dependency_groups
+
+    try:
+        example = get_task(infer_task(model)).calibration(1)[0]
+    except UserInputError:
+        return {}  # a model no task knows: no example input to trace, so no channel options
+    groups = dependency_groups(model, (example,))[0]
+    return {g.producers[0]: g.size for g in groups if len(g.producers) == 1 and not g.blocked}
 
 
 def apply_proxy(model: nn.Module, choice: dict[str, str], space: LayerSpace) -> tuple[nn.Module, int]:
     """(a copy of ``model`` with ``choice`` simulated, its estimated artifact bytes)."""
     from slimkit.formats import quantize
     from slimkit.formats.sparse import encode_sparse
-    from slimkit.pruning import PruneConfig, prune, remove_masks
+    from slimkit.pruning import remove_masks
 
     result = copy.deepcopy(model)
-    sparse = {n: SPARSITIES[o] for n, o in choice.items() if o in SPARSITIES}
-    if sparse:
-        prune(result, PruneConfig(layer_sparsity=sparse, include=tuple(sparse)))
-        remove_masks(result)
+    for step in _structure_steps(choice):  # the real techniques: they reshape the model
+        _apply_config(result, step.config)
+    remove_masks(result)
+    stored = float_bytes(result)  # reshaped, before GPTQ swaps in its packed layers
     saved = 0
     gptq = space.method == "gptq" and not space.conv
     modules = dict(result.named_modules())
     for name, option in choice.items():
-        weight = modules[name].weight
+        weight = modules[name].weight if option in BITS or option in SPARSITIES else None
         if option in BITS:
             encoded = quantize(weight.detach().reshape(weight.shape[0], -1), option, **_layout(space, option),
                                scale_dtype=torch.float32 if space.conv else torch.float16)
@@ -97,7 +130,38 @@ def apply_proxy(model: nn.Module, choice: dict[str, str], space: LayerSpace) -> 
             layers = tuple(sorted(n for n, o in choice.items() if o == option))
             if layers:
                 quantize_model(result, _weight_config(option, layers, space), calib=list(space.calib))
-    return result, float_bytes(model) - saved
+    return result, stored - saved
+
+
+def _structure_steps(choice: dict[str, str]) -> list:
+    """The recipe steps of the channel, sparsity and rank choices, in FAMILIES order."""
+    from slimkit.lowrank import LowRankConfig
+    from slimkit.pruning import PruneConfig
+    from slimkit.recipes.recipe import Step
+
+    steps = []
+    for option, ratio in CHANNELS.items():
+        layers = tuple(sorted(n for n, o in choice.items() if o == option))
+        if layers:
+            steps.append(Step("prune", PruneConfig(structured=True, ratio=ratio, include=layers), option))
+    sparse = {n: SPARSITIES[o] for n, o in sorted(choice.items()) if o in SPARSITIES}
+    if sparse:
+        steps.append(Step("prune", PruneConfig(layer_sparsity=sparse, include=tuple(sparse)), "prune"))
+    for option, budget in RANKS.items():
+        layers = tuple(sorted(n for n, o in choice.items() if o == option))
+        if layers:
+            steps.append(Step("factorize", LowRankConfig(param_budget=budget, include=layers), option))
+    return steps
+
+
+def _apply_config(model: nn.Module, config) -> None:
+    from slimkit.lowrank import LowRankConfig, factorize
+    from slimkit.pruning import prune
+
+    if isinstance(config, LowRankConfig):
+        factorize(model, config)
+    else:
+        prune(model, config)
 
 
 def _weight_config(option: str, layers: tuple[str, ...], space: LayerSpace):
@@ -115,43 +179,46 @@ def _layout(space: LayerSpace, option: str) -> dict:
 
 
 def float_bytes(model: nn.Module) -> int:
-    """Bytes of the model's tensors stored raw (what the estimate starts from)."""
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    """Bytes of the model's tensors stored raw, a tied tensor once (what the estimate starts from)."""
+    tensors = {t.data_ptr(): t for t in model.state_dict().values()}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-def sensitivity(model: nn.Module, space: LayerSpace, quality, max_drop: float) -> tuple[LayerSpace, dict]:
+def sensitivity(model: nn.Module, space: LayerSpace, measure, max_drop: float) -> tuple[LayerSpace, dict]:
     """Each layer's options tried alone; those that alone lose more than ``max_drop`` leave the space.
 
-    ``quality(model) -> float`` is the proxy, higher is better. Returns the pruned space and
-    {layer: {option: drop}}. Options are tried from mild to harsh; once one fails, harsher ones of the
-    same kind (sparser, fewer bits) are dropped untried.
+    ``measure(model) -> (quality, distortion)`` is the proxy (proxy_quality). Returns the pruned space
+    and {"drop"|"distortion"|"bytes": {layer: {option: value}}} of each option alone ("bytes" also has
+    "float": the model's). Options are tried from mild to harsh within each family; once one fails,
+    harsher ones of the same family (more channels removed, sparser, lower rank, fewer bits) are
+    dropped untried.
     """
-    base = quality(model)
-    drops: dict[str, dict[str, float]] = {}
+    base = measure(model)[0]
+    found: dict[str, dict] = {"drop": {}, "distortion": {}, "bytes": {}}
     kept = {}
     for name, options in space.layers.items():
-        drops[name], kept[name] = {}, ["float"]
-        for family in (SPARSITIES, BITS):
+        drops, distortions, sizes = {}, {}, {"float": float_bytes(model)}
+        kept[name] = ["float"]
+        for family in FAMILIES:
             for option in [o for o in options if o in family]:
-                drop = base - quality(apply_proxy(model, {name: option}, space)[0])
-                drops[name][option] = drop
-                if drop > max_drop:
+                candidate, sizes[option] = apply_proxy(model, {name: option}, space)
+                value, distortions[option] = measure(candidate)
+                drops[option] = base - value
+                if drops[option] > max_drop:
                     break
                 kept[name].append(option)
-    return dataclasses.replace(space, layers={n: tuple(o) for n, o in kept.items()}), drops
+        found["drop"][name], found["distortion"][name], found["bytes"][name] = drops, distortions, sizes
+    return dataclasses.replace(space, layers={n: tuple(o) for n, o in kept.items()}), found
 
 
 def choice_recipe(choice: dict[str, str], space: LayerSpace, name: str = "auto", description: str = ""):
-    """The Recipe that applies ``choice`` with the real techniques: one prune step (per-layer sparsity),
-    then one quantization step per bit width (int8 activations for convolutional models)."""
-    from slimkit.pruning import PruneConfig
+    """The Recipe that applies ``choice`` with the real techniques: structured pruning (one step per ratio),
+    unstructured pruning (per-layer sparsity), factorization (one step per budget), then one quantization
+    step per bit width (int8 activations for convolutional models)."""
     from slimkit.quantization import ActivationQuantConfig
     from slimkit.recipes.recipe import Recipe, Step
 
-    steps = []
-    sparse = {n: SPARSITIES[o] for n, o in sorted(choice.items()) if o in SPARSITIES}
-    if sparse:
-        steps.append(Step("prune", PruneConfig(layer_sparsity=sparse, include=tuple(sparse)), "prune"))
+    steps = _structure_steps(choice)
     for option, bits in BITS.items():
         layers = tuple(sorted(n for n, o in choice.items() if o == option))
         if not layers:
@@ -164,30 +231,45 @@ def choice_recipe(choice: dict[str, str], space: LayerSpace, name: str = "auto",
     return Recipe(tuple(steps), name, description)
 
 
-def proxy_quality(task: str):
-    """A cheap quality function on data the final evaluation does not use (higher is better).
+def proxy_quality(task: str, model: nn.Module):
+    """``measure(candidate) -> (quality, distortion)`` on data the final evaluation does not use.
 
-    digits: accuracy on the validation split (the report uses the test split); pycorpus: minus the
-    bits per byte of 64 windows of the test split (the report uses the validation split).
+    quality is higher-is-better: digits accuracy on the validation split (the report uses the test
+    split); minus the bits per byte of 64 windows of the pycorpus test split (the report uses the
+    validation split); minilm: the mean cosine of sentence embeddings to ``model``'s (the fp32
+    original) on 64 comment lines of the pycorpus training split that calibration leaves out (the
+    report uses the 400 docstring sentences). distortion is how far the candidate's outputs moved from
+    ``model``'s, finer than a quality drop (an accuracy moves in steps of one example): the mean KL
+    divergence of the predicted distributions, or 1 - cosine for embeddings.
     """
-    from slimkit.data import digits, eval_windows, pycorpus
-    from slimkit.evaluation.tasks import get_task
+    from slimkit.data import digits, embed, eval_windows, pycorpus
+    from slimkit.evaluation.tasks import calibration_sentences, get_task
 
-    if task == "digits":
-        val = digits().val
+    if task in ("digits", "pycorpus"):
+        if task == "digits":
+            x, y = digits().val.x, digits().val.y
+        else:
+            x, y = eval_windows(pycorpus().test, 128, 64)
+        reference = _log_probs(model, x)
 
-        @torch.no_grad()
-        def accuracy(model: nn.Module) -> float:
-            return (model.eval()(val.x).argmax(-1) == val.y).float().mean().item()
-        return accuracy
-    if task == "pycorpus":
-        x, y = eval_windows(pycorpus().test, 128, 64)
+        def measure(candidate: nn.Module) -> tuple[float, float]:
+            log_probs = _log_probs(candidate, x)
+            kl = torch.nn.functional.kl_div(log_probs, reference, log_target=True, reduction="none").sum(-1)
+            if task == "digits":
+                return (log_probs.argmax(-1) == y).float().mean().item(), kl.mean().item()
+            nats = -log_probs.gather(-1, y.unsqueeze(-1)).mean().item()
+            return -nats / math.log(2), kl.mean().item()
+        return measure
+    task_obj = get_task(task)  # minilm, the remaining task
+    texts = calibration_sentences(16 * CALIB + 64)[16 * CALIB:]  # calibration takes the first 16 * CALIB
+    reference = embed(model, task_obj.tokenizer, texts)
 
-        @torch.no_grad()
-        def minus_bpb(model: nn.Module) -> float:
-            logits = model.eval()(x)
-            nats = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten()).item()
-            return -nats / math.log(2)
-        return minus_bpb
-    task_obj = get_task(task)  # minilm: its fidelity figures are already cheap
-    return lambda model: task_obj.quality(model)[task_obj.metric]
+    def cosine(candidate: nn.Module) -> tuple[float, float]:
+        value = (embed(candidate, task_obj.tokenizer, texts) * reference).sum(-1).mean().item()
+        return value, 1 - value
+    return cosine
+
+
+@torch.no_grad()
+def _log_probs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(model.eval()(x).float(), dim=-1)  # (..., classes)
