@@ -12,7 +12,8 @@ class EvalRecord:
 
     ``metric``/``value`` is the primary quality figure (``higher_is_better`` says which way is
     good); ``quality`` holds all quality figures. ``artifact_bytes`` is the exact size of the
-    saved artifact on disk. ``latency_ms`` is the median of ``latency_runs`` timed calls on a
+    saved artifact on disk. ``latency_ms`` is the median of ``latency_runs`` timed calls (a round that
+    other processes' load slowed is timed again: ``slimkit.timing.latency_ms``) on a
     batch of ``latency_batch`` examples with ``threads`` torch threads. ``baseline`` names the
     record this one is compared with (None for a baseline itself).
     """

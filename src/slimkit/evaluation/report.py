@@ -97,7 +97,8 @@ def _path_at(paths: list, rows: int) -> str:
 def _notes(records: list[EvalRecord], machine: str) -> str:
     threads = sorted({r.threads for r in records})
     return (f"Machine: {machine or 'not recorded'}. Latency: median of {records[0].latency_runs if records else 0} "
-            f"timed calls after warm-up with {', '.join(map(str, threads))} torch thread(s), batch in "
+            f"timed calls after warm-up (a round slowed by other processes timed again, the lowest median kept) "
+            f"with {', '.join(map(str, threads))} torch thread(s), batch in "
             "brackets. Bytes: exact size of the saved artifact folder. Peak memory: resident weights plus "
             "the peak allocated during one call. Ratios (× smaller, speedup, × less mem) are against each "
             "row's baseline; Δ is signed so that positive means better.")
