@@ -7,7 +7,7 @@ pytest.importorskip("optuna")
 
 from slimkit.io import load  # noqa: E402
 from slimkit.models import MLP  # noqa: E402
-from slimkit.recipes import load_recipe, run_pipeline  # noqa: E402
+from slimkit.recipes import load_recipe, parse_recipe, run_pipeline  # noqa: E402
 from slimkit.recipes.search import BudgetNotMet, SearchConfig, search  # noqa: E402
 from slimkit.recipes.space import apply_proxy, layer_space  # noqa: E402
 from slimkit.training import TrainConfig, train  # noqa: E402
@@ -63,6 +63,7 @@ def test_channel_and_rank_choices_are_the_real_techniques(mlp):
     assert torch.equal(proxy(x), by_hand(x))
     recipe = choice_recipe(choice, space)
     assert [(s.technique, s.name) for s in recipe.steps] == [("prune", "channels50"), ("factorize", "lowrank25")]
+    assert parse_recipe(recipe.to_yaml()) == recipe  # the YAML the search writes reads back to the same steps
     assert torch.equal(run_pipeline(copy.deepcopy(mlp), recipe, measure=False).model(x), by_hand(x))
 
 

@@ -58,7 +58,8 @@ def layer_space(model: nn.Module, options: tuple[str, ...] = OPTIONS, method: st
     A weight shared with another module (a GPT's lm_head tied to its embedding) stays float: the
     techniques leave tied weights alone. Channel options go to a layer that alone produces a group of
     coupled channels (a block's inner convolution, an MLP's hidden layer: see pruning/graph.py); in a
-    weight-only model only where the channels left still divide into the quantization groups.
+    weight-only model only where the channels left still divide into the quantization groups. Rank
+    options go to Linear layers.
     """
     from slimkit.naming import parameter_owners
 
@@ -75,6 +76,10 @@ def layer_space(model: nn.Module, options: tuple[str, ...] = OPTIONS, method: st
     channels = _channel_sizes(model) if any(o in CHANNELS for o in options) else {}
 
     def applies(name: str, option: str) -> bool:
+        if option in RANKS:
+            # int8 activations fold a convolution's BatchNorm into the last stage of its factorization, a
+            # bias that the saved artifact then cannot place on reload: factorized convolutions stay out
+            return not isinstance(layers[name], nn.Conv2d)
         if option not in CHANNELS:
             return True
         size = channels.get(name)
