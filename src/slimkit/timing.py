@@ -12,10 +12,11 @@ import torch
 
 
 @contextlib.contextmanager
-def fixed_threads(threads: int):
-    """Run the block with ``torch.set_num_threads(threads)``, restoring the old count after."""
+def fixed_threads(threads: int | None):
+    """Run the block with ``torch.set_num_threads(threads)`` (None: as it is), restoring the old count after."""
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         yield
     finally:

@@ -20,6 +20,7 @@ from torch import nn
 
 from slimkit.errors import SlimkitError, UserInputError
 from slimkit.progress import progress
+from slimkit.timing import fixed_threads
 from slimkit.training import checkpoint as ckpt
 from slimkit.training.batches import as_batch_source
 from slimkit.training.checkpointing import enable_checkpointing
@@ -128,7 +129,7 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig(), *, loss_f
     model.train()
     _call(callbacks, "on_train_start", state)
     start, bad_in_a_row = time.perf_counter(), 0
-    with _threads(config.threads), precision.matmul_mode(), progress(
+    with fixed_threads(config.threads), precision.matmul_mode(), progress(
             range(state.step, config.steps), total=config.steps, desc="training", unit="step") as bar:
         bar.update(state.step)
         for step in bar:
@@ -226,14 +227,3 @@ def _call(callbacks, hook: str, state: TrainState) -> None:
         method = getattr(callback, hook, None)
         if method:
             method(state)
-
-
-@contextlib.contextmanager
-def _threads(count: int | None):
-    previous = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
