@@ -1,4 +1,4 @@
-"""CPU allocation events from torch's profiler, for peak-memory measurements (CPU has no allocator statistics).
+"""Peak memory of one call: torch's profiler allocation events on CPU, CUDA's own peak counter on a GPU.
 
 The profiler with ``profile_memory=True`` records every allocation and free the CPU allocator sees,
 including the short-lived workspaces kernels allocate inside an op. The running sum of the events
@@ -32,6 +32,18 @@ def running_peak(memory: list[tuple[int, int]]) -> int:
         running += nbytes
         peak = max(peak, running)
     return peak
+
+
+def cuda_peak_bytes(call: Callable[[], object]) -> int:
+    """Peak bytes CUDA's allocator held above the starting point during ``call()``."""
+    import torch
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    call()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from slimkit.profiling import cpu_allocation_events, running_peak
+from slimkit.profiling import cpu_allocation_events, cuda_peak_bytes, running_peak
 
 
 def resident_bytes(model: nn.Module) -> int:
@@ -28,10 +28,5 @@ def peak_memory_bytes(model: nn.Module, call: Callable[[], object]) -> int:
     and takes the highest running total.
     """
     if any(p.is_cuda for p in model.parameters()):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        call()
-        torch.cuda.synchronize()
-        return resident_bytes(model) + torch.cuda.max_memory_allocated() - before
+        return resident_bytes(model) + cuda_peak_bytes(call)
     return resident_bytes(model) + running_peak(cpu_allocation_events(call)[0])

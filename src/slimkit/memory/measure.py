@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from slimkit.errors import UserInputError
 from slimkit.memory.setup import TrainSetup
-from slimkit.profiling import cpu_allocation_events
+from slimkit.profiling import cpu_allocation_events, cuda_peak_bytes
 
 PHASES = ("forward", "backward", "optimizer")
 
@@ -118,13 +118,8 @@ def _tensors_in(value) -> list[Tensor]:
 def _phase_peaks(call, device: torch.device) -> dict[str, int]:
     """Peak bytes allocated above the starting point during ``call()``, per phase."""
     if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        call()
-        torch.cuda.synchronize()
         # CUDA's peak counter is not time-stamped: the whole step counts as one phase
-        return {"step": torch.cuda.max_memory_allocated() - before}
+        return {"step": cuda_peak_bytes(call)}
     memory, spans = cpu_allocation_events(call)
     spans = [span for span in spans if span[2] in PHASES]
     peaks = dict.fromkeys(PHASES, 0)
