@@ -38,6 +38,14 @@ def timed_runs(text: str) -> int:
     return value
 
 
+def layer_patterns(p: argparse.ArgumentParser) -> None:
+    """--include/--exclude PATTERN, the same for every verb that chooses layers by name."""
+    p.add_argument("--include", action="append", default=[], metavar="PATTERN",
+                   help="only layers whose name matches (fnmatch; repeatable)")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="leave out layers whose name matches (fnmatch; repeatable)")
+
+
 def _verb_module(verb: str):
     import importlib
 

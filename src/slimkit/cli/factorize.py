@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from slimkit.cli import positive_int
+from slimkit.cli import layer_patterns, positive_int
 
 HELP = ("Low-rank factorization: truncated SVD of Linear layers, Tucker-2 (or spatial SVD) of Conv2d layers, "
         "the rank chosen by --energy, --rank or --param-budget; optionally fine-tunes on the task's training "
@@ -23,10 +23,7 @@ def add_arguments(p) -> None:
     rule.add_argument("--energy", type=float, help="keep this fraction of each layer's squared singular values")
     rule.add_argument("--rank", type=positive_int, help="the same rank for every layer")
     rule.add_argument("--param-budget", type=float, help="fraction of each layer's weights the factors may keep")
-    p.add_argument("--include", action="append", default=[], metavar="PATTERN",
-                   help="only layers whose name matches (fnmatch; repeatable)")
-    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
-                   help="leave out layers whose name matches (fnmatch; repeatable)")
+    layer_patterns(p)
     p.add_argument("--conv", default="tucker2", choices=CONV_METHODS,
                    help="Conv2d layers: tucker2 (default), spatial SVD, or skip")
     p.add_argument("--finetune", type=int, default=0, metavar="STEPS",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from slimkit.cli import positive_int
+from slimkit.cli import layer_patterns, positive_int
 
 HELP = ("Pruning: unstructured (magnitude, l2, random, taylor, wanda, sparsegpt; per layer or global), N:M, or "
         "structured (--structured --ratio: channels, neurons and heads physically removed through a dependency "
@@ -38,10 +38,7 @@ def add_arguments(p) -> None:
     p.add_argument("--nm", type=nm_pattern, metavar="N:M", help="semi-structured: keep N of every M weights")
     p.add_argument("--structured", action="store_true", help="remove channels/neurons/heads physically")
     p.add_argument("--ratio", type=float, default=0.0, help="structured: fraction of each group's channels removed")
-    p.add_argument("--include", action="append", default=[], metavar="PATTERN",
-                   help="only layers whose name matches (fnmatch; repeatable)")
-    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
-                   help="leave out layers whose name matches (fnmatch; repeatable)")
+    layer_patterns(p)
     p.add_argument("--calib-batches", type=positive_int, default=8, help="batches for taylor/wanda/sparsegpt")
     p.add_argument("--finetune-steps", type=int, default=0, metavar="N", help="fine-tune N steps afterwards")
     p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (default 1e-3)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from slimkit.cli import positive_int
+from slimkit.cli import layer_patterns, positive_int
 
 HELP = ("Weight-only post-training quantization of every Linear layer (RTN, GPTQ or AWQ) into packed "
         "codes, or with --activations int8 weights and activations to int8 (dynamic, static with "
@@ -47,10 +47,7 @@ def add_arguments(p) -> None:
     p.add_argument("--calib", choices=["digits", "pycorpus", "minilm"],
                    help="calibration data for gptq/awq and static/smoothquant (default: the model's task)")
     p.add_argument("--calib-batches", type=positive_int, default=16, help="calibration batches (default 16)")
-    p.add_argument("--include", action="append", default=[], metavar="PATTERN",
-                   help="only layers whose name matches (fnmatch; repeatable)")
-    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
-                   help="leave out layers whose name matches (fnmatch; repeatable)")
+    layer_patterns(p)
     p.add_argument("--keep-dequant", action="store_true",
                    help="skip measuring execution paths; every layer dequantizes on each call")
     p.add_argument("--no-float-cache", action="store_true",
