@@ -117,3 +117,20 @@ def test_mse_clip_lowers_the_layer_output_error_of_gptq_here():
     plain, _, _ = gptq(W, H, "int3", group_size=32)
     clipped, _, _ = gptq(W, H, "int3", group_size=32, mse_clip=True)
     assert output_error(W, clipped, X) < output_error(W, plain, X)
+
+
+def test_gptq_with_awq_scale_is_gptq_on_the_scaled_weight_and_inputs():
+    from torch import nn
+
+    from slimkit.quantization import WeightQuantConfig, quantize
+
+    X, layer = correlated_inputs(n=256, seed=7), nn.Linear(64, 16, bias=False)
+    X[:, :4] *= 20  # a few salient channels, which AWQ's scaling protects
+    W, model = layer.weight.detach().clone(), nn.Sequential(layer)
+    quantize(model, WeightQuantConfig("int4", group_size=16, method="gptq", awq_scale=True, scale_dtype="float32"),
+             calib=[X])
+    s = model[0].input_scale
+    assert s is not None and not torch.equal(s, torch.ones_like(s))  # the search chose a scaling here
+    Xs = X / s  # what the layer's codes see: the Hessian is built from these inputs, not rescaled
+    expected = naive_gptq(W * s, Xs.T.double() @ Xs.double(), "int4", 16)
+    torch.testing.assert_close(model[0].dequantized_weight() * s, expected, rtol=1e-4, atol=1e-5)

@@ -76,11 +76,18 @@ def _quantize_layer(layer: nn.Linear, config: WeightQuantConfig, stats: LayerInp
         clip_scale, clip_zero = awq_clip(weight * scale, stats.sample / scale, config.format, **options)
         return (_encode(weight * scale, config, clip_scale, clip_zero), scale,
                 {"awq_alpha": alpha, "calib_tokens": stats.tokens})
-    q, scales, zeros = gptq(weight, stats.hessian, config.format, group_size=config.group_size,
+    hessian, input_scale, notes = stats.hessian, None, {"calib_tokens": stats.tokens}
+    if config.awq_scale:  # x W^T = (x/s)(W s)^T: GPTQ on W s, whose inputs x/s have Hessian H / (s s^T)
+        scale, notes["awq_alpha"] = awq_input_scale(weight, stats.sample, config.format, group_size=config.group_size,
+                                                    symmetric=config.symmetric, grid=config.awq_grid)
+        if notes["awq_alpha"] is not None:
+            input_scale, weight = scale, weight * scale
+            hessian = hessian / (scale.double()[:, None] * scale.double()[None, :])
+    q, scales, zeros = gptq(weight, hessian, config.format, group_size=config.group_size,
                             symmetric=config.symmetric, damp=config.damp, block_size=config.block_size,
                             act_order=config.act_order, static_groups=config.static_groups,
                             mse_clip=config.mse_clip)
-    return _encode(q, config, scales, zeros), None, {"calib_tokens": stats.tokens}
+    return _encode(q, config, scales, zeros), input_scale, notes
 
 
 def _encode(weight: torch.Tensor, config: WeightQuantConfig, scale=None, zero_point=None) -> EncodedTensor:

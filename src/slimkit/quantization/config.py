@@ -34,6 +34,8 @@ class WeightQuantConfig:
         sweep (always so with act_order) instead of from the error-updated weights.
     mse_clip: GPTQ shrinks each group's range to the ratio (1 down to 0.21) with the least
         sum |q(w) - w|^2.4, as the reference GPTQ's ``mse`` option does.
+    awq_scale: GPTQ runs on the weight scaled per input channel by AWQ's searched scale (kept in
+        the layer as ``input_scale``), with the Hessian scaled to match.
     skip_padding: gptq/awq leave out calibration rows where the batch's ``attention_mask`` is 0.
     awq_grid: number of alpha values AWQ tries in [0, 1).
     calib_samples: calibration batches used by gptq/awq.
@@ -53,6 +55,7 @@ class WeightQuantConfig:
     act_order: bool = False
     static_groups: bool = False
     mse_clip: bool = False
+    awq_scale: bool = False
     skip_padding: bool = True
     awq_grid: int = 20
     calib_samples: int = 32

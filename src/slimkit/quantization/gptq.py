@@ -81,13 +81,14 @@ def clip_qparams(w: Tensor, fmt: str, *, symmetric: bool = True, grid: int = CLI
     >>> scale, zero = clip_qparams(torch.randn(4, 128), "int4")
     """
     w = w.detach().float()
-    lo, hi = w.min(1, keepdim=True).values, w.max(1, keepdim=True).values  # (rows, 1)
+    # every weight format's parameters depend on the range only, so the shrunk range stands in for
+    # the clamped weights
+    bounds = torch.cat([w.min(1, keepdim=True).values, w.max(1, keepdim=True).values], 1)  # (rows, 2)
     best_err = torch.full((w.shape[0], 1), float("inf"))
     best_scale, best_zero = qparams(w, fmt, symmetric=symmetric, dim=1)
     for k in range(int(max_shrink * grid)):
-        ratio = 1 - k / grid
-        scale, zero = qparams(w.clamp(lo * ratio, hi * ratio), fmt, symmetric=symmetric, dim=1)
-        err = (fake_quantize(w, fmt, scale, zero) - w).abs().pow(norm).sum(1, keepdim=True)  # (rows, 1)
+        scale, zero = qparams(bounds * (1 - k / grid), fmt, symmetric=symmetric, dim=1)
+        err = (fake_quantize(w, fmt, scale, zero) - w).abs_().pow_(norm).sum(1, keepdim=True)  # (rows, 1)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_scale = torch.where(better, scale, best_scale)
