@@ -1,16 +1,18 @@
 """Weight-only quantization quality and bytes: the GPT (bits per byte) and MiniLM (fidelity).
 
-Run: python benchmarks/bench_weight_quant.py [--peers]
-Prints markdown tables (machine on the first line): GPT bits/byte per format and method with the
-increase over fp32; MiniLM fidelity at int4 g128; bits per weight of MiniLM's Linear weights on
-disk; NF4 vs int4 MSE at block 64 on real weights. With --peers, torchao's weight-only int8/int4
-on the same models, in the same run, where torchao imports.
+Run: python benchmarks/bench_weight_quant.py
+Prints markdown tables (machine on the first line): GPTQ calibration time with each layer's inputs
+computed from the model input against block replay (same codes, checked); GPT bits/byte per format
+and method (RTN, GPTQ and its options, AWQ) with the increase over fp32; MiniLM fidelity at int4
+g128; bits per weight of MiniLM's Linear weights on disk; NF4 vs int4 MSE at block 64 on real
+weights.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +26,10 @@ from slimkit.formats import quantize as quantize_tensor
 from slimkit.io import save
 from slimkit.models import zoo
 from slimkit.quantization import QuantLinear, WeightQuantConfig, quantize
+from slimkit.quantization.calibrate import layer_inputs
+
+api = sys.modules["slimkit.quantization.api"]  # the module (the package exports a function of that name)
+_REPLAY = api.sequential_inputs
 
 GPT_ROWS = [
     ("int8 per-channel", WeightQuantConfig("int8", group_size=None)),
@@ -33,12 +39,23 @@ GPT_ROWS = [
 ]
 
 
-def quantized(base, config, method, calib):
+# method label -> WeightQuantConfig settings on top of each row's format and group size
+METHODS = {
+    "rtn": {"method": "rtn"},
+    "gptq": {"method": "gptq"},
+    "gptq-act-order": {"method": "gptq", "act_order": True},
+    "gptq-mse-clip": {"method": "gptq", "mse_clip": True},
+    "gptq-awq-scale": {"method": "gptq", "awq_scale": True},
+    "awq": {"method": "awq"},
+}
+
+
+def quantized(base, config, settings, calib):
+    """A quantized copy of ``base`` (``config`` with ``settings`` on top) and the seconds it took."""
     model = copy.deepcopy(base)
     start = time.perf_counter()
-    act_order = method == "gptq-act-order"
-    cfg = WeightQuantConfig(**{**config.to_dict(), "method": method.split("-")[0], "act_order": act_order})
-    quantize(model, cfg, calib=calib if method != "rtn" else None)
+    cfg = WeightQuantConfig(**{**config.to_dict(), **settings})
+    quantize(model, cfg, calib=calib if cfg.method != "rtn" else None)
     return model, time.perf_counter() - start
 
 
@@ -51,8 +68,8 @@ def gpt_table() -> None:
     print("|---|---|---|---|---|---|")
     for label, config in GPT_ROWS:
         rtn_increase = None
-        for method in ("rtn", "gptq", "gptq-act-order", "awq"):
-            model, seconds = quantized(base, config, method, calib)
+        for method, settings in METHODS.items():
+            model, seconds = quantized(base, config, settings, calib)
             bpb = task.quality(model)["bits_per_byte"]
             increase = (bpb - fp32) / fp32
             rtn_increase = increase if method == "rtn" else rtn_increase
@@ -65,11 +82,16 @@ def minilm_table() -> None:
     calib = task.calibration(16)
     print("\n### MiniLM (fidelity to fp32 on 400 sentences), int4 g128\n")
     print("| method | cosine mean | cosine min | top-10 agreement | quantize s |\n|---|---|---|---|---|")
-    for method in ("rtn", "gptq", "gptq-act-order", "awq"):
-        model, seconds = quantized(base, WeightQuantConfig("int4", group_size=128), method, calib)
+    symmetric, asymmetric = WeightQuantConfig("int4", group_size=128), WeightQuantConfig("int4", symmetric=False)
+    best = {"method": "gptq", "act_order": True, "mse_clip": True}
+    rows = [(method, symmetric, METHODS[method]) for method in METHODS] + [
+        ("gptq-act-order-mse-clip, asymmetric", asymmetric, best),
+        ("gptq-act-order-mse-clip-awq-scale, asymmetric", asymmetric, {**best, "awq_scale": True})]
+    for label, config, settings in rows:
+        model, seconds = quantized(base, config, settings, calib)
         q = task.quality(model)
-        print(f"| {method} | {q['cosine_mean']:.4f} | {q['cosine_min']:.4f} | {q['top10_agreement']:.4f} | {seconds:.1f} |")
-        if method == "rtn":
+        print(f"| {label} | {q['cosine_mean']:.4f} | {q['cosine_min']:.4f} | {q['top10_agreement']:.4f} | {seconds:.1f} |")
+        if label == "rtn":
             rtn_model = model
     linear_bits(rtn_model)
 
@@ -105,11 +127,40 @@ def nf4_vs_int4() -> None:
         print(f"| {name} | {err['int4'] / count:.3e} | {err['nf4'] / count:.3e} | {err['nf4'] / err['int4']:.3f} |")
 
 
+def _from_the_start(model, layers, calib, *, skip_padding=True):
+    """The calibration slimkit had before block replay: the model run from its input for every layer."""
+    for name, layer in layers:
+        yield name, layer, layer_inputs(model, layer, calib, skip_padding=skip_padding)
+
+
+def calibration_speed_table() -> None:
+    """GPTQ int4 g128 with each layer's inputs from the model start vs from its block's captured
+    inputs (q/k/v in one pass); both give the same codes, checked here."""
+    print("\n### GPTQ calibration: per layer from the model input vs block replay (int4 g128)\n")
+    print("| model | calibration batches | from the start s | block replay s | speed-up | same codes |")
+    print("|---|---|---|---|---|---|")
+    config = WeightQuantConfig("int4", group_size=128, method="gptq")
+    for name, base, calib in (("gpt", zoo.reference("gpt"), get_task("pycorpus").calibration(16)),
+                              ("minilm", minilm().model, get_task("minilm").calibration(8))):
+        models, seconds = {}, {}
+        for label, source in (("start", _from_the_start), ("replay", api.sequential_inputs)):
+            api.sequential_inputs = source
+            try:
+                models[label], seconds[label] = quantized(base, config, {}, calib)
+            finally:
+                api.sequential_inputs = _REPLAY
+        same = all(torch.equal(a.dequantized_weight(), b.dequantized_weight()) for a, b in zip(*(
+            [m for m in models[k].modules() if isinstance(m, QuantLinear)] for k in ("start", "replay"))))
+        print(f"| {name} | {len(calib)} | {seconds['start']:.1f} | {seconds['replay']:.1f} | "
+              f"{seconds['start'] / seconds['replay']:.2f}x | {same} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args()
     torch.set_num_threads(2)
     print(f"Machine: {machine_line(2)}")
+    calibration_speed_table()
     gpt_table()
     minilm_table()
     nf4_vs_int4()
