@@ -43,6 +43,26 @@ def test_the_byte_estimate_matches_the_saved_artifact(mlp, tmp_path, choice, met
     assert abs(real - estimate) < 0.03 * real and result.model is not None
 
 
+def test_an_untied_embedding_table_is_searched_with_bit_widths(tmp_path):
+    """A GPT's position table gets bit widths only (its token table is tied to lm_head and stays out)."""
+    import copy
+
+    from slimkit.models import from_spec
+    from slimkit.recipes.space import choice_recipe
+
+    gpt = from_spec("gpt:n_layer=1,n_embd=64")
+    space = layer_space(gpt)
+    assert space.embeddings == ("wpe",) and "wte" not in space.layers
+    assert space.layers["wpe"] == ("float", "int8", "int4", "int3", "int2")
+    choice = {"wpe": "int4", "blocks.0.mlp.0": "int8"}
+    _, estimate = apply_proxy(gpt, choice, space)
+    result = run_pipeline(copy.deepcopy(gpt), choice_recipe(choice, space), tmp_path, measure=False,
+                          measure_paths=False)
+    assert type(result.model.wpe).__name__ == "QuantEmbedding"
+    real = (tmp_path / "model" / "model.safetensors").stat().st_size
+    assert abs(real - estimate) < 0.03 * real
+
+
 def test_channel_and_rank_choices_are_the_real_techniques(mlp):
     """The proxy of removed channels and a low rank is the model the recipe builds: same shapes, same outputs."""
     import copy

@@ -48,24 +48,26 @@ class LayerSpace:
     group: int = 64  # weight-only group size
     method: str = "rtn"  # weight-only rounding: "rtn" (simulated) or "gptq" (run for real on each trial)
     calib: tuple = field(default=(), compare=False, repr=False)  # GPTQ's calibration batches
+    embeddings: tuple[str, ...] = ()  # the searched layers that are Embedding tables (weight-only models)
 
 
 def layer_space(model: nn.Module, options: tuple[str, ...] = OPTIONS, method: str = "rtn", calib: tuple = (),
                 include: tuple[str, ...] = ()) -> LayerSpace:
-    """Every Linear/Conv2d of at least MIN_WEIGHTS weights (matching an ``include`` fnmatch pattern, if
-    given), each with the ``options`` that apply to it.
+    """Every Linear/Conv2d (weight-only models: Linear/Embedding) of at least MIN_WEIGHTS weights (matching
+    an ``include`` fnmatch pattern, if given), each with the ``options`` that apply to it.
 
     A weight shared with another module (a GPT's lm_head tied to its embedding) stays float: the
     techniques leave tied weights alone. Channel options go to a layer that alone produces a group of
     coupled channels (a block's inner convolution, an MLP's hidden layer: see pruning/graph.py); in a
     weight-only model only where the channels left still divide into the quantization groups. Rank
-    options go to Linear layers.
+    options go to Linear layers; an Embedding table (quantized by RTN in the real step) gets bit widths.
     """
     from slimkit.naming import parameter_owners
 
     conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
     owners = parameter_owners(model)
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))
+    kinds = (nn.Linear, nn.Conv2d) if conv else (nn.Linear, nn.Embedding)  # int8 activations take no tables
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, kinds)
               and m.weight.numel() >= MIN_WEIGHTS and (conv or m.weight.shape[1] % GROUPS[-1] == 0)
               and len(owners[id(m.weight)]) == 1 and (not include or any(fnmatchcase(n, p) for p in include))}
     if not layers:
@@ -76,6 +78,8 @@ def layer_space(model: nn.Module, options: tuple[str, ...] = OPTIONS, method: st
     channels = _channel_sizes(model) if any(o in CHANNELS for o in options) else {}
 
     def applies(name: str, option: str) -> bool:
+        if isinstance(layers[name], nn.Embedding):
+            return option in BITS
         if option in RANKS:
             # int8 activations fold a convolution's BatchNorm into the last stage of its factorization, a
             # bias that the saved artifact then cannot place on reload: factorized convolutions stay out
@@ -86,7 +90,8 @@ def layer_space(model: nn.Module, options: tuple[str, ...] = OPTIONS, method: st
         return size is not None and (conv or (size - round(CHANNELS[option] * size)) % group == 0)
 
     return LayerSpace({n: ("float",) + tuple(o for o in options if applies(n, o)) for n in layers},
-                      {n: tuple(m.weight.shape) for n, m in layers.items()}, conv, group, method, tuple(calib))
+                      {n: tuple(m.weight.shape) for n, m in layers.items()}, conv, group, method, tuple(calib),
+                      tuple(n for n, m in layers.items() if isinstance(m, nn.Embedding)))
 
 
 def _channel_sizes(model: nn.Module) -> dict[str, int]:
@@ -173,7 +178,8 @@ def _weight_config(option: str, layers: tuple[str, ...], space: LayerSpace):
     from slimkit.quantization import WeightQuantConfig
 
     return WeightQuantConfig(option, group_size=None if option == "int8" else space.group, include=layers,
-                             method=space.method, calib_samples=CALIB)
+                             method=space.method, calib_samples=CALIB,
+                             embeddings=any(n in space.embeddings for n in layers))
 
 
 def _layout(space: LayerSpace, option: str) -> dict:
