@@ -147,3 +147,7 @@ def test_cli_refuses_a_budget_that_is_not_a_number(capsys, tmp_path):
     code = main(["compress", str(tmp_path / "mlp"), "--max-drop", "one%", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "--max-drop 'one%': give a number like 1% or 0.01" in err and err.count("\n") == 1
+    code = main(["compress", str(tmp_path / "mlp"), "--max-drop", "1%", "--options", "int8,int5", "--out",
+                 str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "options=['int8', 'int5']: choose among channels25, channels50, sparse50" in err
