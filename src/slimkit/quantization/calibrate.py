@@ -76,7 +76,8 @@ def sequential_inputs(model: nn.Module, layers: list[tuple[str, nn.Module]], cal
         if block is None:
             runs = [lambda b=batch: _call(model, b) for batch in calib]
         else:
-            runs = [lambda a=args, k=kwargs: block(*_fresh(a), **_fresh(k)) for args, kwargs in _block_inputs(model, block, calib)]
+            runs = [lambda a=args, k=kwargs: block(*_fresh(a), **_fresh(k))
+                    for args, kwargs in _block_inputs(model, block, calib)]
         while segment:
             collectors = _capture_group([layer for _, layer in segment], runs, masks, per_batch)
             for (name, layer), collector in zip(segment, collectors):
@@ -90,7 +91,7 @@ def layer_inputs(model: nn.Module, layer: nn.Module, calib: list, *, max_rows: i
                  skip_padding: bool = False) -> LayerInputs:
     """One layer's statistics, the model run from the start on every batch and stopped at ``layer``.
 
-    >>> hessian = layer_inputs(model, model.blocks[0].mlp.fc, calib).hessian  # doctest: +SKIP
+    >>> hessian = layer_inputs(model, model.blocks[0].attn.qkv, calib).hessian  # doctest: +SKIP
     """
     runs = [lambda b=batch: _call(model, b) for batch in calib]
     return _capture_group([layer], runs, _masks(calib, skip_padding), _per_batch(calib, max_rows))[0].result(max_rows)
@@ -160,7 +161,8 @@ def _capture_group(layers: list[nn.Module], runs: list[Callable], masks: list, p
         if len(seen) == size:
             raise _StopForward
 
-    handles = [layer.register_forward_pre_hook(lambda _m, args, k=k: hook(k, args[0])) for k, layer in enumerate(layers)]
+    handles = [layer.register_forward_pre_hook(lambda _m, args, k=k: hook(k, args[0]))
+               for k, layer in enumerate(layers)]
     try:
         for batch, run in enumerate(runs):
             seen = set()
