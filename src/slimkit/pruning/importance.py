@@ -2,7 +2,7 @@
 
 Higher means more important; masks remove the lowest. Taylor needs (inputs, targets) batches and
 accumulates the gradient of the summed cross-entropy over them; Wanda needs the layer's input
-norms, which come from the calibration Hessian's diagonal (slimkit.quantization.calibrate).
+norms, which come from the calibration Hessian's diagonal (slimkit.quantization.layer_inputs).
 
 >>> scores = weight_scores("magnitude", layer)  # doctest: +SKIP
 """

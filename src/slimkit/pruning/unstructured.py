@@ -14,7 +14,7 @@ from slimkit.pruning import masks as M
 from slimkit.pruning.config import PruneConfig
 from slimkit.pruning.importance import accumulated_grads, input_norms, model_inputs, weight_scores
 from slimkit.pruning.sparsegpt import sparsegpt
-from slimkit.quantization.calibrate import layer_inputs
+from slimkit.quantization.layer_inputs import layer_inputs
 
 
 @dataclass

@@ -5,13 +5,6 @@ activation quantization (dynamic/static int8, QAT, SmoothQuant, LLM.int8) into I
 an ActivationQuantConfig (dynamic or static int8; QAT goes through prepare_qat / train / convert).
 """
 
-from slimkit.quantization.api import quantize
-from slimkit.quantization.config import METHODS, WEIGHT_FORMATS, WeightQuantConfig
-from slimkit.quantization.embedding import QuantEmbedding
-from slimkit.quantization.modules import QuantLinear
-
-# after api: importing api loads the weight-only submodule calibrate.py, whose module object would
-# otherwise sit where the activation ``calibrate`` function belongs
 from slimkit.quantization.activation import (
     ActivationQuantConfig,
     Int8Conv2d,
@@ -25,6 +18,10 @@ from slimkit.quantization.activation import (
     quantize_activations,
     quantize_dynamic,
 )
+from slimkit.quantization.api import quantize
+from slimkit.quantization.config import METHODS, WEIGHT_FORMATS, WeightQuantConfig
+from slimkit.quantization.embedding import QuantEmbedding
+from slimkit.quantization.modules import QuantLinear
 
 __all__ = ["METHODS", "ActivationQuantConfig", "Int8Conv2d", "Int8Linear", "QATSchedule", "QuantEmbedding",
            "QuantLinear", "WEIGHT_FORMATS", "WeightQuantConfig", "calibrate", "convert", "fuse", "prepare",

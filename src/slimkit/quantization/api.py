@@ -11,7 +11,7 @@ from slimkit.manifest import add_entry
 from slimkit.progress import progress
 from slimkit.quantization.activation import ActivationQuantConfig, quantize_activations
 from slimkit.quantization.awq import awq_clip, awq_input_scale
-from slimkit.quantization.calibrate import LayerInputs, sequential_inputs
+from slimkit.quantization.layer_inputs import LayerInputs, sequential_inputs
 from slimkit.quantization.config import WeightQuantConfig
 from slimkit.quantization.embedding import QuantEmbedding
 from slimkit.quantization.gptq import gptq

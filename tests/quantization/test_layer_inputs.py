@@ -6,7 +6,7 @@ from torch import nn
 
 from slimkit.models import GPT, GPTConfig
 from slimkit.quantization import WeightQuantConfig, quantize
-from slimkit.quantization.calibrate import sequential_inputs
+from slimkit.quantization.layer_inputs import sequential_inputs
 from tests.reference.calibrate import naive_layer_inputs
 
 
@@ -86,3 +86,13 @@ def test_a_decoder_with_a_key_value_cache_replays_each_block_from_a_fresh_copy()
     calib = [torch.randint(0, 60, (2, 10)) for _ in range(2)]
     naive = _naive_sequence(copy.deepcopy(model), names, calib)
     _assert_same(_fast_sequence(model, names, calib), naive)
+
+
+def test_the_module_and_the_activation_calibrate_function_have_distinct_names():
+    import slimkit.quantization.layer_inputs as module
+    from slimkit.quantization import calibrate
+    from slimkit.quantization.activation.static import calibrate as activation_calibrate
+
+    # the module was calibrate.py: `import slimkit.quantization.calibrate as m` gave the function
+    assert module.sequential_inputs is sequential_inputs
+    assert calibrate is activation_calibrate
