@@ -173,3 +173,20 @@ def test_report_table_leaves_out_unmatched_layers_unless_asked():
     assert "| wide | svd | 3 | 3,072 | 336 |" in table and "would keep 24 weights" in table
     assert "thin" not in table and table.endswith("(3 layer(s) not matched by include left out)")
     assert "| thin | svd |  | 128 | 128 |  | not matched by include ['wide', 'square'] |" in report.table(unmatched=True)
+
+
+def test_factorized_conv_then_static_int8_round_trip(tmp_path):
+    """Static quantization folds the BatchNorm into the last stage and replaces the stages with
+    Int8Conv2d; the saved artifact must rebuild both (it used to fail on the missing bias / weight)."""
+    from slimkit.quantization import ActivationQuantConfig, quantize_activations
+
+    torch.manual_seed(0)
+    model = ResNet(ResNetConfig()).eval()
+    factorize(model, LowRankConfig(param_budget=0.5, include=("blocks.0.conv2",)))
+    calib = [torch.randn(8, 1, 8, 8) for _ in range(2)]
+    quantize_activations(model, ActivationQuantConfig(mode="static", calib_batches=2), calib=calib)
+    x = torch.randn(3, 1, 8, 8)
+    save(model, tmp_path)
+    loaded = load(tmp_path)
+    assert type(loaded.blocks[0].conv2.stages[-1]) is type(model.blocks[0].conv2.stages[-1])
+    assert torch.equal(loaded(x), model(x))

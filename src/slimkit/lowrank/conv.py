@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from slimkit.lowrank.config import LowRankConfig
 from slimkit.lowrank.svd import energy_rank, matrix_rank_rule, split_factors
+from slimkit.naming import import_object
 
 CONV_PARAMETERS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation")
 
@@ -39,6 +40,7 @@ class LowRankConv2d(nn.Module):
                  dtype: torch.dtype = torch.float32, device=None) -> None:
         super().__init__()
         self.method, self.geometry, self.ranks, self.has_bias = method, dict(geometry), tuple(ranks), bias
+        self.dtype_name = str(dtype).removeprefix("torch.")
         c_in, c_out, kernel = geometry["in_channels"], geometry["out_channels"], tuple(geometry["kernel_size"])
         stride, padding, dilation = _pair(geometry["stride"]), _pair(geometry["padding"]), tuple(geometry["dilation"])
         options = {"dtype": dtype, "device": device}
@@ -91,14 +93,24 @@ class LowRankConv2d(nn.Module):
         return torch.einsum("kih,okw->oihw", first[..., 0], second[:, :, 0])
 
     def slimkit_spec(self) -> dict:
-        """How ``slimkit.load`` rebuilds this layer empty."""
+        """How ``slimkit.load`` rebuilds this layer empty. Stages another transform replaced (an
+        Int8Conv2d after static quantization) are recorded with their own specs, and a last stage
+        that gained a bias (a BatchNorm folded into it) is rebuilt with one."""
         geometry = {k: v if isinstance(v, (str, int)) else list(v) for k, v in self.geometry.items()}
-        return {"method": self.method, "geometry": geometry, "ranks": list(self.ranks), "bias": self.has_bias,
-                "dtype": str(self.stages[0].weight.dtype).removeprefix("torch.")}
+        stages = {str(i): {"class": f"{type(m).__module__}:{type(m).__qualname__}", "spec": m.slimkit_spec()}
+                  for i, m in enumerate(self.stages) if hasattr(m, "slimkit_spec")}
+        last = self.stages[-1]
+        bias = last.bias is not None if isinstance(last, nn.Conv2d) else self.has_bias
+        return {"method": self.method, "geometry": geometry, "ranks": list(self.ranks), "bias": bias,
+                "dtype": self.dtype_name, "stages": stages}
 
     @classmethod
     def from_slimkit_spec(cls, spec: dict) -> LowRankConv2d:
-        return cls(spec["method"], spec["geometry"], tuple(spec["ranks"]), spec["bias"], getattr(torch, spec["dtype"]))
+        """An empty layer of the right shapes; ``load_state_dict`` fills it."""
+        layer = cls(spec["method"], spec["geometry"], tuple(spec["ranks"]), spec["bias"], getattr(torch, spec["dtype"]))
+        for index, record in spec.get("stages", {}).items():
+            layer.stages[int(index)] = import_object(record["class"]).from_slimkit_spec(record["spec"])
+        return layer
 
     def extra_repr(self) -> str:
         return f"method={self.method}, ranks={self.ranks}"
