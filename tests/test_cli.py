@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from slimkit.cli import main
 from slimkit.io import save
@@ -61,3 +62,25 @@ def test_eval_names_the_technique_of_a_quantized_artifact(capsys, tmp_path):
     save(quantize(MLP(), WeightQuantConfig("int8", group_size=None)), tmp_path)
     code, out, _ = run_cli(capsys, "eval", str(tmp_path), "--json", "--runs", "5", "--quiet")
     assert code == 0 and json.loads(out)["technique"] == "weight-only rtn"
+
+
+def test_quantize_cli_passes_the_gptq_options(capsys, tmp_path, mlp_dir):
+    """--static-groups/--mse-clip/--awq-scale reach WeightQuantConfig: the artifact equals the Python API's."""
+    from slimkit.evaluation.tasks import get_task
+    from slimkit.io import load
+    from slimkit.quantization import WeightQuantConfig, quantize
+
+    flags = ("--static-groups", "--mse-clip", "--awq-scale")
+    code, _, err = run_cli(capsys, "quantize", str(mlp_dir), "--weights", "int4", "--group-size", "32", "--method",
+                           "gptq", *flags, "--calib", "digits", "--calib-batches", "2", "--keep-dequant",
+                           "--out", str(tmp_path / "q"))
+    assert code == 0, err
+    config = WeightQuantConfig("int4", group_size=32, method="gptq", static_groups=True, mse_clip=True,
+                               awq_scale=True, calib_samples=2)
+    expected = quantize(load(mlp_dir), config, calib=get_task("digits").calibration(2)).state_dict()
+    plain = quantize(load(mlp_dir), WeightQuantConfig("int4", group_size=32, method="gptq", calib_samples=2),
+                     calib=get_task("digits").calibration(2)).state_dict()
+    got = load(tmp_path / "q").state_dict()
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    assert any(k not in plain or not torch.equal(plain[k], expected[k]) for k in expected)

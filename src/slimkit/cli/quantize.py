@@ -11,7 +11,8 @@ HELP = ("Weight-only post-training quantization of every Linear layer (RTN, GPTQ
         "calibration, or QAT); writes a slimkit artifact to --out and prints the before/after table. "
         "MODEL_DIR is a slimkit artifact or a Hugging Face model folder.")
 EXAMPLE = ("example:\n  slimkit quantize ~/.cache/slimkit/gpt-* --weights int4 --group-size 128 --method gptq "
-           "--calib pycorpus --out gpt-int4\n  slimkit quantize MODEL_DIR --weights nf4 --group-size 64 "
+           "--calib pycorpus --out gpt-int4\n  slimkit quantize MODEL_DIR --weights int4 --method gptq --asymmetric --act-order "
+           "--mse-clip --awq-scale --calib minilm --calib-batches 64 --out minilm-int4\n  slimkit quantize MODEL_DIR --weights nf4 --group-size 64 "
            "--double-quant --out m-nf4\n  slimkit quantize MODEL_DIR --activations int8 --mode static --observer percentile "
            "--calib minilm --smoothquant 0.5 --out m-w8a8\n  slimkit quantize ~/.cache/slimkit/cnn-* --activations int8 "
            "--mode qat --weights int4 --qat-steps 200 --out cnn-w4a8")
@@ -44,6 +45,12 @@ def add_arguments(p) -> None:
     p.add_argument("--fp32-scales", action="store_true", help="store scales in float32 (default float16)")
     p.add_argument("--embeddings", action="store_true", help="also quantize embedding tables (RTN)")
     p.add_argument("--act-order", action="store_true", help="GPTQ: columns by decreasing Hessian diagonal")
+    p.add_argument("--static-groups", action="store_true",
+                   help="GPTQ: every group's scale from the original weights, fixed before the column sweep")
+    p.add_argument("--mse-clip", action="store_true",
+                   help="GPTQ: shrink each group's range to the ratio with the least error (helps MiniLM, hurts the GPT)")
+    p.add_argument("--awq-scale", action="store_true",
+                   help="GPTQ on the weight scaled per input channel by AWQ's searched scale (helps both models)")
     p.add_argument("--calib", choices=["digits", "pycorpus", "minilm"],
                    help="calibration data for gptq/awq and static/smoothquant (default: the model's task)")
     p.add_argument("--calib-batches", type=positive_int, default=16, help="calibration batches (default 16)")
@@ -79,6 +86,7 @@ def _quantize_weights(model, task: str, args):
         format=args.weights or "int4", group_size=None if args.per_channel else args.group_size,
         symmetric=not args.asymmetric, method=args.method, double_quant=args.double_quant,
         include=tuple(args.include), exclude=tuple(args.exclude), act_order=args.act_order, embeddings=args.embeddings,
+        static_groups=args.static_groups, mse_clip=args.mse_clip, awq_scale=args.awq_scale,
         scale_dtype="float32" if args.fp32_scales else "float16",
         calib_samples=args.calib_batches)
     calib = get_task(args.calib or task).calibration(args.calib_batches) if args.method != "rtn" else None
