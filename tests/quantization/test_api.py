@@ -169,6 +169,11 @@ def test_config_round_trips_and_refuses_unknown_keys():
         WeightQuantConfig.from_dict({**config.to_dict(), "group": 32})
 
 
+def test_a_lone_pattern_string_is_one_pattern_not_one_per_character():
+    config = WeightQuantConfig("int4", include="blocks.*", exclude="*.qkv")
+    assert (config.include, config.exclude) == (("blocks.*",), ("*.qkv",))
+
+
 def test_an_include_pattern_matching_no_layer_names_it_and_real_layers():
     model = small_gpt()
     with pytest.raises(UserInputError, match=r"include pattern '\*\.qkvv' matches no Linear layer; closest names: "

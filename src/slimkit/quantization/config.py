@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from slimkit.configs import build_config
 from slimkit.errors import UserInputError
 from slimkit.formats import check_format
+from slimkit.selection import as_patterns
 
 WEIGHT_FORMATS = ("int2", "int3", "int4", "int5", "int6", "int7", "int8", "nf4", "fp8_e4m3", "fp8_e5m2",
                   "fp4_e2m1")
@@ -75,8 +76,8 @@ class WeightQuantConfig:
             raise UserInputError(f"damp={self.damp}: must lie in (0, 1); 0.01 is the usual choice")
         if self.block_size < 1 or self.awq_grid < 2 or self.calib_samples < 1:
             raise UserInputError("block_size and calib_samples must be >= 1 and awq_grid >= 2")
-        object.__setattr__(self, "include", tuple(self.include))
-        object.__setattr__(self, "exclude", tuple(self.exclude))
+        object.__setattr__(self, "include", as_patterns(self.include))
+        object.__setattr__(self, "exclude", as_patterns(self.exclude))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
