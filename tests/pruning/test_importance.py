@@ -43,3 +43,27 @@ def test_sparsegpt_reconstructs_the_layer_output_better_than_magnitude():
     assert (x @ pruned.T - dense).norm() < 0.5 * (x @ magnitude.T - dense).norm()  # measured 0.26
     nm_weight, nm_keep = sparsegpt(w, hessian, 0.0, nm=(2, 4))
     assert bool((nm_keep.view(32, 16, 4).sum(-1) == 2).all()) and bool((nm_weight[~nm_keep] == 0).all())
+
+
+def test_model_sparsegpt_is_sequential_layer_by_layer():
+    """prune(method="sparsegpt") equals a naive loop: each layer's Hessian from the model run from
+    its input with the layers before it already pruned, then SparseGPT on that layer."""
+    import copy
+
+    from slimkit.models import from_spec
+    from slimkit.pruning import PruneConfig, prune, remove_masks
+    from tests.reference.calibrate import naive_layer_inputs
+
+    torch.manual_seed(0)
+    model = from_spec("gpt:n_layer=2,n_embd=64").eval()
+    calib = [torch.randint(0, 256, (2, 32)) for _ in range(3)]
+    expected = copy.deepcopy(model)
+    for name, layer in expected.named_modules():
+        if isinstance(layer, torch.nn.Linear) and name != "lm_head":
+            hessian = naive_layer_inputs(expected, layer, calib)[0]
+            with torch.no_grad():
+                layer.weight.copy_(sparsegpt(layer.weight, hessian, 0.5)[0])
+    prune(model, PruneConfig(sparsity=0.5, method="sparsegpt", scope="layer", exclude=("lm_head",)), calib)
+    remove_masks(model)
+    for (name, got), want in zip(model.state_dict().items(), expected.state_dict().values()):
+        assert torch.allclose(got, want, atol=1e-6), name

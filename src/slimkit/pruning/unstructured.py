@@ -14,7 +14,7 @@ from slimkit.pruning import masks as M
 from slimkit.pruning.config import PruneConfig
 from slimkit.pruning.importance import accumulated_grads, input_norms, model_inputs, weight_scores
 from slimkit.pruning.sparsegpt import sparsegpt
-from slimkit.quantization.layer_inputs import layer_inputs
+from slimkit.quantization.layer_inputs import sequential_inputs
 
 
 @dataclass
@@ -67,11 +67,13 @@ def _keep_masks(model: nn.Module, chosen: list, config: PruneConfig, data: list)
     norms = input_norms(model, chosen, data) if config.method == "wanda" else {}
     generator = torch.Generator().manual_seed(config.seed)
     scores, keeps = {}, {}
-    for name, layer in progress(chosen, desc=f"pruning ({config.method})", unit="layer"):
+    # sparsegpt is sequential: each layer's Hessian comes from inputs through the layers already
+    # pruned, replayed block by block as GPTQ's calibration does
+    layers = (sequential_inputs(model, chosen, model_inputs(data), skip_padding=False) if config.method == "sparsegpt"
+              else ((name, layer, None) for name, layer in chosen))
+    for name, layer, inputs in progress(layers, total=len(chosen), desc=f"pruning ({config.method})", unit="layer"):
         if config.method == "sparsegpt":
-            # sequential: each layer's Hessian comes from inputs through the layers already pruned
-            hessian = layer_inputs(model, layer, model_inputs(data)).hessian
-            weight, keeps[name] = sparsegpt(layer.weight, hessian, target_sparsity(name, config), nm=config.nm)
+            weight, keeps[name] = sparsegpt(layer.weight, inputs.hessian, target_sparsity(name, config), nm=config.nm)
             with torch.no_grad():
                 layer.weight.copy_(weight.to(layer.weight.dtype))
         elif config.method == "wanda":

@@ -89,7 +89,8 @@ def sequential_inputs(model: nn.Module, layers: list[tuple[str, nn.Module]], cal
 @torch.no_grad()
 def layer_inputs(model: nn.Module, layer: nn.Module, calib: list, *, max_rows: int = 4096,
                  skip_padding: bool = False) -> LayerInputs:
-    """One layer's statistics, the model run from the start on every batch and stopped at ``layer``.
+    """One layer's statistics, the model run from the start on every batch and stopped at ``layer``
+    (the per-layer pass that :func:`sequential_inputs` replaced; bench_weight_quant times both).
 
     >>> hessian = layer_inputs(model, model.blocks[0].attn.qkv, calib).hessian  # doctest: +SKIP
     """
