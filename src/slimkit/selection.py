@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from fnmatch import fnmatchcase
 
+import torch
 from torch import nn
 
 from slimkit.errors import UserInputError
@@ -89,3 +90,16 @@ def as_patterns(value: str | Iterable[str]) -> tuple[str, ...]:
     (('blocks.*',), ('fc1', 'fc2'))
     """
     return (value,) if isinstance(value, str) else tuple(value)
+
+
+def check_finite_weight(name: str, weight: torch.Tensor) -> None:
+    """Refuse a chosen layer whose weight holds NaN/Inf: no transform can encode or factorize it.
+
+    >>> check_finite_weight("net.3", torch.tensor([[0.0, float("nan")]]))  # doctest: +SKIP
+    UserInputError: layer 'net.3': weight has 1 NaN/Inf value(s), first at index (0, 1); ...
+    """
+    bad = ~torch.isfinite(weight)
+    if bad.any():
+        where = tuple(int(i) for i in bad.nonzero()[0])
+        raise UserInputError(f"layer {name!r}: weight has {int(bad.sum())} NaN/Inf value(s), first at index "
+                             f"{where}; repair the weights or leave the layer out with exclude=[{name!r}]")

@@ -121,7 +121,8 @@ def test_model_without_linear_layers_and_nan_weights():
     model = Net()
     with torch.no_grad():
         model.wide.weight[3, 5] = float("nan")
-    with pytest.raises(UserInputError, match="layer 'wide': weight has 1 NaN/Inf value.s.; .* exclude=.'wide'.$"):
+    with pytest.raises(UserInputError, match=r"layer 'wide': weight has 1 NaN/Inf value\(s\), first at index "
+                                             r"\(3, 5\); .* exclude=.'wide'.$"):
         factorize(model, LowRankConfig(rank=2))
 
 

@@ -9,13 +9,12 @@ from functools import partial
 import torch
 from torch import nn
 
-from slimkit.errors import UserInputError
 from slimkit.lowrank.config import LowRankConfig
 from slimkit.lowrank.conv import LowRankConv2d, spatial_rank, tucker2_params, tucker2_ranks
 from slimkit.lowrank.svd import LowRankLinear, energy_kept, matrix_rank_rule
 from slimkit.manifest import add_entry
 from slimkit.progress import progress
-from slimkit.selection import select_layers
+from slimkit.selection import check_finite_weight, select_layers
 from slimkit.timing import fixed_threads
 
 TECHNIQUE = "low-rank"
@@ -93,7 +92,7 @@ def factorize(model: nn.Module, config: LowRankConfig) -> LowRankReport:
     # measured 4.4 s on 2 threads against 0.16 s on 1), and these per-layer SVDs are small.
     with fixed_threads(1):
         for name, layer in progress(chosen, desc=f"factorizing ({config.rule})", unit="layer"):
-            _check_finite(name, layer.weight)
+            check_finite_weight(name, layer.weight)
             report, module = _factorize_linear(name, layer, config) if isinstance(layer, nn.Linear) else \
                 _factorize_conv(name, layer, config)
             if module is not None:
@@ -192,9 +191,3 @@ def _leave_out_reason(config: LowRankConfig, factorized: list[str], name: str, l
             return f"padding_mode={layer.padding_mode!r}; only zero padding is factorized exactly"
     return None
 
-
-def _check_finite(name: str, weight: torch.Tensor) -> None:
-    bad = ~torch.isfinite(weight)
-    if bad.any():
-        raise UserInputError(f"layer {name!r}: weight has {int(bad.sum())} NaN/Inf value(s); repair the weights "
-                             f"or leave the layer out with exclude=[{name!r}]")

@@ -16,7 +16,7 @@ from slimkit.quantization.config import WeightQuantConfig
 from slimkit.quantization.embedding import QuantEmbedding
 from slimkit.quantization.gptq import gptq
 from slimkit.quantization.modules import QuantLinear
-from slimkit.selection import select_layers
+from slimkit.selection import check_finite_weight, select_layers
 
 
 def quantize(model: nn.Module, config: WeightQuantConfig | ActivationQuantConfig = WeightQuantConfig(),
@@ -39,7 +39,7 @@ def quantize(model: nn.Module, config: WeightQuantConfig | ActivationQuantConfig
                                     action="to quantize", tied="quantizing it would store it twice")
     calib = _check_calibration(config, calib)
     for name, layer in chosen:  # every layer checked before any is changed
-        _check_finite(name, layer.weight)
+        check_finite_weight(name, layer.weight)
     model.eval()
     linears = [(name, layer) for name, layer in chosen if not isinstance(layer, nn.Embedding)]
     for name, layer in chosen:
@@ -109,10 +109,3 @@ def _check_calibration(config: WeightQuantConfig, calib) -> list | None:
         raise UserInputError(f"the calibration set for {config.method!r} is empty; pass at least one batch")
     return calib
 
-
-def _check_finite(name: str, weight: torch.Tensor) -> None:
-    bad = ~torch.isfinite(weight)
-    if bad.any():
-        where = tuple(int(i) for i in bad.nonzero()[0])
-        raise UserInputError(f"layer {name!r}: weight has {int(bad.sum())} NaN/Inf value(s), first at index "
-                             f"{where}; repair the weights or leave the layer out with exclude=[{name!r}]")
