@@ -8,8 +8,8 @@ from torch import nn
 
 from slimkit.pruning.api import PruneReport, prune
 from slimkit.pruning.config import PruneConfig
-from slimkit.pruning.schedule import KeepMasks, flush_denormals
-from slimkit.training import TrainConfig, train
+from slimkit.pruning.schedule import finetune_masked
+from slimkit.training import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,6 @@ def run_recipe(model: nn.Module, recipe: PruneRecipe, task: str | None = None) -
     if recipe.finetune is not None:
         batches = get_task(task or infer_task(model)).training_batches(model, recipe.batch_size,
                                                                         recipe.finetune.seed)
-        with flush_denormals():
-            train(model, batches, recipe.finetune, callbacks=[KeepMasks()])
+        finetune_masked(model, batches, recipe.finetune)
     return report
 

@@ -77,9 +77,18 @@ def iterative_prune(model: nn.Module, config: PruneConfig, data, train_config: T
     for r in range(1, rounds + 1):
         target = 1 - (1 - config.sparsity) ** (r / rounds)
         reports.append(prune(model, dataclasses.replace(config, sparsity=target), calibration))
-        with flush_denormals():
-            train(model, data, train_config, callbacks=[KeepMasks()])
+        finetune_masked(model, data, train_config)
     return reports
+
+
+def finetune_masked(model: nn.Module, data, config: TrainConfig):
+    """``slimkit.train`` with the pruning masks kept applied and subnormals flushed (see
+    flush_denormals: a sparse model's fine-tuning is otherwise up to 60x slower on x86).
+
+    >>> finetune_masked(pruned_cnn, batches, TrainConfig(steps=50))  # doctest: +SKIP
+    """
+    with flush_denormals():
+        return train(model, data, config, callbacks=[KeepMasks()])
 
 
 class Snapshot:

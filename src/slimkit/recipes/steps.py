@@ -26,12 +26,10 @@ def apply_step(model: nn.Module, step: Step, task: str, calib: str, *, measure_p
     if kind == "distill":
         return _distill(model, step, task)
     if kind == "finetune":
-        from slimkit.pruning.schedule import KeepMasks
-        from slimkit.training import train
+        from slimkit.pruning.schedule import finetune_masked
 
         # masks of an earlier prune step stay applied (pruned weights stay zero)
-        train(model, get_task(task).training_batches(model, step.batch_size, step.config.seed), step.config,
-              callbacks=[KeepMasks()])
+        finetune_masked(model, get_task(task).training_batches(model, step.batch_size, step.config.seed), step.config)
         return model
     for config in step.configs():
         _APPLY[kind](model, config, task, calib, step)
