@@ -169,6 +169,13 @@ def test_config_round_trips_and_refuses_unknown_keys():
         WeightQuantConfig.from_dict({**config.to_dict(), "group": 32})
 
 
+def test_gptq_options_with_another_method_are_refused():
+    with pytest.raises(UserInputError, match="mse_clip, awq_scale: GPTQ settings, but method='awq'; use method='gptq'"):
+        WeightQuantConfig("int4", method="awq", mse_clip=True, awq_scale=True)
+    with pytest.raises(UserInputError, match="act_order: GPTQ settings, but method='rtn'"):
+        WeightQuantConfig("int4", act_order=True)
+
+
 def test_a_lone_pattern_string_is_one_pattern_not_one_per_character():
     config = WeightQuantConfig("int4", include="blocks.*", exclude="*.qkv")
     assert (config.include, config.exclude) == (("blocks.*",), ("*.qkv",))

@@ -74,6 +74,10 @@ class WeightQuantConfig:
             raise UserInputError(f"group_size={self.group_size}: must be a positive whole number or None")
         if not 0 < self.damp < 1:
             raise UserInputError(f"damp={self.damp}: must lie in (0, 1); 0.01 is the usual choice")
+        gptq_only = [name for name in ("act_order", "static_groups", "mse_clip", "awq_scale") if getattr(self, name)]
+        if gptq_only and self.method != "gptq":
+            raise UserInputError(f"{', '.join(gptq_only)}: GPTQ settings, but method={self.method!r}; "
+                                 f"use method='gptq' or leave them off")
         if self.block_size < 1 or self.awq_grid < 2 or self.calib_samples < 1:
             raise UserInputError("block_size and calib_samples must be >= 1 and awq_grid >= 2")
         object.__setattr__(self, "include", as_patterns(self.include))
