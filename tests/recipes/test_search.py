@@ -133,6 +133,18 @@ def test_the_latency_objective_records_measured_latencies_and_keeps_the_fastest_
     assert result.met and result.trial == min(feasible, key=lambda t: t.values[0]).number
 
 
+def test_the_space_takes_the_layers_the_techniques_take():
+    """include patterns as every technique reads them: a typo is named with the closest layers, a
+    layer inside nn.MultiheadAttention (which reads out_proj's weight itself) stays out."""
+    from slimkit.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="include pattern 'net.9' matches no Linear or Embedding layer; "
+                                             "closest names: net.1"):
+        layer_space(MLP(), include=("net.9",))
+    attention = torch.nn.Sequential(torch.nn.MultiheadAttention(64, 4), torch.nn.Linear(64, 64))
+    assert list(layer_space(attention).layers) == ["1"]
+
+
 def test_a_budget_nothing_meets_says_so(mlp, tmp_path):
     with pytest.raises(BudgetNotMet, match=r"no layer can be compressed within a drop of 0.00%: the mildest change, "
                                            r"sparse90 on net\.3 alone, already loses 0\.04"):

@@ -7,7 +7,7 @@ measured drop per byte saved (a drop below zero counts as zero), until every lay
 that saves most. Drops do not add up exactly, so the bisection measures links of the chain as trials
 and finds the harshest one within budget in about log2(links) trials.
 
->>> chain = greedy_chain(space.layers, drops, sizes)  # doctest: +SKIP
+>>> chain = greedy_chain(space.layers, found)  # found: sensitivity()'s drops, distortions, bytes  # doctest: +SKIP
 >>> best = bisect_chain(chain, budget, lambda choice: measured_drop(choice), max_evals=8)  # doctest: +SKIP
 """
 

@@ -28,6 +28,7 @@ from slimkit.errors import MissingDependencyError, SlimkitError, UserInputError
 from slimkit.recipes.greedy import bisect_chain, greedy_chain
 from slimkit.recipes.space import (BITS, CALIB, OPTIONS, apply_proxy, choice_recipe, layer_space, proxy_quality,
                                    sensitivity)
+from slimkit.selection import as_patterns
 from slimkit.timing import latency_ms
 
 OBJECTIVES = ("bytes", "latency")
@@ -74,7 +75,7 @@ class SearchConfig:
         if self.trials < 1:
             raise UserInputError(f"trials={self.trials}: run at least one trial")
         object.__setattr__(self, "options", tuple(self.options))
-        object.__setattr__(self, "include", (self.include,) if isinstance(self.include, str) else tuple(self.include))
+        object.__setattr__(self, "include", as_patterns(self.include))
         if self.method not in ("rtn", "gptq"):
             raise UserInputError(f"method={self.method!r}: choose rtn or gptq")
         unknown = [o for o in self.options if o not in OPTIONS]

@@ -20,7 +20,6 @@ import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 
 import torch
 from torch import nn
@@ -62,14 +61,19 @@ def layer_space(model: nn.Module, options: tuple[str, ...] = OPTIONS, method: st
     weight-only model only where the channels left still divide into the quantization groups. Rank
     options go to Linear layers; an Embedding table (quantized by RTN in the real step) gets bit widths.
     """
-    from slimkit.naming import parameter_owners
+    from slimkit.selection import select_layers
 
     conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    owners = parameter_owners(model)
     kinds = (nn.Linear, nn.Conv2d) if conv else (nn.Linear, nn.Embedding)  # int8 activations take no tables
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, kinds)
-              and m.weight.numel() >= MIN_WEIGHTS and (conv or m.weight.shape[1] % GROUPS[-1] == 0)
-              and len(owners[id(m.weight)]) == 1 and (not include or any(fnmatchcase(n, p) for p in include))}
+
+    def too_small(_name: str, module: nn.Module) -> str | None:
+        if module.weight.numel() < MIN_WEIGHTS or not (conv or module.weight.shape[1] % GROUPS[-1] == 0):
+            return f"fewer than {MIN_WEIGHTS} weights or inputs not in groups of {GROUPS[-1]}"
+        return None
+
+    chosen, _ = select_layers(model, include, (), kinds, action="to search",
+                              tied="the techniques leave tied weights alone", leave_out=too_small)
+    layers = dict(chosen)
     if not layers:
         where = f" matching {list(include)}" if include else ""
         raise UserInputError(f"{type(model).__name__} has no Linear/Conv2d layer of {MIN_WEIGHTS}+ weights{where} to "
@@ -81,8 +85,9 @@ def layer_space(model: nn.Module, options: tuple[str, ...] = OPTIONS, method: st
         if isinstance(layers[name], nn.Embedding):
             return option in BITS
         if option in RANKS:
-            # int8 activations fold a convolution's BatchNorm into the last stage of its factorization, a
-            # bias that the saved artifact then cannot place on reload: factorized convolutions stay out
+            # ranks on convolutions are not offered: the search was measured with Linear ranks only (a
+            # factorized convolution with int8 activations saves and reloads since lowrank/conv.py records
+            # the folded bias and the replaced stages)
             return not isinstance(layers[name], nn.Conv2d)
         if option not in CHANNELS:
             return True
