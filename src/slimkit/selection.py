@@ -16,6 +16,9 @@ from slimkit.errors import UserInputError
 from slimkit.naming import closest_names, parameter_owners
 
 
+NOT_MATCHED = "not matched by"  # how a skip reason for a layer outside the include patterns starts
+
+
 def select_layers(model: nn.Module, include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
                   types: tuple[type, ...] = (nn.Linear,), *, action: str, tied: str, include_name: str = "include",
                   leave_out: Callable[[str, nn.Module], str | None] | None = None
@@ -46,10 +49,10 @@ def select_layers(model: nn.Module, include: tuple[str, ...] = (), exclude: tupl
     'weight tied to wte.weight; quantizing it would store it twice'
     """
     candidates = {name: m for name, m in model.named_modules() if isinstance(m, types)}
-    kinds = " or ".join(t.__name__ for t in types)
     if not candidates:
         raise UserInputError(f"{type(model).__name__} has no {' or '.join(f'nn.{t.__name__}' for t in types)} "
                              f"layer {action}")
+    kinds = " or ".join(t.__name__ for t in types)
     for kind, patterns in ((include_name, include), ("exclude", exclude)):
         for pattern in patterns:
             if not any(fnmatchcase(name, pattern) for name in candidates):
@@ -71,7 +74,7 @@ def select_layers(model: nn.Module, include: tuple[str, ...] = (), exclude: tupl
 def _reason(name: str, module: nn.Module, include: tuple[str, ...], exclude: tuple[str, ...], include_name: str,
             owners: dict[int, list[str]], attention: list[str], tied: str) -> str | None:
     if include and not any(fnmatchcase(name, p) for p in include):
-        return f"not matched by {include_name} {list(include)}"
+        return f"{NOT_MATCHED} {include_name} {list(include)}"
     if any(fnmatchcase(name, p) for p in exclude):
         return f"matched by exclude {list(exclude)}"
     owner = next((a for a in attention if name.startswith(f"{a}." if a else "")), None)

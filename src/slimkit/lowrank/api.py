@@ -14,11 +14,10 @@ from slimkit.lowrank.conv import LowRankConv2d, spatial_rank, tucker2_params, tu
 from slimkit.lowrank.svd import LowRankLinear, energy_kept, matrix_rank_rule
 from slimkit.manifest import add_entry
 from slimkit.progress import progress
-from slimkit.selection import check_finite_weight, select_layers
+from slimkit.selection import NOT_MATCHED, check_finite_weight, select_layers
 from slimkit.timing import fixed_threads
 
 TECHNIQUE = "low-rank"
-UNMATCHED = "not matched by include"
 
 
 @dataclass
@@ -68,7 +67,7 @@ class LowRankReport:
                 "| --- | --- | --- | ---: | ---: | ---: | --- |"]
         hidden = 0
         for r in self.layers:
-            if not unmatched and (r.skipped or "").startswith(UNMATCHED):
+            if not unmatched and (r.skipped or "").startswith(NOT_MATCHED):
                 hidden += 1
                 continue
             energy = "" if r.energy_kept is None else f"{r.energy_kept:.4f}"

@@ -70,16 +70,15 @@ def _quantize_layer(layer: nn.Linear, config: WeightQuantConfig, stats: LayerInp
     weight = layer.weight.detach().float()
     if config.method == "rtn":
         return _encode(weight, config), None, {}
+    awq_options = {"group_size": config.group_size, "symmetric": config.symmetric, "grid": config.awq_grid}
     if config.method == "awq":
-        options = {"group_size": config.group_size, "symmetric": config.symmetric, "grid": config.awq_grid}
-        scale, alpha = awq_input_scale(weight, stats.sample, config.format, **options)
-        clip_scale, clip_zero = awq_clip(weight * scale, stats.sample / scale, config.format, **options)
+        scale, alpha = awq_input_scale(weight, stats.sample, config.format, **awq_options)
+        clip_scale, clip_zero = awq_clip(weight * scale, stats.sample / scale, config.format, **awq_options)
         return (_encode(weight * scale, config, clip_scale, clip_zero), scale,
                 {"awq_alpha": alpha, "calib_tokens": stats.tokens})
     hessian, input_scale, notes = stats.hessian, None, {"calib_tokens": stats.tokens}
     if config.awq_scale:  # x W^T = (x/s)(W s)^T: GPTQ on W s, whose inputs x/s have Hessian H / (s s^T)
-        scale, notes["awq_alpha"] = awq_input_scale(weight, stats.sample, config.format, group_size=config.group_size,
-                                                    symmetric=config.symmetric, grid=config.awq_grid)
+        scale, notes["awq_alpha"] = awq_input_scale(weight, stats.sample, config.format, **awq_options)
         if notes["awq_alpha"] is not None:
             input_scale, weight = scale, weight * scale
             hessian = hessian / (scale.double()[:, None] * scale.double()[None, :])
