@@ -57,9 +57,16 @@ def nf4_bnb(w: torch.Tensor):
     return lambda x: bnb.matmul_4bit(x, packed.t(), quant_state=state)
 
 
+_ENCODED = {}  # (weight pointer, format) -> encoded weight: the sweep launches one weight many ways
+
+
 def slimkit_kernel(w: torch.Tensor, fmt: str, **launch):
-    enc = (quantize(w.float(), "int4", group_size=128, scale_dtype=torch.float16) if fmt == "int4"
-           else quantize(w.float(), "int8", granularity="channel", scale_dtype=torch.float16))
+    key = (w.data_ptr(), tuple(w.shape), fmt)
+    if key not in _ENCODED:
+        _ENCODED.clear()
+        _ENCODED[key] = (quantize(w.float(), "int4", group_size=128, scale_dtype=torch.float16) if fmt == "int4"
+                         else quantize(w.float(), "int8", granularity="channel", scale_dtype=torch.float16))
+    enc = _ENCODED[key]
     kernel = kernels.kernel_for(enc)
     codes, scale = kernels.prepare(enc, kernel)
     if kernel == "gemv_int4":
@@ -97,38 +104,67 @@ def table(shapes, rows_list) -> None:
 
 
 def sweep() -> None:
-    """Time the launch shapes at 8192x8192 and one row, then refine the best; the winners become the defaults."""
+    """Time the kernel variants and launch shapes at 8192x8192 (1 and 16 rows), refine the best, then time
+    the best of each variant's launch at every benchmark shape with a few block_n; the winners at 8192x8192
+    become the defaults for the table."""
     torch.manual_seed(0)
     w = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) * 0.02
     x1 = torch.randn(1, 8192, device="cuda", dtype=torch.bfloat16)
     x16 = torch.randn(16, 8192, device="cuda", dtype=torch.bfloat16)
     base = ms(lambda: F.linear(x1, w))
-    print("| kernel | block_n | block_k | split_k | warps | stages | split nibbles | us, 1 row | vs bf16 | "
-          "us, 16 rows |\n|---|---|---|---|---|---|---|---|---|---|")
-    for fmt, defaults in (("int4", gemv.INT4_LAUNCH), ("int8", gemv.INT8_LAUNCH)):
+    print("| kernel | variant | block_n | block_k | warps | stages | us, 1 row | vs bf16 | us, 16 rows |\n"
+          "|---|---|---|---|---|---|---|---|---|")
+    for fmt, defaults, row_defaults in (("int4", gemv.INT4_LAUNCH, gemv.INT4_ROW_LAUNCH),
+                                        ("int8", gemv.INT8_LAUNCH, gemv.INT8_ROW_LAUNCH)):
         timings = {}
 
-        def time_launch(launch):
-            call, _, _ = slimkit_kernel(w, fmt, **launch)
-            timings[tuple(launch.items())] = t = ms(lambda: call(x1))
-            cells = " | ".join(str(v) for v in launch.values()) + ("" if "split_nibbles" in launch else " | -")
-            print(f"| {fmt} | {cells} | {1e3 * t:.1f} | {base / t:.2f}x | {1e3 * ms(lambda: call(x16)):.1f} |",
-                  flush=True)
+        def time_launch(launch, weight=w, x=x1, label="", record=True):
+            call, _, _ = slimkit_kernel(weight, fmt, **launch)
+            t = ms(lambda: call(x))
+            if record:
+                timings[tuple(launch.items())] = t
+            variant = launch["mode"] + (" magic" if launch.get("magic") else "")
+            rows16 = f"{1e3 * ms(lambda: call(x16)):.1f}" if record and launch["mode"] == "tiles" else "-"
+            dense = ms(lambda: F.linear(x, weight)) if not record else base
+            print(f"| {fmt}{label} | {variant} | {launch['block_n']} | {launch['block_k']} | {launch['num_warps']} | "
+                  f"{launch['num_stages']} | {1e3 * t:.1f} | {dense / t:.2f}x | {rows16} |", flush=True)
+            return t
 
-        for variant in ([{"split_nibbles": False}, {"split_nibbles": True}] if fmt == "int4" else [{}]):
-            for block_n in (16, 32, 64):
-                for block_k in (512, 1024):  # 128/256 and split-K measured slower at every shape tried
-                    time_launch(dict(block_n=block_n, block_k=block_k, split_k=1, num_warps=4, num_stages=3,
-                                     **variant))
-        best = dict(min(timings, key=timings.get))
-        for warps in (2, 4, 8):
-            for stages in (2, 3, 4, 5):
-                if (warps, stages) != (4, 3):
-                    time_launch({**best, "num_warps": warps, "num_stages": stages})
-        best = dict(min(timings, key=timings.get))
-        defaults.update(best)
-        print(f"{fmt} best: {best}: {1e3 * timings[tuple(best.items())]:.1f} us, "
-              f"{base / timings[tuple(best.items())]:.2f}x bf16", flush=True)
+        common = {"split_k": 1, "num_warps": 4, "num_stages": 3}
+        tiles = {"mode": "tiles", "block_m": 16, "split_nibbles": False, "magic": False, **common}
+        launches = [{**tiles, "block_n": 32, "block_k": 512}]
+        launches += [{**tiles, "magic": True, "block_n": bn, "block_k": bk} for bn in (16, 32, 64) for bk in (256, 512)]
+        launches += [{"mode": "row", **common, "block_n": bn, "block_k": bk} for bn in (2, 4, 8, 16)
+                     for bk in (256, 512, 1024)]
+        for launch in launches:
+            try:
+                time_launch(launch)
+            except Exception as exc:  # noqa: BLE001 - a launch that does not compile is reported, not fatal
+                print(f"| {fmt} | {launch} failed: {type(exc).__name__}: {str(exc)[:100]} |", flush=True)
+        for mode in ("tiles", "row"):
+            best = dict(min((k for k in timings if dict(k)["mode"] == mode), key=timings.get))
+            for warps in (1, 2, 4, 8):
+                for stages in (2, 3, 4):
+                    if (warps, stages) != (best["num_warps"], best["num_stages"]):
+                        try:
+                            time_launch({**best, "num_warps": warps, "num_stages": stages})
+                        except Exception as exc:  # noqa: BLE001
+                            print(f"| {fmt} | {warps} warps {stages} stages failed: {type(exc).__name__} |")
+            best = dict(min((k for k in timings if dict(k)["mode"] == mode), key=timings.get))
+            (row_defaults if mode == "row" else defaults).clear()
+            (row_defaults if mode == "row" else defaults).update(best)
+            t = timings[tuple(best.items())]
+            print(f"{fmt} {mode} best: {best}: {1e3 * t:.1f} us, {base / t:.2f}x bf16", flush=True)
+        for rows in (2, 4):
+            x = torch.randn(rows, 8192, device="cuda", dtype=torch.bfloat16)
+            time_launch(row_defaults, w, x, f" {rows} rows", record=False)
+        for out_features, in_features in SHAPES[1:]:  # how the launch should change with the shape
+            weight = torch.randn(out_features, in_features, device="cuda", dtype=torch.bfloat16) * 0.02
+            x = torch.randn(1, in_features, device="cuda", dtype=torch.bfloat16)
+            for block_n in (4, 8, 16):
+                for split_k in (1, 2):
+                    time_launch({**row_defaults, "block_n": block_n, "split_k": split_k}, weight, x,
+                                f" {out_features}x{in_features} split {split_k}", record=False)
     print()
 
 
@@ -140,7 +176,8 @@ def main() -> None:
           f"median of do_bench with L2 flushed\n")
     if args.sweep:
         sweep()
-    print(f"launch: int4 {gemv.INT4_LAUNCH}, int8 {gemv.INT8_LAUNCH}\n")
+    print(f"launch: up to {gemv.ROW_KERNEL_ROWS} row(s) int4 {gemv.INT4_ROW_LAUNCH}, int8 {gemv.INT8_ROW_LAUNCH}; "
+          f"more rows int4 {gemv.INT4_LAUNCH}, int8 {gemv.INT8_LAUNCH}\n")
     table(SHAPES, ROWS)
 
 

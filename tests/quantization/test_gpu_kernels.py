@@ -65,13 +65,25 @@ def test_one_pass_dequantization_is_exact(fmt, double_quant):
     assert torch.equal(kernels.dequantize(enc, torch.bfloat16), reference.bfloat16())
 
 
-@pytest.mark.parametrize("split_nibbles", [False, True])
-def test_both_int4_tile_layouts_compute_the_same(split_nibbles):
+@pytest.mark.parametrize("launch", [dict(mode="tiles", split_nibbles=False), dict(mode="tiles", split_nibbles=True),
+                                    dict(mode="tiles", magic=True), dict(mode="row"), dict(mode="row", split_k=2)])
+@pytest.mark.parametrize("fmt,group_size,symmetric", [("int4", 128, True), ("int4", 64, False), ("int8", None, True)])
+def test_every_kernel_variant_computes_the_same(launch, fmt, group_size, symmetric):
     from slimkit.quantization import triton_kernels
 
-    weight = torch.randn(64, 1024, device="cuda")
-    enc = encode(weight, "int4", group_size=128, scale_dtype=torch.float16)
-    x = torch.randn(5, 1024, device="cuda")
-    y = triton_kernels.int4_gemv(x, enc.codes, enc.scales(), None, 128, split_nibbles=split_nibbles, block_k=1024)
-    reference = x.double() @ enc.dequantize().double().T
-    assert torch.allclose(y.double(), reference, rtol=1e-4, atol=1e-3 * reference.abs().max().item())
+    weight = torch.randn(80, 2048, device="cuda")
+    enc = encode(weight, fmt, granularity="group" if group_size else "channel", group_size=group_size or 128,
+                 symmetric=symmetric, scale_dtype=torch.float16)
+    codes, scale = kernels.prepare(enc, "gemv_" + fmt)
+    reference_weight = enc.dequantize().double()
+    for rows in (1, 5, 20):
+        x = torch.randn(rows, 2048, device="cuda")
+        if fmt == "int4":
+            y = triton_kernels.int4_gemv(x, codes, scale[0], scale[1] if len(scale) == 2 else None, group_size,
+                                         block_k=512, **launch)
+        elif launch.get("split_nibbles"):
+            continue  # an int4 layout only
+        else:
+            y = triton_kernels.int8_gemv(x, codes, scale[0, :, 0], block_k=512, **launch)
+        reference = x.double() @ reference_weight.T
+        assert torch.allclose(y.double(), reference, rtol=1e-4, atol=1e-3 * reference.abs().max().item())

@@ -45,17 +45,24 @@ def block_k(in_features: int, group_size: int, largest: int = 1024) -> int | Non
 
 # Launch shapes, chosen from an H100 sweep at 8192x8192 and one row (python
 # benchmarks/bench_gpu_gemv.py --sweep; table in docs/benchmarks.md).
-INT4_LAUNCH = dict(block_n=32, block_k=512, split_k=1, num_warps=4, num_stages=3, split_nibbles=False)
-INT8_LAUNCH = dict(block_n=32, block_k=512, split_k=1, num_warps=2, num_stages=4)
-BLOCK_M = 16
+INT4_LAUNCH = dict(mode="tiles", block_m=16, block_n=32, block_k=512, split_k=1, num_warps=4, num_stages=3,
+                   split_nibbles=False, magic=False)
+INT8_LAUNCH = dict(mode="tiles", block_m=16, block_n=32, block_k=512, split_k=1, num_warps=2, num_stages=4, magic=False)
+INT4_ROW_LAUNCH = dict(mode="row", block_n=8, block_k=512, split_k=1, num_warps=2, num_stages=3)
+INT8_ROW_LAUNCH = dict(mode="row", block_n=8, block_k=512, split_k=1, num_warps=2, num_stages=3)
+ROW_KERNEL_ROWS = 1  # inputs of up to this many rows run the row kernel, larger ones the tensor-core tiles
 
 if triton is not None:
 
     @triton.jit
     def _scaled(codes, scale, zero, HAS_ZERO: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS_IN_TILE: tl.constexpr,
-                WIDTH: tl.constexpr):
+                WIDTH: tl.constexpr, MAGIC: tl.constexpr):
         """(BN, WIDTH) codes, their group's (BN, GROUPS_IN_TILE) scale and zero -> float32 weights."""
-        codes = tl.reshape(codes, (BLOCK_N, GROUPS_IN_TILE, WIDTH // GROUPS_IN_TILE)).to(tl.float32)
+        codes = tl.reshape(codes, (BLOCK_N, GROUPS_IN_TILE, WIDTH // GROUPS_IN_TILE))
+        if MAGIC:  # 2^23 + code read from its bits, no conversion instruction
+            codes = (codes.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+        else:
+            codes = codes.to(tl.float32)
         if HAS_ZERO:
             weight = (codes - zero[:, :, None]) * scale[:, :, None]
         else:
@@ -66,7 +73,7 @@ if triton is not None:
     def _int4_kernel(x_ptr, codes_ptr, scale_ptr, zero_ptr, y_ptr, M, N, K, GROUPS,
                      GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-                     SPLIT_NIBBLES: tl.constexpr):
+                     SPLIT_NIBBLES: tl.constexpr, MAGIC: tl.constexpr):
         m = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
         n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         m_ok, n_ok = m < M, n < N
@@ -86,20 +93,20 @@ if triton is not None:
                 x_rows = x_ptr + m[:, None] * K + (k0 + 2 * half)[None, :]
                 x_even = tl.load(x_rows, mask=m_ok[:, None], other=0.0)  # (BM, BK/2)
                 x_odd = tl.load(x_rows + 1, mask=m_ok[:, None], other=0.0)
-                low = _scaled(packed & 0xF, scale, zero, HAS_ZERO, BLOCK_N, BLOCK_K // GROUP, BLOCK_K // 2)
-                high = _scaled(packed >> 4, scale, zero, HAS_ZERO, BLOCK_N, BLOCK_K // GROUP, BLOCK_K // 2)
+                low = _scaled(packed & 0xF, scale, zero, HAS_ZERO, BLOCK_N, BLOCK_K // GROUP, BLOCK_K // 2, MAGIC)
+                high = _scaled(packed >> 4, scale, zero, HAS_ZERO, BLOCK_N, BLOCK_K // GROUP, BLOCK_K // 2, MAGIC)
                 acc += tl.dot(x_even, tl.trans(low.to(x_even.dtype)), input_precision=PRECISION)
                 acc += tl.dot(x_odd, tl.trans(high.to(x_even.dtype)), input_precision=PRECISION)
             else:
                 codes = tl.reshape(tl.join(packed & 0xF, packed >> 4), (BLOCK_N, BLOCK_K))
                 x = tl.load(x_ptr + m[:, None] * K + (k0 + k)[None, :], mask=m_ok[:, None], other=0.0)  # (BM, BK)
-                weight = _scaled(codes, scale, zero, HAS_ZERO, BLOCK_N, BLOCK_K // GROUP, BLOCK_K)
+                weight = _scaled(codes, scale, zero, HAS_ZERO, BLOCK_N, BLOCK_K // GROUP, BLOCK_K, MAGIC)
                 acc += tl.dot(x, tl.trans(weight.to(x.dtype)), input_precision=PRECISION)
         _write(y_ptr, acc, m, n, m_ok, n_ok, N, SPLIT_K)
 
     @triton.jit
     def _int8_kernel(x_ptr, codes_ptr, scale_ptr, y_ptr, M, N, K, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, MAGIC: tl.constexpr):
         m = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
         n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         m_ok, n_ok = m < M, n < N
@@ -109,10 +116,68 @@ if triton is not None:
         for k0 in range(tl.program_id(1) * span, (tl.program_id(1) + 1) * span, BLOCK_K):
             codes = tl.load(codes_ptr + n[:, None] * K + (k0 + k)[None, :], mask=n_ok[:, None], other=128)
             x = tl.load(x_ptr + m[:, None] * K + (k0 + k)[None, :], mask=m_ok[:, None], other=0.0)
-            weight = (codes.to(tl.int32) - 128).to(x.dtype)  # integers up to 127: exact in bf16/fp16
+            if MAGIC:
+                weight = ((codes.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True) - 8388736.0).to(x.dtype)
+            else:
+                weight = (codes.to(tl.int32) - 128).to(x.dtype)  # integers up to 127: exact in bf16/fp16
             acc += tl.dot(x, tl.trans(weight), input_precision=PRECISION)
         scale = tl.load(scale_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
         _write(y_ptr, acc * scale[None, :], m, n, m_ok, n_ok, N, SPLIT_K)
+
+    @triton.jit
+    def _as_floats(words, BITS: tl.constexpr):
+        """(BN, W) int32 words -> (BN, W * 32 / BITS) float32 2^23 + code, codes in column order (code k of a
+        row sits in bits BITS * (k % (32 / BITS)) of word k // (32 / BITS)). No conversion instruction (those
+        run at a quarter of the FMA rate): code | 0x4B000000 read as fp32 is exactly 2^23 + code. The joins
+        keep each word's codes in the thread that loaded it; each join appends an axis, the first one slowest,
+        so pairing the codes 4 (int4) or 2 (int8) apart first puts them in column order."""
+        MASK: tl.constexpr = (1 << BITS) - 1
+        if BITS == 4:
+            c0, c1, c2, c3 = words & MASK, (words >> 4) & MASK, (words >> 8) & MASK, (words >> 12) & MASK
+            c4, c5, c6, c7 = (words >> 16) & MASK, (words >> 20) & MASK, (words >> 24) & MASK, (words >> 28) & MASK
+            t = tl.join(tl.join(tl.join(c0, c4), tl.join(c2, c6)), tl.join(tl.join(c1, c5), tl.join(c3, c7)))
+        else:
+            c0, c1, c2, c3 = words & MASK, (words >> 8) & MASK, (words >> 16) & MASK, (words >> 24) & MASK
+            t = tl.join(tl.join(c0, c2), tl.join(c1, c3))
+        t = tl.reshape(t, (words.shape[0], words.shape[1] * (32 // BITS)))
+        return (t | 0x4B000000).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _row_kernel(x_ptr, words_ptr, scale_ptr, zero_ptr, y_ptr, M, N, K, GROUPS, BITS: tl.constexpr,
+                    GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+        """One row of x per program, no tensor cores: weights times activations summed in fp32 FMAs into a
+        (BN, BK) accumulator, reduced once at the end. GROUP == 0: one scale per output channel, applied to
+        the sums; else a scale (and zero point) per group of GROUP codes."""
+        PER_WORD: tl.constexpr = 32 // BITS
+        row = tl.program_id(2) + tl.arange(0, BLOCK_M)  # BLOCK_M is 1
+        n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = n < N
+        j, k = tl.arange(0, BLOCK_K // PER_WORD), tl.arange(0, BLOCK_K)
+        acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+        span = K // SPLIT_K
+        for k0 in range(tl.program_id(1) * span, (tl.program_id(1) + 1) * span, BLOCK_K):
+            words = tl.load(words_ptr + n[:, None] * (K // PER_WORD) + (k0 // PER_WORD + j)[None, :],
+                            mask=n_ok[:, None], other=0)
+            x = tl.load(x_ptr + row * K + k0 + k).to(tl.float32)  # (BK,)
+            codes = _as_floats(words, BITS)
+            if GROUP == 0:
+                weight = codes - (8388608.0 + (1 << (BITS - 1)))
+            else:
+                groups = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)
+                offsets = n[:, None] * GROUPS + groups[None, :]
+                scale = tl.load(scale_ptr + offsets, mask=n_ok[:, None], other=0.0).to(tl.float32)
+                if HAS_ZERO:
+                    zero = 8388608.0 + tl.load(zero_ptr + offsets, mask=n_ok[:, None], other=0.0).to(tl.float32)
+                else:
+                    zero = tl.full((BLOCK_N, BLOCK_K // GROUP), 8388608.0 + (1 << (BITS - 1)), tl.float32)
+                codes = tl.reshape(codes, (BLOCK_N, BLOCK_K // GROUP, GROUP))
+                weight = tl.reshape((codes - zero[:, :, None]) * scale[:, :, None], (BLOCK_N, BLOCK_K))
+            acc += weight * x[None, :]
+        out = tl.sum(acc, axis=1)
+        if GROUP == 0:
+            out = out * tl.load(scale_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
+        _write(y_ptr, out[None, :], row, n, row < M, n_ok, N, SPLIT_K)
 
     @triton.jit
     def _write(y_ptr, acc, m, n, m_ok, n_ok, N, SPLIT_K: tl.constexpr):
@@ -151,32 +216,58 @@ def dequantize_4bit(codes: Tensor, table: Tensor, scale: Tensor, group_size: int
     return out
 
 
-def _launch(kernel, x: Tensor, out_features: int, args: tuple, extra: dict, *, block_n: int, block_k: int,
-            split_k: int, num_warps: int, num_stages: int, **variant) -> Tensor:
+def _launch(kernel, x: Tensor, out_features: int, args: tuple, extra: dict, *, block_m: int, block_n: int,
+            block_k: int, split_k: int, num_warps: int, num_stages: int, **variant) -> Tensor:
     rows, in_features = x.shape
     x = x.contiguous()
     split_k = split_k if in_features % (split_k * block_k) == 0 else 1
     y = (torch.empty(rows, out_features, dtype=x.dtype, device=x.device) if split_k == 1
          else torch.zeros(rows, out_features, dtype=torch.float32, device=x.device))
-    grid = (triton.cdiv(out_features, block_n), split_k, triton.cdiv(rows, BLOCK_M))
+    grid = (triton.cdiv(out_features, block_n), split_k, triton.cdiv(rows, block_m))
     kernel[grid](x, *args, y, rows, out_features, in_features, **extra,
-                 PRECISION="ieee" if x.dtype == torch.float32 else "tf32", BLOCK_M=BLOCK_M, BLOCK_N=block_n,
+                 BLOCK_M=block_m, BLOCK_N=block_n,
                  BLOCK_K=block_k, SPLIT_K=split_k, num_warps=num_warps, num_stages=num_stages,
                  **{name.upper(): value for name, value in variant.items()})
     return y.to(x.dtype)
 
 
+def _row_launch(x: Tensor, codes: Tensor, scale: Tensor, zero: Tensor | None, bits: int, group: int,
+                launch: dict) -> Tensor:
+    """The FMA kernel, one row of x per program."""
+    launch = {**launch, "block_m": 1}
+    for name in ("mode", "split_nibbles", "magic"):
+        launch.pop(name, None)
+    return _launch(_row_kernel, x, scale.shape[0], (codes.view(torch.int32), scale, scale if zero is None else zero),
+                   {"GROUPS": scale.shape[1] if scale.dim() == 2 else 1, "BITS": bits, "GROUP": group,
+                    "HAS_ZERO": zero is not None}, **launch)
+
+
 def int4_gemv(x: Tensor, codes: Tensor, scale: Tensor, zero: Tensor | None, group_size: int, **launch) -> Tensor:
     """x (rows, K) @ W^T with W (N, K) int4 per group: codes (N*K/2,) uint8 as stored, scale (N, K/group)
-    in any float dtype, zero (N, K/group) uint8 or None (symmetric: offset 8)."""
-    launch = {**INT4_LAUNCH, **launch}
+    in any float dtype, zero (N, K/group) or None (symmetric: offset 8)."""
+    mode = launch.get("mode") or ("row" if x.shape[0] <= ROW_KERNEL_ROWS else "tiles")
+    launch = {**(INT4_ROW_LAUNCH if mode == "row" else INT4_LAUNCH), **launch}
     launch["block_k"] = block_k(x.shape[1], group_size, launch["block_k"])
+    if launch["mode"] == "row":
+        return _row_launch(x, codes, scale, zero, 4, group_size, launch)
+    del launch["mode"]
     return _launch(_int4_kernel, x, scale.shape[0], (codes, scale, scale if zero is None else zero),
-                   dict(GROUPS=scale.shape[1], GROUP=group_size, HAS_ZERO=zero is not None), **launch)
+                   dict(GROUPS=scale.shape[1], GROUP=group_size, HAS_ZERO=zero is not None,
+                        PRECISION=_precision(x)), **launch)
 
 
 def int8_gemv(x: Tensor, codes: Tensor, scale: Tensor, **launch) -> Tensor:
     """x (rows, K) @ W^T with W (N, K) int8 per output channel: codes (N*K,) uint8 offset binary, scale (N,)."""
-    launch = {**INT8_LAUNCH, **launch}
+    mode = launch.get("mode") or ("row" if x.shape[0] <= ROW_KERNEL_ROWS else "tiles")
+    launch = {**(INT8_ROW_LAUNCH if mode == "row" else INT8_LAUNCH), **launch}
     launch["block_k"] = block_k(x.shape[1], 1, launch["block_k"])
-    return _launch(_int8_kernel, x, scale.shape[0], (codes, scale), {}, **launch)
+    if launch["mode"] == "row":
+        return _row_launch(x, codes, scale, None, 8, 0, launch)
+    del launch["mode"]
+    launch.pop("split_nibbles", None)
+    return _launch(_int8_kernel, x, scale.shape[0], (codes, scale), {"PRECISION": _precision(x)}, **launch)
+
+
+def _precision(x: Tensor) -> str:
+    """tl.dot's precision: exact fp32 products for fp32 activations, the tensor cores' own otherwise."""
+    return "ieee" if x.dtype == torch.float32 else "tf32"
