@@ -123,7 +123,8 @@ def sweep() -> None:
             t = ms(lambda: call(x))
             if record:
                 timings[tuple(launch.items())] = t
-            variant = launch["mode"] + (" magic" if launch.get("magic") else "")
+            variant = (launch["mode"] + (" prefetch" if launch.get("prefetch") else "")
+                       + (" word sums" if launch.get("word_sums") else ""))
             rows16 = f"{1e3 * ms(lambda: call(x16)):.1f}" if record and launch["mode"] == "tiles" else "-"
             dense = ms(lambda: F.linear(x, weight)) if not record else base
             print(f"| {fmt}{label} | {variant} | {launch['block_n']} | {launch['block_k']} | {launch['num_warps']} | "
@@ -131,11 +132,13 @@ def sweep() -> None:
             return t
 
         common = {"split_k": 1, "num_warps": 4, "num_stages": 3}
-        tiles = {"mode": "tiles", "block_m": 16, "split_nibbles": False, "magic": False, **common}
-        launches = [{**tiles, "block_n": 32, "block_k": 512}]
-        launches += [{**tiles, "magic": True, "block_n": bn, "block_k": bk} for bn in (16, 32, 64) for bk in (256, 512)]
-        launches += [{"mode": "row", **common, "block_n": bn, "block_k": bk} for bn in (2, 4, 8, 16)
-                     for bk in (256, 512, 1024)]
+        tiles = {"mode": "tiles", "block_m": 16, "split_nibbles": False, "magic": False, **common,
+                 "num_warps": defaults["num_warps"], "num_stages": defaults["num_stages"]}
+        launches = [{**tiles, **{k: v for k, v in defaults.items() if k in tiles or k.startswith("block")}}]
+        launches.append(dict(row_defaults))  # the current default, timed in the same run
+        launches += [{**row_defaults, "word_sums": True, "prefetch": prefetch, "block_n": bn, "block_k": bk}
+                     for prefetch in (True, False) for bn in (8, 16, 32, 64) for bk in (512, 1024, 2048)
+                     if fmt == "int8" or prefetch]
         for launch in launches:
             try:
                 time_launch(launch)
@@ -143,13 +146,11 @@ def sweep() -> None:
                 print(f"| {fmt} | {launch} failed: {type(exc).__name__}: {str(exc)[:100]} |", flush=True)
         for mode in ("tiles", "row"):
             best = dict(min((k for k in timings if dict(k)["mode"] == mode), key=timings.get))
-            for warps in (1, 2, 4, 8):
-                for stages in (2, 3, 4):
-                    if (warps, stages) != (best["num_warps"], best["num_stages"]):
-                        try:
-                            time_launch({**best, "num_warps": warps, "num_stages": stages})
-                        except Exception as exc:  # noqa: BLE001
-                            print(f"| {fmt} | {warps} warps {stages} stages failed: {type(exc).__name__} |")
+            for warps in ((8,) if mode == "row" else ()):
+                try:
+                    time_launch({**best, "num_warps": warps})
+                except Exception as exc:  # noqa: BLE001
+                    print(f"| {fmt} | {warps} warps failed: {type(exc).__name__} |")
             best = dict(min((k for k in timings if dict(k)["mode"] == mode), key=timings.get))
             (row_defaults if mode == "row" else defaults).clear()
             (row_defaults if mode == "row" else defaults).update(best)
@@ -161,8 +162,8 @@ def sweep() -> None:
         for out_features, in_features in SHAPES[1:]:  # how the launch should change with the shape
             weight = torch.randn(out_features, in_features, device="cuda", dtype=torch.bfloat16) * 0.02
             x = torch.randn(1, in_features, device="cuda", dtype=torch.bfloat16)
-            for block_n in (4, 8, 16):
-                for split_k in (1, 2):
+            for block_n in sorted({8, 16, row_defaults["block_n"]}):
+                for split_k in (1,):  # split-K (2) lost at every shape in the earlier sweeps
                     time_launch({**row_defaults, "block_n": block_n, "split_k": split_k}, weight, x,
                                 f" {out_features}x{in_features} split {split_k}", record=False)
     print()
