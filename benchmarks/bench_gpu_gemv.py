@@ -136,9 +136,10 @@ def sweep() -> None:
                  "num_warps": defaults["num_warps"], "num_stages": defaults["num_stages"]}
         launches = [{**tiles, **{k: v for k, v in defaults.items() if k in tiles or k.startswith("block")}}]
         launches.append(dict(row_defaults))  # the current default, timed in the same run
-        launches += [{**row_defaults, "word_sums": True, "prefetch": prefetch, "block_n": bn, "block_k": bk}
-                     for prefetch in (True, False) for bn in (8, 16, 32, 64) for bk in (512, 1024, 2048)
-                     if fmt == "int8" or prefetch]
+        launches += [{**row_defaults, "word_sums": sums, "prefetch": prefetch, "block_n": bn, "block_k": bk}
+                     for prefetch in (True, False) for sums in (False, True)
+                     for bn in ((16, 32) if fmt == "int4" else (8, 16))
+                     for bk in ((512, 1024) if fmt == "int4" else (1024, 2048)) if fmt == "int8" or prefetch]
         for launch in launches:
             try:
                 time_launch(launch)

@@ -145,13 +145,18 @@ if triton is not None:
         return (t | 0x4B000000).to(tl.float32, bitcast=True)
 
     @triton.jit
-    def _row_tile(x_ptr, words_ptr, scale_ptr, zero_ptr, row, n, n_ok, k0, K, GROUPS, BITS: tl.constexpr,
-                  GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        """The loads of one K tile: words (BN, BK / per word), x (BK,), scale and zero (BN, BK / GROUP)."""
+    def _row_words(words_ptr, n, n_ok, k0, K, BITS: tl.constexpr, BLOCK_K: tl.constexpr):
+        """The (BN, BK / per word) int32 words of one K tile."""
         PER_WORD: tl.constexpr = 32 // BITS
         j = tl.arange(0, BLOCK_K // PER_WORD)
-        words = tl.load(words_ptr + n[:, None] * (K // PER_WORD) + (k0 // PER_WORD + j)[None, :],
-                        mask=n_ok[:, None], other=0)
+        return tl.load(words_ptr + n[:, None] * (K // PER_WORD) + (k0 // PER_WORD + j)[None, :], mask=n_ok[:, None],
+                       other=0)
+
+    @triton.jit
+    def _row_side(x_ptr, scale_ptr, zero_ptr, row, n, n_ok, k0, K, GROUPS, BITS: tl.constexpr, GROUP: tl.constexpr,
+                  HAS_ZERO: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """The small loads of one K tile (cache hits, so never prefetched: loaded where they are used, they take
+        the layout their use needs without a shared-memory shuffle): x (BK,), scale and zero (BN, BK / GROUP)."""
         x = tl.load(x_ptr + row * K + k0 + tl.arange(0, BLOCK_K)).to(tl.float32)
         if GROUP == 0:  # per-channel scale: applied after the loop
             scale = tl.zeros((BLOCK_N, 1), dtype=tl.float32)
@@ -163,7 +168,7 @@ if triton is not None:
                 zero = tl.load(zero_ptr + offsets, mask=n_ok[:, None], other=0.0).to(tl.float32)
             else:
                 zero = tl.full((BLOCK_N, BLOCK_K // GROUP), 1 << (BITS - 1), tl.float32)
-        return words, x, scale, zero
+        return x, scale, zero
 
     @triton.jit
     def _row_products(words, x, scale, zero, BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -174,18 +179,20 @@ if triton is not None:
         WORDS: tl.constexpr = BLOCK_K // PER_WORD
         codes = _as_floats(words, BITS)
         if GROUP == 0:
-            weight = codes - (8388608.0 + (1 << (BITS - 1)))
+            products = (codes - (8388608.0 + (1 << (BITS - 1)))) * x[None, :]
             if WORD_SUMS:
-                return tl.sum(tl.reshape(weight * x[None, :], (BLOCK_N, WORDS, PER_WORD)), axis=2)
-            return weight * x[None, :]
-        codes = tl.reshape(codes, (BLOCK_N, BLOCK_K // GROUP, GROUP))
-        if WORD_SUMS:
-            centered = tl.reshape(codes - (8388608.0 + zero[:, :, None]), (BLOCK_N, BLOCK_K))
-            sums = tl.sum(tl.reshape(centered * x[None, :], (BLOCK_N, BLOCK_K // GROUP, GROUP // PER_WORD,
-                                                               PER_WORD)), axis=3)
-            return tl.reshape(sums * scale[:, :, None], (BLOCK_N, WORDS))
-        weight = (codes - (8388608.0 + zero[:, :, None])) * scale[:, :, None]
-        return tl.reshape(weight, (BLOCK_N, BLOCK_K)) * x[None, :]
+                products = tl.sum(tl.reshape(products, (BLOCK_N, WORDS, PER_WORD)), axis=2)
+        else:  # (Triton compiles one return per function: every branch assigns products)
+            codes = tl.reshape(codes, (BLOCK_N, BLOCK_K // GROUP, GROUP))
+            if WORD_SUMS:
+                centered = tl.reshape(codes - (8388608.0 + zero[:, :, None]), (BLOCK_N, BLOCK_K))
+                sums = tl.sum(tl.reshape(centered * x[None, :], (BLOCK_N, BLOCK_K // GROUP, GROUP // PER_WORD,
+                                                                   PER_WORD)), axis=3)
+                products = tl.reshape(sums * scale[:, :, None], (BLOCK_N, WORDS))
+            else:
+                weight = (codes - (8388608.0 + zero[:, :, None])) * scale[:, :, None]
+                products = tl.reshape(weight, (BLOCK_N, BLOCK_K)) * x[None, :]
+        return products
 
     @triton.jit
     def _row_kernel(x_ptr, words_ptr, scale_ptr, zero_ptr, y_ptr, M, N, K, GROUPS, BITS: tl.constexpr,
@@ -195,7 +202,7 @@ if triton is not None:
         """One row of x per program, no tensor cores: weights times activations summed in fp32 FMAs into a
         (BN, BK) accumulator, reduced once at the end. GROUP == 0: one scale per output channel, applied to
         the sums; else a scale (and zero point) per group of GROUP codes. PREFETCH: the next tile's loads are
-        issued before this tile's arithmetic, so two tiles are in flight per program."""
+        issued before this tile's arithmetic, so two tiles of words are in flight per program."""
         row = tl.program_id(2) + tl.arange(0, BLOCK_M)  # BLOCK_M is 1
         n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = n < N
@@ -206,19 +213,17 @@ if triton is not None:
         start = tl.program_id(1) * (K // SPLIT_K)
         stop = start + K // SPLIT_K
         if PREFETCH:
-            words, x, scale, zero = _row_tile(x_ptr, words_ptr, scale_ptr, zero_ptr, row, n, n_ok, start, K,
-                                              GROUPS, BITS, GROUP, HAS_ZERO, BLOCK_N, BLOCK_K)
-            for k0 in range(start, stop, BLOCK_K):
-                after = tl.minimum(k0 + BLOCK_K, stop - BLOCK_K)  # the last tile loads itself again
-                words2, x2, scale2, zero2 = _row_tile(x_ptr, words_ptr, scale_ptr, zero_ptr, row, n, n_ok,
-                                                      after, K, GROUPS, BITS, GROUP, HAS_ZERO, BLOCK_N, BLOCK_K)
-                acc += _row_products(words, x, scale, zero, BITS, GROUP, BLOCK_N, BLOCK_K, WORD_SUMS)
-                words, x, scale, zero = words2, x2, scale2, zero2
-        else:
-            for k0 in range(start, stop, BLOCK_K):
-                words, x, scale, zero = _row_tile(x_ptr, words_ptr, scale_ptr, zero_ptr, row, n, n_ok, k0, K,
-                                                  GROUPS, BITS, GROUP, HAS_ZERO, BLOCK_N, BLOCK_K)
-                acc += _row_products(words, x, scale, zero, BITS, GROUP, BLOCK_N, BLOCK_K, WORD_SUMS)
+            words = _row_words(words_ptr, n, n_ok, start, K, BITS, BLOCK_K)
+        for k0 in range(start, stop, BLOCK_K):
+            if PREFETCH:  # the next tile's words, issued before this tile's arithmetic (the last tile reloads itself)
+                after = _row_words(words_ptr, n, n_ok, tl.minimum(k0 + BLOCK_K, stop - BLOCK_K), K, BITS, BLOCK_K)
+            else:
+                words = _row_words(words_ptr, n, n_ok, k0, K, BITS, BLOCK_K)
+            x, scale, zero = _row_side(x_ptr, scale_ptr, zero_ptr, row, n, n_ok, k0, K, GROUPS, BITS, GROUP, HAS_ZERO,
+                                       BLOCK_N, BLOCK_K)
+            acc += _row_products(words, x, scale, zero, BITS, GROUP, BLOCK_N, BLOCK_K, WORD_SUMS)
+            if PREFETCH:
+                words = after
         out = tl.sum(acc, axis=1)
         if GROUP == 0:
             out = out * tl.load(scale_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
