@@ -28,8 +28,26 @@ SHAPES = [(8192, 8192), (4096, 4096), (14336, 4096), (4096, 14336)]  # (out, in)
 ROWS = (1, 2, 4, 8, 16)
 
 
+GRAPHS = False  # --graphs: time CUDA-graph replays (no Python launch cost in any column)
+
+
 def ms(call) -> float:
-    return do_bench(call, warmup=25, rep=200, return_mode="median")
+    return do_bench(graphed(call) if GRAPHS else call, warmup=25, rep=200, return_mode="median")
+
+
+def graphed(call):
+    """The call captured in a CUDA graph (its replay), or the call itself where capture fails."""
+    try:
+        for _ in range(3):
+            call()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            call()
+        return graph.replay
+    except Exception as exc:  # noqa: BLE001 - e.g. a peer that synchronises inside: timed eagerly instead
+        print(f"(not capturable, timed eagerly: {type(exc).__name__})")
+        torch.cuda.synchronize()
+        return call
 
 
 def int4_tinygemm(w: torch.Tensor, group_size: int):
@@ -170,10 +188,37 @@ def sweep() -> None:
     print()
 
 
+def variants() -> None:
+    """The row kernel's options and the tiles kernel at 8192x8192, one row, next to bf16 and tinygemm."""
+    torch.manual_seed(0)
+    w = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) * 0.02
+    x = torch.randn(1, 8192, device="cuda", dtype=torch.bfloat16)
+    base, tiny = ms(lambda: F.linear(x, w)), int4_tinygemm(w, 128)
+    print(f"bf16 {1e3 * base:.1f} us; tinygemm {base / ms(lambda: tiny(x)):.2f}x")
+    for fmt, row in (("int4", gemv.INT4_ROW_LAUNCH), ("int8", gemv.INT8_ROW_LAUNCH)):
+        tiles = gemv.INT4_LAUNCH if fmt == "int4" else gemv.INT8_LAUNCH
+        for name, launch in [("tiles", tiles), ("row default", row)] + [
+                (f"row bn {bn} bk {bk} prefetch {p} sums {s}", {**row, "block_n": bn, "block_k": bk, "prefetch": p,
+                                                                "word_sums": s})
+                for bn, bk in ((8, 1024), (16, 1024), (32, 512), (8, 2048), (16, 2048)) for p in (False, True)
+                for s in (False, True)]:
+            call, _, _ = slimkit_kernel(w, fmt, **launch)
+            t = ms(lambda: call(x))
+            print(f"{fmt} {name}: {1e3 * t:.1f} us, {base / t:.2f}x bf16", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", action="store_true", help="also sweep the GEMV launch shapes")
+    parser.add_argument("--graphs", action="store_true",
+                        help="time CUDA-graph replays: the kernels' GPU time without Python launch overhead")
+    parser.add_argument("--variants", action="store_true", help="only time the row-kernel variants at 8192x8192")
     args = parser.parse_args()
+    global GRAPHS
+    GRAPHS = args.graphs
+    if args.variants:
+        variants()
+        return
     print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 activations, "
           f"median of do_bench with L2 flushed\n")
     if args.sweep:

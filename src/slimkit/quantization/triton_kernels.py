@@ -49,9 +49,9 @@ INT4_LAUNCH = dict(mode="tiles", block_m=16, block_n=32, block_k=512, split_k=1,
                    split_nibbles=False, magic=False)
 INT8_LAUNCH = dict(mode="tiles", block_m=16, block_n=32, block_k=512, split_k=1, num_warps=2, num_stages=4, magic=False)
 INT4_ROW_LAUNCH = dict(mode="row", block_n=32, block_k=512, split_k=1, num_warps=4, num_stages=2, prefetch=True,
-                       word_sums=False)
-INT8_ROW_LAUNCH = dict(mode="row", block_n=8, block_k=2048, split_k=1, num_warps=4, num_stages=2, prefetch=False,
-                       word_sums=False)
+                       word_sums=True)
+INT8_ROW_LAUNCH = dict(mode="row", block_n=16, block_k=2048, split_k=1, num_warps=4, num_stages=2, prefetch=False,
+                       word_sums=True)
 ROW_KERNEL_ROWS = 1  # inputs of up to this many rows run the row kernel, larger ones the tensor-core tiles
 
 if triton is not None:
