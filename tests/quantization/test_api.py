@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -187,3 +189,27 @@ def test_an_include_pattern_matching_no_layer_names_it_and_real_layers():
                                              r"blocks\.\d\.attn\.qkv"):
         quantize(model, WeightQuantConfig("int4", group_size=32, include=("*.qkvv",)))
     assert not any(isinstance(m, QuantLinear) for m in model.modules())  # nothing was changed
+
+
+def test_a_path_with_wrong_outputs_is_never_chosen_and_named(monkeypatch):
+    """A kernel that computes garbage (here: the CPU int4 kernel made to return its result times 1.5)
+    is caught by choose_paths' comparison with the float64 product, even if it is the fastest."""
+    from slimkit.quantization import kernels
+    from slimkit.quantization import paths as paths_module
+
+    layer = torch.nn.Sequential(torch.nn.Linear(256, 64))
+    quantize(layer, WeightQuantConfig("int4", group_size=64))
+    if "int4pack" not in layer[0].available_paths():
+        pytest.skip("torch has no CPU int4 kernel here")
+    real_run = kernels.run
+    monkeypatch.setattr(kernels, "run", lambda kernel, *args: real_run(kernel, *args) * 1.5)
+    monkeypatch.setattr(paths_module, "_interleaved_ms",  # make the broken kernel look fastest, were it timed
+                        lambda layer, paths, *a, **k: {"float": 1.0, **{p: 0.1 if p == "int4pack" else 0.5
+                                                                      for p in paths}})
+    with pytest.warns(UserWarning, match="int4pack.*wrong outputs"):
+        [entry] = paths_module.choose_paths(layer, probe_rows=(1, 8), runs=1, rounds=1)
+    assert all(path != "int4pack" for _, path in layer[0].paths)
+    assert re.fullmatch(r"output off by (4\.9|5\.[0-1])e-01 of the largest value", entry["rejected_paths"]["int4pack"])
+    monkeypatch.setattr(kernels, "run", real_run)  # the same kernel computing correctly is chosen
+    [entry] = paths_module.choose_paths(layer, probe_rows=(1, 8), runs=1, rounds=1)
+    assert "rejected_paths" not in entry and layer[0].paths == [(None, "int4pack")]

@@ -5,13 +5,19 @@ path are timed on the same random input, interleaved over a few rounds (median o
 fastest path wins that size's range, and the largest probe's winner covers every larger input. The choice and
 each path's speed relative to the float layer go into the manifest, so the report can show per
 layer whether quantization made it faster or slower.
+
+Never wrong by surprise either: before a path is timed, its output on the probe input is compared
+with the dequantized weight's product computed in float64; a path off by more than ``AGREEMENT``
+(relative to the largest output) is never chosen, and the manifest entry names it with its error.
 """
 
 from __future__ import annotations
 
 import statistics
+import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from slimkit.manifest import add_entry
@@ -21,6 +27,7 @@ from slimkit.timing import latency_ms
 
 PROBE_ROWS = (1, 16, 256)
 TECHNIQUE = "path choice"  # manifest label of the entries choose_paths adds
+AGREEMENT = 3e-2  # bf16 activations and outputs give up to about 5e-3 of the largest output; a bug gives far more
 
 
 @torch.no_grad()
@@ -39,10 +46,12 @@ def choose_paths(model: nn.Module, *, probe_rows: tuple[int, ...] = PROBE_ROWS, 
         device = layer.w_codes.device
         x_dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         weight = layer.dequantized_weight().to(x_dtype)
+        inputs = {rows: torch.randn(rows, layer.in_features, device=device, dtype=x_dtype) for rows in probe_rows}
+        rejected = _disagreeing(layer, candidates, inputs.values())  # wrong at any size: never used
+        agreeing = [p for p in candidates if p not in rejected]
         choice, speedups = [], {}
-        for rows in probe_rows:
-            x = torch.randn(rows, layer.in_features, device=device, dtype=x_dtype)
-            timed = _interleaved_ms(layer, candidates, x, weight, rounds=rounds, runs=runs, threads=threads)
+        for rows, x in inputs.items():
+            timed = _interleaved_ms(layer, agreeing, x, weight, rounds=rounds, runs=runs, threads=threads)
             float_ms = timed.pop("float")
             best = min(timed, key=timed.get)
             choice.append((rows, best))
@@ -50,9 +59,32 @@ def choose_paths(model: nn.Module, *, probe_rows: tuple[int, ...] = PROBE_ROWS, 
         layer.set_paths(_merge(choice))
         entry = {"layer": name, "technique": TECHNIQUE, "paths": [list(p) for p in layer.paths],
                  "speedup_vs_float": speedups}
+        if rejected:
+            entry["rejected_paths"] = {p: f"output off by {error:.1e} of the largest value" for p, error in rejected.items()}
+            warnings.warn(f"{name}: path(s) {', '.join(rejected)} gave wrong outputs and were not chosen "
+                          f"({entry['rejected_paths']})", stacklevel=2)
         add_entry(model, entry)
         entries.append(entry)
     return entries
+
+
+def _disagreeing(layer: QuantLinear, paths: list[str], inputs) -> dict[str, float]:
+    """The paths whose output on any of ``inputs`` is off the float64 product by more than AGREEMENT:
+    path -> its largest error, relative to the largest output."""
+    weight = layer.dequantized_weight().double()
+    bias = None if layer.bias is None else layer.bias.double()
+    errors = {}
+    for x in inputs:
+        reference = F.linear(x.double(), weight, bias)
+        scale = reference.abs().max().clamp(min=1e-30)
+        for path in paths:
+            if path in ("dequant", "cached"):  # they compute with the reference's own weight
+                continue
+            layer.set_path(path)
+            error = ((layer(x).double() - reference).abs().max() / scale).item()
+            if not error <= AGREEMENT:  # NaN counts as off
+                errors[path] = max(error, errors.get(path, 0.0))
+    return errors
 
 
 def _interleaved_ms(layer: QuantLinear, paths: list[str], x, weight, *, rounds: int, runs: int,
