@@ -141,8 +141,7 @@ def sweep() -> None:
             t = ms(lambda: call(x))
             if record:
                 timings[tuple(launch.items())] = t
-            variant = (launch["mode"] + (" prefetch" if launch.get("prefetch") else "")
-                       + (" word sums" if launch.get("word_sums") else ""))
+            variant = launch["mode"] + (" split nibbles" if launch.get("split_nibbles") else "")
             rows16 = f"{1e3 * ms(lambda: call(x16)):.1f}" if record and launch["mode"] == "tiles" else "-"
             dense = ms(lambda: F.linear(x, weight)) if not record else base
             print(f"| {fmt}{label} | {variant} | {launch['block_n']} | {launch['block_k']} | {launch['num_warps']} | "
@@ -150,14 +149,11 @@ def sweep() -> None:
             return t
 
         common = {"split_k": 1, "num_warps": 4, "num_stages": 3}
-        tiles = {"mode": "tiles", "block_m": 16, "split_nibbles": False, "magic": False, **common,
+        tiles = {"mode": "tiles", "block_m": 16, "split_nibbles": False, **common,
                  "num_warps": defaults["num_warps"], "num_stages": defaults["num_stages"]}
         launches = [{**tiles, **{k: v for k, v in defaults.items() if k in tiles or k.startswith("block")}}]
         launches.append(dict(row_defaults))  # the current default, timed in the same run
-        launches += [{**row_defaults, "word_sums": sums, "prefetch": prefetch, "block_n": bn, "block_k": bk}
-                     for prefetch in (True, False) for sums in (False, True)
-                     for bn in ((16, 32) if fmt == "int4" else (8, 16))
-                     for bk in ((512, 1024) if fmt == "int4" else (1024, 2048)) if fmt == "int8" or prefetch]
+        launches += [{**row_defaults, "block_n": bn, "block_k": bk} for bn in (8, 16, 32) for bk in (512, 1024)]
         for launch in launches:
             try:
                 time_launch(launch)
@@ -165,7 +161,7 @@ def sweep() -> None:
                 print(f"| {fmt} | {launch} failed: {type(exc).__name__}: {str(exc)[:100]} |", flush=True)
         for mode in ("tiles", "row"):
             best = dict(min((k for k in timings if dict(k)["mode"] == mode), key=timings.get))
-            for warps in ((8,) if mode == "row" else ()):
+            for warps in ((2, 8) if mode == "row" else ()):
                 try:
                     time_launch({**best, "num_warps": warps})
                 except Exception as exc:  # noqa: BLE001
@@ -189,7 +185,7 @@ def sweep() -> None:
 
 
 def variants() -> None:
-    """The row kernel's options and the tiles kernel at 8192x8192, one row, next to bf16 and tinygemm."""
+    """The row kernel's launch shapes and the tiles kernel at 8192x8192, one row, next to bf16 and tinygemm."""
     torch.manual_seed(0)
     w = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) * 0.02
     x = torch.randn(1, 8192, device="cuda", dtype=torch.bfloat16)
@@ -198,10 +194,8 @@ def variants() -> None:
     for fmt, row in (("int4", gemv.INT4_ROW_LAUNCH), ("int8", gemv.INT8_ROW_LAUNCH)):
         tiles = gemv.INT4_LAUNCH if fmt == "int4" else gemv.INT8_LAUNCH
         for name, launch in [("tiles", tiles), ("row default", row)] + [
-                (f"row bn {bn} bk {bk} prefetch {p} sums {s}", {**row, "block_n": bn, "block_k": bk, "prefetch": p,
-                                                                "word_sums": s})
-                for bn, bk in ((8, 1024), (16, 1024), (32, 512), (8, 2048), (16, 2048)) for p in (False, True)
-                for s in (False, True)]:
+                (f"row bn {bn} bk {bk}", {**row, "block_n": bn, "block_k": bk})
+                for bn, bk in ((8, 1024), (16, 1024), (32, 512), (8, 512), (16, 512))]:
             call, _, _ = slimkit_kernel(w, fmt, **launch)
             t = ms(lambda: call(x))
             print(f"{fmt} {name}: {1e3 * t:.1f} us, {base / t:.2f}x bf16", flush=True)

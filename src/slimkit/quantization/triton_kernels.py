@@ -4,18 +4,26 @@ int8 per channel) and one-pass dequantization of 4-bit codes (NF4, symmetric int
 At one to a few rows of input (decoding), a Linear layer only streams its weight from memory, so a
 kernel that reads 4-bit codes instead of bf16 values can be up to 4x faster. These kernels read the
 stored codes exactly as ``slimkit.formats`` packs them (no second copy of the weight: the int4 codes
-are two per byte, low nibble first; int8 codes are offset binary), dot them with the activations
-on the tensor cores (``tl.dot``, fp32 accumulation):
+are two per byte, low nibble first; int8 codes are offset binary):
 
     W[n, k] = (code[n, k] - zero[n, k // group]) * scale[n, k // group],   y = x W^T
 
 ``zero`` is the code offset (8 for symmetric int4, 128 for int8) or the stored zero point; int8's
-per-channel scale is applied once to the accumulated dot product. (Measured alternatives that lost
-on an H100: one dot per group with the scale applied to its result, 0.78x of bf16 at 8192x8192;
-FMA reductions without tensor cores, 1.51x; split-K with atomic adds, slower at every shape.) Up to ``BLOCK_M`` (16) rows share
-one read of the weight; the K dimension is split over ``split_k`` programs that add their partial
-sums atomically, so that even one row keeps every SM streaming. Beyond a few rows a dense GEMM
-on a float weight wins: ``choose_paths`` measures where.
+per-channel scale is applied once to the finished sums. Two kernels (measured on an H100 at
+8192x8192, table in docs/benchmarks.md):
+
+- one row (``ROW_KERNEL_ROWS``): ``_row_kernel``, fp32 FMAs without tensor cores. The codes are read
+  as int32 words and become floats from their bits, each word's products are summed in the thread
+  that holds it and scaled once (int4 2.34x and int8 1.65x of bf16 ``F.linear``).
+- more rows: ``_int4_kernel`` / ``_int8_kernel`` dequantize a tile into registers and run it
+  through the tensor cores (``tl.dot``, fp32 accumulation) for up to ``block_m`` (16) rows per read
+  of the weight (int4 1.7-1.9x, int8 1.5x, flat from 2 to 16 rows).
+
+Measured and dropped: one dot per group with the scale applied to its result (0.78x); split-K
+with atomic adds (slower at every shape; still available as ``split_k``); prefetching the next
+tile's words; a (BN, BK) accumulator of scaled products in the one-row kernel (1.65x); one
+tensor-core dot per code position of a word (0.68x). Beyond a few rows a dense GEMM on a float
+weight wins: ``choose_paths`` measures where, and checks each kernel's output before using it.
 """
 
 from __future__ import annotations
@@ -43,13 +51,13 @@ def block_k(in_features: int, group_size: int, largest: int = 1024) -> int | Non
     return None
 
 
-# Launch shapes, chosen from an H100 sweep at 8192x8192 and one row (python
-# benchmarks/bench_gpu_gemv.py --sweep; table in docs/benchmarks.md).
+# Launch shapes, chosen from H100 sweeps at 8192x8192 (python benchmarks/bench_gpu_gemv.py --sweep
+# and --variants; tables in docs/benchmarks.md). block_k is an upper bound (see block_k()).
 INT4_LAUNCH = dict(mode="tiles", block_m=16, block_n=32, block_k=512, split_k=1, num_warps=4, num_stages=3,
                    split_nibbles=False)
 INT8_LAUNCH = dict(mode="tiles", block_m=16, block_n=32, block_k=512, split_k=1, num_warps=2, num_stages=4)
 INT4_ROW_LAUNCH = dict(mode="row", block_n=8, block_k=1024, split_k=1, num_warps=4, num_stages=2)
-INT8_ROW_LAUNCH = dict(mode="row", block_n=16, block_k=2048, split_k=1, num_warps=4, num_stages=2)
+INT8_ROW_LAUNCH = dict(mode="row", block_n=16, block_k=1024, split_k=1, num_warps=4, num_stages=2)
 ROW_KERNEL_ROWS = 1  # inputs of up to this many rows run the row kernel, larger ones the tensor-core tiles
 
 if triton is not None:
