@@ -17,6 +17,7 @@ from slimkit.naming import closest_names, parameter_owners
 
 
 NOT_MATCHED = "not matched by"  # how a skip reason for a layer outside the include patterns starts
+TIED_QUANTIZED = "quantizing it would store it twice"  # the ``tied`` reason of every quantizing transform
 
 
 def select_layers(model: nn.Module, include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
@@ -44,7 +45,7 @@ def select_layers(model: nn.Module, include: tuple[str, ...] = (), exclude: tupl
     what the caller's config calls its include patterns (LoRA: "targets").
 
     >>> chosen, skipped = select_layers(gpt, exclude=("*.attn.*",), action="to quantize",
-    ...                                 tied="quantizing it would store it twice")  # doctest: +SKIP
+    ...                                 tied=TIED_QUANTIZED)  # doctest: +SKIP
     >>> skipped["lm_head"]  # doctest: +SKIP
     'weight tied to wte.weight; quantizing it would store it twice'
     """

@@ -16,7 +16,7 @@ from slimkit.quantization.config import WeightQuantConfig
 from slimkit.quantization.embedding import QuantEmbedding
 from slimkit.quantization.gptq import gptq
 from slimkit.quantization.modules import QuantLinear
-from slimkit.selection import check_finite_weight, select_layers
+from slimkit.selection import TIED_QUANTIZED, check_finite_weight, select_layers
 
 
 def quantize(model: nn.Module, config: WeightQuantConfig | ActivationQuantConfig = WeightQuantConfig(),
@@ -36,7 +36,7 @@ def quantize(model: nn.Module, config: WeightQuantConfig | ActivationQuantConfig
         return quantize_activations(model, config, calib)
     types = (nn.Linear, nn.Embedding) if config.embeddings else (nn.Linear,)
     chosen, skipped = select_layers(model, config.include, config.exclude, types,
-                                    action="to quantize", tied="quantizing it would store it twice")
+                                    action="to quantize", tied=TIED_QUANTIZED)
     calib = _check_calibration(config, calib)
     for name, layer in chosen:  # every layer checked before any is changed
         check_finite_weight(name, layer.weight)

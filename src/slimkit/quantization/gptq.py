@@ -84,11 +84,13 @@ def clip_qparams(w: Tensor, fmt: str, *, symmetric: bool = True, grid: int = CLI
     # every weight format's parameters depend on the range only, so the shrunk range stands in for
     # the clamped weights
     bounds = torch.cat([w.min(1, keepdim=True).values, w.max(1, keepdim=True).values], 1)  # (rows, 2)
-    best_err = torch.full((w.shape[0], 1), float("inf"))
-    best_scale, best_zero = qparams(w, fmt, symmetric=symmetric, dim=1)
-    for k in range(int(max_shrink * grid)):
+    best_err = best_scale = best_zero = None
+    for k in range(max(1, int(max_shrink * grid))):  # k = 0: the full range
         scale, zero = qparams(bounds * (1 - k / grid), fmt, symmetric=symmetric, dim=1)
         err = (fake_quantize(w, fmt, scale, zero) - w).abs_().pow_(norm).sum(1, keepdim=True)  # (rows, 1)
+        if best_err is None:
+            best_err, best_scale, best_zero = err, scale, zero
+            continue
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_scale = torch.where(better, scale, best_scale)

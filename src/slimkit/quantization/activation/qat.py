@@ -27,7 +27,7 @@ from slimkit.quantization.activation.config import ActivationQuantConfig
 from slimkit.quantization.activation.fuse import Folded, fold_batchnorm, fuse, fusion_patterns
 from slimkit.quantization.activation.modules import Int8Conv2d, Int8Linear
 from slimkit.quantization.activation.observers import make_observer, range_qparams
-from slimkit.selection import select_layers
+from slimkit.selection import TIED_QUANTIZED, select_layers
 
 _ATTR = "_slimkit_qat_preparation"
 
@@ -158,7 +158,7 @@ def prepare_qat(model: nn.Module, config: ActivationQuantConfig) -> nn.Module:
         if config.fold_bn_step == 0:
             pending = []
     chosen, skipped = select_layers(model, config.include, config.exclude, (nn.Linear, nn.Conv2d),
-                                    action="to quantize", tied="quantizing it would store it twice")
+                                    action="to quantize", tied=TIED_QUANTIZED)
     for name, layer in chosen:
         model.set_submodule(name, (QATConv2d if isinstance(layer, nn.Conv2d) else QATLinear)(layer, config))
     object.__setattr__(model, _ATTR, {"config": config, "pending_bn": pending, "skipped": skipped})

@@ -25,7 +25,7 @@ from slimkit.quantization.activation.fuse import fuse
 from slimkit.quantization.activation.modules import Int8Conv2d, Int8Linear, encode_weight, onednn_conv_missing
 from slimkit.quantization.activation.observers import make_observer, range_qparams
 from slimkit.quantization.activation.outliers import outlier_columns, smooth_factors, smoothing_helps
-from slimkit.selection import select_layers
+from slimkit.selection import TIED_QUANTIZED, select_layers
 
 _ATTR = "_slimkit_activation_preparation"
 SAMPLE_ROWS = 64  # input rows kept per calibration batch and layer for SmoothQuant's check
@@ -51,7 +51,7 @@ def prepare(model: nn.Module, config: ActivationQuantConfig = ActivationQuantCon
     notes = fuse(model)[1] if config.fuse else []
     types = (nn.Linear,) if config.mode == "dynamic" else (nn.Linear, nn.Conv2d)
     chosen, skipped = select_layers(model, config.include, config.exclude, types,
-                                    action="to quantize", tied="quantizing it would store it twice")
+                                    action="to quantize", tied=TIED_QUANTIZED)
     if config.mode == "dynamic":
         skipped.update({name: "dynamic mode quantizes Linear layers; use mode='static' for convolutions"
                         for name, m in model.named_modules() if isinstance(m, nn.Conv2d)})
