@@ -100,3 +100,14 @@ def test_setup_round_trip():
     setup = TrainSetup(precision="amp-bf16", lora_rank=8, qlora=True, checkpointing="selective")
     assert TrainSetup.from_dict(setup.to_dict()) == setup
     assert preset("llama-3-8b").from_dict(preset("llama-3-8b").to_dict()) == preset("llama-3-8b")
+
+
+def test_shape_and_setup_round_trip_through_dicts_and_refuse_unknown_keys():
+    from slimkit.memory.presets import PRESETS
+
+    shape, setup = next(iter(PRESETS.values())), TrainSetup()
+    assert type(shape).from_dict(shape.to_dict()) == shape and TrainSetup.from_dict(setup.to_dict()) == setup
+    with pytest.raises(UserInputError, match="unknown model shape setting.*n_layers; known: name, n_layer"):
+        type(shape).from_dict({**shape.to_dict(), "n_layers": 2})
+    with pytest.raises(UserInputError, match="unknown training set-up setting.*batch_size"):
+        TrainSetup.from_dict({"batch_size": 8})

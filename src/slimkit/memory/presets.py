@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from slimkit.configs import build_config
 from slimkit.errors import UserInputError
 
 
@@ -93,7 +94,7 @@ class ModelShape:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelShape:
-        return cls(**data)
+        return build_config(cls, data, "model shape")
 
 
 def _gpt2(name: str, n_layer: int, hidden: int, n_head: int) -> ModelShape:

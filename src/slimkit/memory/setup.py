@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from slimkit.configs import build_config
 from slimkit.errors import UserInputError
 
 PRECISIONS = ("fp32", "tf32", "bf16", "amp-bf16", "amp-fp16")
@@ -81,4 +82,4 @@ class TrainSetup:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainSetup:
-        return cls(**data)
+        return build_config(cls, data, "training set-up")
