@@ -130,7 +130,7 @@ def search(model: nn.Module, config: SearchConfig, out: str | Path, *, task: str
     budget = _budget(config, base_quality)
     calib_batches = get_task(calib or task).calibration(CALIB) if config.method == "gptq" else ()
     space, found = sensitivity(model, layer_space(model, config.options, config.method, calib_batches,
-                                                  config.include), measure, budget)
+                                                  config.include, task), measure, budget)
     drops = found["drop"]
     if all(len(options) == 1 for options in space.layers.values()):
         layer, option, drop = min(((n, o, d) for n, ds in drops.items() for o, d in ds.items()), key=lambda x: x[2])

@@ -51,7 +51,7 @@ class LayerSpace:
 
 
 def layer_space(model: nn.Module, options: tuple[str, ...] = OPTIONS, method: str = "rtn", calib: tuple = (),
-                include: tuple[str, ...] = ()) -> LayerSpace:
+                include: tuple[str, ...] = (), task: str | None = None) -> LayerSpace:
     """Every Linear/Conv2d (weight-only models: Linear/Embedding) of at least MIN_WEIGHTS weights (matching
     an ``include`` fnmatch pattern, if given), each with the ``options`` that apply to it.
 
@@ -79,7 +79,7 @@ def layer_space(model: nn.Module, options: tuple[str, ...] = OPTIONS, method: st
         raise UserInputError(f"{type(model).__name__} has no Linear/Conv2d layer of {MIN_WEIGHTS}+ weights{where} to "
                              "search")
     group = next(g for g in GROUPS if all(conv or m.weight.shape[1] % g == 0 for m in layers.values()))
-    channels = _channel_sizes(model) if any(o in CHANNELS for o in options) else {}
+    channels = _channel_sizes(model, task) if any(o in CHANNELS for o in options) else {}
 
     def applies(name: str, option: str) -> bool:
         if isinstance(layers[name], nn.Embedding):
@@ -99,13 +99,14 @@ def layer_space(model: nn.Module, options: tuple[str, ...] = OPTIONS, method: st
                       tuple(n for n, m in layers.items() if isinstance(m, nn.Embedding)))
 
 
-def _channel_sizes(model: nn.Module) -> dict[str, int]:
-    """{layer: channels} of the layers that alone produce a prunable channel group (attention heads left out)."""
+def _channel_sizes(model: nn.Module, task: str | None) -> dict[str, int]:
+    """{layer: channels} of the layers that alone produce a prunable channel group (attention heads left out),
+    traced on one example of ``task`` (by default the task the model's type implies)."""
     from slimkit.evaluation.tasks import get_task, infer_task
     from slimkit.pruning.graph import dependency_groups
 
     try:
-        example = get_task(infer_task(model)).calibration(1)[0]
+        example = get_task(task or infer_task(model)).calibration(1)[0]
     except UserInputError:
         return {}  # a model no task knows: no example input to trace, so no channel options
     groups = dependency_groups(model, (example,))[0]
