@@ -277,7 +277,7 @@ def int4_gemv(x: Tensor, codes: Tensor, scale: Tensor, zero: Tensor | None, grou
     """x (rows, K) @ W^T with W (N, K) int4 per group: codes (N*K/2,) uint8 as stored, scale (N, K/group)
     in any float dtype, zero (N, K/group) or None (symmetric: offset 8)."""
     mode = launch.get("mode") or ("row" if x.shape[0] <= ROW_KERNEL_ROWS else "tiles")
-    launch = {**(INT4_ROW_LAUNCH if mode == "row" else INT4_LAUNCH), **launch}
+    launch = {**(INT4_ROW_LAUNCH if mode == "row" else INT4_LAUNCH), **launch, "mode": mode}
     launch["block_k"] = block_k(x.shape[1], group_size, launch["block_k"])
     if launch["mode"] == "row":
         return _row_launch(x, codes, scale, zero, 4, group_size, launch)
@@ -290,7 +290,7 @@ def int4_gemv(x: Tensor, codes: Tensor, scale: Tensor, zero: Tensor | None, grou
 def int8_gemv(x: Tensor, codes: Tensor, scale: Tensor, **launch) -> Tensor:
     """x (rows, K) @ W^T with W (N, K) int8 per output channel: codes (N*K,) uint8 offset binary, scale (N,)."""
     mode = launch.get("mode") or ("row" if x.shape[0] <= ROW_KERNEL_ROWS else "tiles")
-    launch = {**(INT8_ROW_LAUNCH if mode == "row" else INT8_LAUNCH), **launch}
+    launch = {**(INT8_ROW_LAUNCH if mode == "row" else INT8_LAUNCH), **launch, "mode": mode}
     launch["block_k"] = block_k(x.shape[1], 1, launch["block_k"])
     if launch["mode"] == "row":
         return _row_launch(x, codes, scale, None, 8, 0, launch)
