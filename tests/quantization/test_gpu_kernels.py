@@ -65,7 +65,7 @@ def test_one_pass_dequantization_is_exact(fmt, double_quant):
     assert torch.equal(kernels.dequantize(enc, torch.bfloat16), reference.bfloat16())
 
 
-@pytest.mark.parametrize("launch", [dict(mode="tiles", split_nibbles=False), dict(mode="tiles", split_nibbles=True),
+@pytest.mark.parametrize("launch", [dict(mode="tiles"), dict(mode="tiles", split_nibbles=True),
                                     dict(mode="row"), dict(mode="row", split_k=2), dict(mode="row", block_n=32)])
 @pytest.mark.parametrize("fmt,group_size,symmetric", [("int4", 128, True), ("int4", 64, False), ("int8", None, True)])
 def test_every_kernel_variant_computes_the_same(launch, fmt, group_size, symmetric):

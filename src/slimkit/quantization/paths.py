@@ -45,9 +45,10 @@ def choose_paths(model: nn.Module, *, probe_rows: tuple[int, ...] = PROBE_ROWS, 
         candidates = [p for p in layer.available_paths() if allow_cache or p != "cached"]
         device = layer.w_codes.device
         x_dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        weight = layer.dequantized_weight().to(x_dtype)
+        exact = layer.dequantized_weight()
+        weight = exact.to(x_dtype)
         inputs = {rows: torch.randn(rows, layer.in_features, device=device, dtype=x_dtype) for rows in probe_rows}
-        rejected = _disagreeing(layer, candidates, inputs.values())  # wrong at any size: never used
+        rejected = _disagreeing(layer, exact, candidates, inputs.values())  # wrong at any size: never used
         agreeing = [p for p in candidates if p not in rejected]
         choice, speedups = [], {}
         for rows, x in inputs.items():
@@ -60,7 +61,8 @@ def choose_paths(model: nn.Module, *, probe_rows: tuple[int, ...] = PROBE_ROWS, 
         entry = {"layer": name, "technique": TECHNIQUE, "paths": [list(p) for p in layer.paths],
                  "speedup_vs_float": speedups}
         if rejected:
-            entry["rejected_paths"] = {p: f"output off by {error:.1e} of the largest value" for p, error in rejected.items()}
+            entry["rejected_paths"] = {p: f"output off by {error:.1e} of the largest value"
+                                       for p, error in rejected.items()}
             warnings.warn(f"{name}: path(s) {', '.join(rejected)} gave wrong outputs and were not chosen "
                           f"({entry['rejected_paths']})", stacklevel=2)
         add_entry(model, entry)
@@ -68,20 +70,19 @@ def choose_paths(model: nn.Module, *, probe_rows: tuple[int, ...] = PROBE_ROWS, 
     return entries
 
 
-def _disagreeing(layer: QuantLinear, paths: list[str], inputs) -> dict[str, float]:
-    """The paths whose output on any of ``inputs`` is off the float64 product by more than AGREEMENT:
-    path -> its largest error, relative to the largest output."""
-    weight = layer.dequantized_weight().double()
+def _disagreeing(layer: QuantLinear, weight: torch.Tensor, paths: list[str], inputs) -> dict[str, float]:
+    """The paths whose output on any of ``inputs`` is off the float64 product with the dequantized
+    ``weight`` by more than AGREEMENT: path -> its largest error, relative to the largest output."""
+    weight = weight.double()
     bias = None if layer.bias is None else layer.bias.double()
+    references = [(x, F.linear(x.double(), weight, bias)) for x in inputs]
     errors = {}
-    for x in inputs:
-        reference = F.linear(x.double(), weight, bias)
-        scale = reference.abs().max().clamp(min=1e-30)
-        for path in paths:
-            if path in ("dequant", "cached"):  # they compute with the reference's own weight
-                continue
-            layer.set_path(path)
-            error = ((layer(x).double() - reference).abs().max() / scale).item()
+    for path in paths:
+        if path in ("dequant", "cached"):  # they compute with the reference's own weight
+            continue
+        layer.set_path(path)  # builds the path's kernel layout: once per path
+        for x, reference in references:
+            error = ((layer(x).double() - reference).abs().max() / reference.abs().max().clamp(min=1e-30)).item()
             if not error <= AGREEMENT:  # NaN counts as off
                 errors[path] = max(error, errors.get(path, 0.0))
     return errors

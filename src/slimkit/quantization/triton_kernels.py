@@ -255,33 +255,36 @@ def _launch(kernel, x: Tensor, out_features: int, args: tuple, extra: dict, *, b
     y = (torch.empty(rows, out_features, dtype=x.dtype, device=x.device) if split_k == 1
          else torch.zeros(rows, out_features, dtype=torch.float32, device=x.device))
     grid = (triton.cdiv(out_features, block_n), split_k, triton.cdiv(rows, block_m))
-    kernel[grid](x, *args, y, rows, out_features, in_features, **extra,
-                 BLOCK_M=block_m, BLOCK_N=block_n,
+    kernel[grid](x, *args, y, rows, out_features, in_features, **extra, BLOCK_M=block_m, BLOCK_N=block_n,
                  BLOCK_K=block_k, SPLIT_K=split_k, num_warps=num_warps, num_stages=num_stages,
                  **{name.upper(): value for name, value in variant.items()})
     return y.to(x.dtype)
 
 
+def _chosen(x: Tensor, launch: dict, row_launch: dict, tiles_launch: dict, group: int) -> tuple[bool, dict]:
+    """(whether the one-row kernel runs, its launch): ``launch["mode"]`` or, by default, the row count
+    picks the kernel, whose default launch ``launch`` then updates; block_k is fitted to the input width."""
+    mode = launch.get("mode") or ("row" if x.shape[0] <= ROW_KERNEL_ROWS else "tiles")
+    chosen = {**(row_launch if mode == "row" else tiles_launch), **launch}
+    del chosen["mode"]
+    chosen["block_k"] = block_k(x.shape[1], group, chosen["block_k"])
+    return mode == "row", chosen
+
+
 def _row_launch(x: Tensor, codes: Tensor, scale: Tensor, zero: Tensor | None, bits: int, group: int,
                 launch: dict) -> Tensor:
     """The FMA kernel, one row of x per program."""
-    launch = {**launch, "block_m": 1}
-    launch.pop("mode")
-    launch.pop("split_nibbles", None)
     return _launch(_row_kernel, x, scale.shape[0], (codes.view(torch.int32), scale, scale if zero is None else zero),
                    {"GROUPS": scale.shape[1] if scale.dim() == 2 else 1, "BITS": bits, "GROUP": group,
-                    "HAS_ZERO": zero is not None}, **launch)
+                    "HAS_ZERO": zero is not None}, **{**launch, "block_m": 1})
 
 
 def int4_gemv(x: Tensor, codes: Tensor, scale: Tensor, zero: Tensor | None, group_size: int, **launch) -> Tensor:
     """x (rows, K) @ W^T with W (N, K) int4 per group: codes (N*K/2,) uint8 as stored, scale (N, K/group)
     in any float dtype, zero (N, K/group) or None (symmetric: offset 8)."""
-    mode = launch.get("mode") or ("row" if x.shape[0] <= ROW_KERNEL_ROWS else "tiles")
-    launch = {**(INT4_ROW_LAUNCH if mode == "row" else INT4_LAUNCH), **launch, "mode": mode}
-    launch["block_k"] = block_k(x.shape[1], group_size, launch["block_k"])
-    if launch["mode"] == "row":
+    row, launch = _chosen(x, launch, INT4_ROW_LAUNCH, INT4_LAUNCH, group_size)
+    if row:
         return _row_launch(x, codes, scale, zero, 4, group_size, launch)
-    del launch["mode"]
     return _launch(_int4_kernel, x, scale.shape[0], (codes, scale, scale if zero is None else zero),
                    dict(GROUPS=scale.shape[1], GROUP=group_size, HAS_ZERO=zero is not None,
                         PRECISION=_precision(x)), **launch)
@@ -289,13 +292,9 @@ def int4_gemv(x: Tensor, codes: Tensor, scale: Tensor, zero: Tensor | None, grou
 
 def int8_gemv(x: Tensor, codes: Tensor, scale: Tensor, **launch) -> Tensor:
     """x (rows, K) @ W^T with W (N, K) int8 per output channel: codes (N*K,) uint8 offset binary, scale (N,)."""
-    mode = launch.get("mode") or ("row" if x.shape[0] <= ROW_KERNEL_ROWS else "tiles")
-    launch = {**(INT8_ROW_LAUNCH if mode == "row" else INT8_LAUNCH), **launch, "mode": mode}
-    launch["block_k"] = block_k(x.shape[1], 1, launch["block_k"])
-    if launch["mode"] == "row":
+    row, launch = _chosen(x, launch, INT8_ROW_LAUNCH, INT8_LAUNCH, 1)
+    if row:
         return _row_launch(x, codes, scale, None, 8, 0, launch)
-    del launch["mode"]
-    launch.pop("split_nibbles", None)
     return _launch(_int8_kernel, x, scale.shape[0], (codes, scale), {"PRECISION": _precision(x)}, **launch)
 
 
