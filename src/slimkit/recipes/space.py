@@ -118,10 +118,11 @@ def apply_proxy(model: nn.Module, choice: dict[str, str], space: LayerSpace) -> 
     from slimkit.formats import quantize
     from slimkit.formats.sparse import encode_sparse
     from slimkit.pruning import remove_masks
+    from slimkit.recipes.steps import apply_step
 
     result = copy.deepcopy(model)
-    for step in _structure_steps(choice):  # the real techniques: they reshape the model
-        _apply_config(result, step.config)
+    for step in _structure_steps(choice):  # the real techniques: they reshape the model (no data needed)
+        apply_step(result, step, task=None, calib=None)
     remove_masks(result)
     stored = float_bytes(result)  # reshaped, before GPTQ swaps in its packed layers
     saved = 0
@@ -170,16 +171,6 @@ def _structure_steps(choice: dict[str, str]) -> list:
     return steps
 
 
-def _apply_config(model: nn.Module, config) -> None:
-    from slimkit.lowrank import LowRankConfig, factorize
-    from slimkit.pruning import prune
-
-    if isinstance(config, LowRankConfig):
-        factorize(model, config)
-    else:
-        prune(model, config)
-
-
 def _weight_config(option: str, layers: tuple[str, ...], space: LayerSpace):
     from slimkit.quantization import WeightQuantConfig
 
@@ -212,9 +203,9 @@ def sensitivity(model: nn.Module, space: LayerSpace, measure, max_drop: float) -
     """
     base = measure(model)[0]
     found: dict[str, dict] = {"drop": {}, "distortion": {}, "bytes": {}}
-    kept = {}
+    kept, model_bytes = {}, float_bytes(model)
     for name, options in space.layers.items():
-        drops, distortions, sizes = {}, {}, {"float": float_bytes(model)}
+        drops, distortions, sizes = {}, {}, {"float": model_bytes}
         kept[name] = ["float"]
         for family in FAMILIES:
             for option in [o for o in options if o in family]:
@@ -264,7 +255,8 @@ def proxy_quality(task: str, model: nn.Module):
 
     if task in ("digits", "pycorpus"):
         if task == "digits":
-            x, y = digits().val.x, digits().val.y
+            val = digits().val
+            x, y = val.x, val.y
         else:
             x, y = eval_windows(pycorpus().test, 128, 64)
         reference = _log_probs(model, x)

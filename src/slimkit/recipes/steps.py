@@ -13,11 +13,13 @@ from slimkit.errors import UserInputError
 from slimkit.recipes.recipe import Step
 
 
-def apply_step(model: nn.Module, step: Step, task: str, calib: str, *, measure_paths: bool = True) -> nn.Module:
+def apply_step(model: nn.Module, step: Step, task: str | None, calib: str | None, *,
+               measure_paths: bool = True) -> nn.Module:
     """``model`` after ``step`` (the same object, or the student of a distill step).
 
     ``task``: training data of finetune/distill/QAT steps; ``calib``: calibration data of quantization
-    and data-driven pruning. ``measure_paths``: after weight quantization, time each layer's execution
+    and data-driven pruning (None for steps that need no data, such as magnitude pruning or
+    factorization). ``measure_paths``: after weight quantization, time each layer's execution
     paths and keep the fastest (the search leaves it out: it changes speed, not quality or bytes).
     """
     from slimkit.evaluation.tasks import get_task
