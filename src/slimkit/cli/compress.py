@@ -29,8 +29,9 @@ def add_arguments(p) -> None:
     p.add_argument("--pareto", action="store_true", help="search: NSGA-II over (objective, quality) instead of TPE")
     p.add_argument("--options", help="search: comma-separated per-layer options among channels25, channels50, "
                    "sparse50, sparse75, sparse90, lowrank50, lowrank25, int8, int4, int3, int2 (default: all)")
-    p.add_argument("--include", nargs="+", metavar="PATTERN", default=(),
-                   help="search: fnmatch patterns of the layers searched (default: every Linear/Conv2d of 1,024+ weights)")
+    p.add_argument("--include", action="append", default=[], metavar="PATTERN",
+                   help="search: only layers whose name matches (fnmatch; repeatable, as in the other verbs; default: "
+                        "every Linear/Conv2d of 1,024+ weights)")
     p.add_argument("--method", choices=["rtn", "gptq"], default="rtn",
                    help="search: weight-only rounding for models without convolutions (gptq: slower, tighter)")
     p.add_argument("--calib", choices=["digits", "pycorpus", "minilm"],
