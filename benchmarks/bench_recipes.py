@@ -90,7 +90,7 @@ def rows_for(name: str, trials: int, method: str = "rtn", latency_trials: int = 
                          "technique": f"auto search, {objective} ({result.trials} trials"
                          f"{', GPTQ' if method == 'gptq' and name != 'cnn' else ''})",
                          "value": result.after.value, "bytes": result.after.artifact_bytes,
-                         "latency": latency(load(f"{tmp}/model"), task),
+                         "latency": result.after.latency_ms,  # evaluate(): the task's default batch, 2 threads
                          "seconds": time.perf_counter() - start, "recipe": result.recipe.to_yaml()})
     if name == "gpt":
         rows += inc_rows(model, task)
