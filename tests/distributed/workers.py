@@ -66,13 +66,17 @@ def two_rank_checks(rank: int, world_size: int, out_dir: str) -> None:
     from slimkit.training import TrainConfig, train
 
     info = distributed.init("gloo", timeout_s=60)
-    results = {}
     config = TrainConfig(steps=4, lr=1e-3, accumulate=2, seed=0)
-    reference = fresh_gpt()
-    train(reference, batches(), config)  # one process, the whole global batch
+    reference, exact, norms = fresh_gpt(), fresh_gpt().double(), GradNorms()
+    train(reference, batches(), config, callbacks=[norms])  # one process, the whole global batch
+    train(exact, batches(), config)  # the same run in float64: how far float32 rounding alone moves it
+    results = {"one_process_rounding": max_diff(reference, exact), "one_process_grad_norms": norms.values}
     for strategy in ("ddp", "fsdp"):
-        model, result = distributed.train(fresh_gpt(), batches(), config, strategy=strategy, info=info)
+        norms = GradNorms()
+        model, result = distributed.train(fresh_gpt(), batches(), config, strategy=strategy, info=info,
+                                          callbacks=[norms])
         results[f"{strategy}_vs_one_process"] = max_diff(model.module if strategy == "ddp" else model, reference)
+        results[f"{strategy}_grad_norms"] = norms.values
     model, bf16 = distributed.train(fresh_gpt(), batches(), config, strategy="fsdp", info=info,
                                     fsdp_config=distributed.FSDPConfig(param_dtype="bf16"))
     results["fsdp_bf16_first_loss_change"] = abs(bf16.losses[0] / result.losses[0] - 1)
@@ -164,6 +168,16 @@ class Capture:
 
     def on_train_end(self, state) -> None:
         self.at_end = training_state(state.model, state.optimizer)
+
+
+class GradNorms:
+    """The global gradient norm of every step, before clipping (a wrong gradient average changes it)."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def on_before_optimizer_step(self, state) -> None:
+        self.values.append(float(state.grad_norm))
 
 
 class StepCounter:
