@@ -50,3 +50,17 @@ def test_an_untraceable_model_is_left_unfused_with_the_reason():
     model, notes = fuse(DataDependent())
     assert isinstance(model.fc, nn.Linear) and not isinstance(model.fc, FusedLinear)
     assert notes and "torch.fx cannot trace DataDependent" in notes[0]
+
+
+def test_a_relu_module_called_twice_is_never_deleted_by_fusion():
+    # torchvision's BasicBlock calls one self.relu after bn1 and again after the residual add: folding
+    # it into conv1 and replacing the module by an identity would delete the second ReLU too
+    from tests.reference.vision import tiny_resnet, trained_statistics
+
+    model = trained_statistics(tiny_resnet())
+    x = torch.randn(4, 3, 32, 32)
+    fused, notes = fuse(copy.deepcopy(model))
+    torch.testing.assert_close(fused(x), model(x), rtol=1e-5, atol=1e-5)
+    assert isinstance(fused.layer1[0].relu, nn.ReLU) and not fused.layer1[0].conv1.relu
+    assert isinstance(fused.layer1[0].bn1, Folded)
+    assert any("layer1.0.relu" in n and "called 2 times" in n for n in notes)

@@ -3,8 +3,8 @@
 BatchNorm in eval mode is an affine map per channel, so it folds into the preceding conv:
 W' = W * gamma / sqrt(var + eps), b' = beta + (b - mean) * gamma / sqrt(var + eps). A ReLU
 module right after a Linear/conv (its only user) becomes a flag on that layer, so the int8
-kernel applies it. Patterns are found by tracing the model with torch.fx; a model that does
-not trace (e.g. Hugging Face models with data-dependent control flow) is left unfused, and
+kernel applies it; a BatchNorm or ReLU module called more than once stays. Patterns are found
+by tracing the model with torch.fx; a model that does not trace (e.g. Hugging Face models with data-dependent control flow) is left unfused, and
 ``fuse`` says why. The removed modules become ``Folded`` placeholders so that saved artifacts
 still rebuild the same module tree.
 
@@ -12,6 +12,8 @@ still rebuild the same module tree.
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import torch
 from torch import Tensor, fx, nn
@@ -79,32 +81,44 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]
     return weight, bn.bias.detach() + (bias - bn.running_mean) * factor
 
 
-def fusion_patterns(model: nn.Module) -> tuple[list[tuple[str, str | None, str | None]], str | None]:
-    """[(layer, batchnorm or None, relu module or None)] found by tracing; and why tracing failed (or None)."""
+def fusion_patterns(model: nn.Module) -> tuple[list[tuple[str, str | None, str | None]], list[str]]:
+    """[(layer, batchnorm or None, relu module or None)] found by tracing; and notes on what was not fused.
+
+    A BatchNorm or ReLU module that the forward calls more than once is left out: replacing it by an
+    identity would delete its other calls too (torchvision's BasicBlock calls one ``self.relu`` after
+    bn1 and again after the residual add).
+    """
     try:
         graph = fx.symbolic_trace(model).graph
     except Exception as exc:  # fx raises many kinds on untraceable code; any of them means "do not fuse"
-        return [], f"not fused: torch.fx cannot trace {type(model).__name__} ({type(exc).__name__})"
+        return [], [f"not fused: torch.fx cannot trace {type(model).__name__} ({type(exc).__name__})"]
     modules = dict(model.named_modules())
+    calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
     patterns = []
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(modules[node.target], (nn.Conv2d, nn.Linear)):
             continue
         bn, last = None, node
         follower = _only_user(last)
-        if (isinstance(modules[node.target], nn.Conv2d) and follower is not None and follower.op == "call_module"
-                and isinstance(modules[follower.target], nn.BatchNorm2d)):
+        if isinstance(modules[node.target], nn.Conv2d) and _called_once(follower, nn.BatchNorm2d, modules, calls):
             bn, last = follower.target, follower
             follower = _only_user(last)
-        relu = follower.target if follower is not None and follower.op == "call_module" and isinstance(
-            modules[follower.target], nn.ReLU) else None
+        relu = follower.target if _called_once(follower, nn.ReLU, modules, calls) else None
         if bn or relu:
             patterns.append((node.target, bn, relu))
-    return patterns, None
+    notes = [f"{name}: not fused, called {n} times in forward" for name, n in calls.items()
+             if n > 1 and isinstance(modules[name], (nn.BatchNorm2d, nn.ReLU))]
+    return patterns, notes
 
 
 def _only_user(node: fx.Node) -> fx.Node | None:
     return next(iter(node.users)) if len(node.users) == 1 else None
+
+
+def _called_once(node: fx.Node | None, kind: type, modules: dict[str, nn.Module], calls: Counter) -> bool:
+    """Whether ``node`` calls a ``kind`` module that the forward calls nowhere else (so it can be folded away)."""
+    return (node is not None and node.op == "call_module" and isinstance(modules[node.target], kind)
+            and calls[node.target] == 1)
 
 
 @torch.no_grad()
@@ -113,8 +127,7 @@ def fuse(model: nn.Module, *, fold_bn: bool = True) -> tuple[nn.Module, list[str
 
     With ``fold_bn=False`` only ReLUs are fused and BatchNorm stays (QAT folds it later).
     """
-    patterns, reason = fusion_patterns(model)
-    notes = [reason] if reason else []
+    patterns, notes = fusion_patterns(model)
     for layer_name, bn_name, relu_name in patterns:
         layer = model.get_submodule(layer_name)
         bn = model.get_submodule(bn_name) if bn_name and fold_bn else None
