@@ -8,6 +8,7 @@
 
 from slimkit import data, formats, models
 from slimkit.adapters import lora
+from slimkit.deployment import export
 from slimkit.distillation import DistillConfig, distill
 from slimkit.errors import ArtifactError, MissingDependencyError, SlimkitError, UserInputError
 from slimkit.evaluation import EvalRecord, evaluate
@@ -21,6 +22,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArtifactError", "DistillConfig", "EvalRecord", "LowRankConfig", "MissingDependencyError", "PruneConfig",
-    "SlimkitError", "TrainConfig", "UserInputError", "WeightQuantConfig", "data", "distill", "evaluate", "factorize", "formats", "load",
+    "SlimkitError", "TrainConfig", "UserInputError", "WeightQuantConfig", "data", "distill", "evaluate", "export", "factorize", "formats", "load",
     "lora", "models", "prune", "quantize", "save", "train",
 ]

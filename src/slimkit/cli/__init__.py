@@ -10,7 +10,7 @@ import sys
 
 from slimkit.errors import SlimkitError
 
-VERBS = ("demo", "eval", "report", "quantize", "formats", "train", "memory", "distill", "factorize", "privacy", "federated", "prune", "compress")
+VERBS = ("demo", "eval", "report", "quantize", "formats", "train", "memory", "distill", "factorize", "privacy", "federated", "prune", "compress", "export")
 
 
 class Parser(argparse.ArgumentParser):

@@ -1,0 +1,41 @@
+"""slimkit export"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HELP = ("Write a compressed model in a format serving engines load: compressed-tensors (transformers, vLLM), "
+        "gguf (llama.cpp) or onnx (onnxruntime), from slimkit's own codes and scales. MODEL_DIR is a slimkit "
+        "artifact or a Hugging Face model folder. What the target cannot represent exactly is refused.")
+EXAMPLE = ("example:\n  slimkit quantize llama-dir --weights int4 --group-size 32 --out llama-int4\n"
+           "  slimkit export llama-int4 --to compressed-tensors --out llama-w4a16\n"
+           "  slimkit export llama-int4 --to gguf --out llama-gguf")
+
+
+def add_arguments(p) -> None:
+    from slimkit.deployment import TARGETS
+
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("--to", required=True, choices=TARGETS, help="the format to write")
+    p.add_argument("--out", required=True, help="folder to write (refused if it exists, unless --force)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--json", action="store_true", help="print the written files and their bytes as JSON")
+
+
+def run(args) -> int:
+    from slimkit.deployment import export
+    from slimkit.errors import UserInputError
+    from slimkit.io import load
+
+    if Path(args.out).exists() and not args.force:  # before the model loads: a quick one-line refusal
+        raise UserInputError(f"{args.out} already exists; choose another --out or pass --force to replace it")
+    out = export(load(args.model_dir), args.out, to=args.to, force=args.force)
+    files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
+    if args.json:
+        print(json.dumps({"out": str(out), "to": args.to, "files": files}, indent=2))
+        return 0
+    for name, size in files.items():
+        print(f"{size:>12,d}  {name}")
+    print(f"wrote {out} ({args.to}, {sum(files.values()):,} bytes)")
+    return 0

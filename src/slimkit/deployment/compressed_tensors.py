@@ -1,0 +1,189 @@
+"""compressed-tensors: the Hugging Face folder layout that transformers and vLLM load.
+
+slimkit's integer codes are already compressed-tensors' codes: a symmetric intN code is the
+signed value plus 2^(N-1), which is what ``pack-quantized`` stores, and an asymmetric code with its
+unsigned zero point is the signed pair plus the same offset. So every weight is written from the
+stored codes and scales, never requantized:
+
+| slimkit layer | format | tensors per layer (N out, K in, g group) |
+|---|---|---|
+| QuantLinear intN (N<=8), group or channel | pack-quantized | weight_packed int32 [N, ceil(K*N/32)], weight_scale [N, K/g], weight_shape, weight_zero_point int32 (asymmetric, packed along dim 0) |
+| QuantLinear fp8_e4m3 | naive-quantized | weight float8_e4m3fn [N, K], weight_scale |
+| Int8Linear (int8 weights, int8 activations) | int-quantized | weight int8 [N, K], weight_scale [N, 1], input_scale [1] when static |
+
+config.json gets ``quantization_config`` with the keys and values compressed-tensors 0.20.1 writes.
+Asymmetric pack-quantized folders load in transformers 5.25 only with
+``CompressedTensorsConfig(dequantize=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from slimkit.deployment import ExportRefused
+from slimkit.formats import unpack
+from slimkit.formats.registry import INT_BITS
+from slimkit.quantization.activation.modules import Int8Linear, weight_codes
+from slimkit.quantization.modules import QuantLinear
+
+CT_VERSION = "0.20.1"  # the compressed-tensors release whose config.json layout this writes
+
+
+def write_compressed_tensors(model: nn.Module, directory: Path) -> None:
+    """config.json (with quantization_config) and model.safetensors of a transformers ``model``."""
+    config = getattr(model, "config", None)
+    if not hasattr(config, "save_pretrained"):
+        raise ExportRefused(f"a {type(model).__name__} is not a transformers model, and compressed-tensors folders "
+                            "are loaded by transformers/vLLM; export it with --to onnx or --to gguf instead")
+    dtype = getattr(model, "dtype", torch.float32)
+    tensors, schemes, ignored = _tensors_and_schemes(model, dtype)
+    if not schemes:
+        raise ExportRefused("the model has no quantized layer; quantize it first (slimkit quantize) or save it "
+                            "as a plain Hugging Face folder")
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(directory)
+    path = directory / "config.json"
+    data = json.loads(path.read_text())
+    data["quantization_config"] = quantization_config(schemes, ignored)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
+def quantization_config(schemes: dict[str, dict], ignored: list[str]) -> dict:
+    """The ``quantization_config`` for layers named in ``schemes`` (name -> scheme dict), one group per scheme."""
+    groups: list[tuple[dict, list[str]]] = []
+    for name, scheme in schemes.items():
+        match = next((names for known, names in groups if known == scheme), None)
+        if match is None:
+            groups.append((scheme, [name]))
+        else:
+            match.append(name)
+    single = len(groups) == 1
+    config_groups = {f"group_{i}": {**scheme, "output_activations": None,
+                                    "targets": ["Linear"] if single else names}
+                     for i, (scheme, names) in enumerate(groups)}
+    formats = {scheme["format"] for scheme, _ in groups}
+    return {"config_groups": config_groups, "format": formats.pop() if len(formats) == 1 else "mixed-precision",
+            "global_compression_ratio": None, "ignore": ignored, "kv_cache_scheme": None,
+            "moe_sparsity_config": None, "quant_method": "compressed-tensors", "quantization_status": "compressed",
+            "sparsity_config": {}, "transform_config": {}, "version": CT_VERSION}
+
+
+def pack_int32(codes: Tensor, bits: int) -> Tensor:
+    """Unsigned codes (rows, cols) < 2^bits packed as compressed-tensors does: each row's codes padded
+    with zeros to a multiple of 32 and laid out as one LSB-first bit stream of little-endian int32
+    words, truncated to ceil(cols * bits / 32) words per row.
+
+    >>> pack_int32(torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]], dtype=torch.uint8), 4)
+    tensor([[-2023406815]], dtype=torch.int32)
+    """
+    rows, cols = codes.shape
+    values = torch.nn.functional.pad(codes.to(torch.int64), (0, -cols % 32)).reshape(rows, -1, 32)  # (rows, W, 32)
+    out = torch.zeros(rows, values.shape[1], bits, dtype=torch.int64)  # (rows, W, bits) words
+    for i in range(32):
+        word, shift = divmod(i * bits, 32)
+        out[..., word] |= values[..., i] << shift
+        if shift + bits > 32:  # a code straddling two words: its high bits start the next one
+            out[..., word + 1] |= values[..., i] >> (32 - shift)
+    words = (out & 0xFFFFFFFF).reshape(rows, -1)[:, : math.ceil(cols * bits / 32)]
+    return (words - ((words >> 31) << 32)).to(torch.int32)  # reinterpret as signed int32
+
+
+def _tensors_and_schemes(model: nn.Module, dtype: torch.dtype) -> tuple[dict[str, Tensor], dict[str, dict], list[str]]:
+    tensors: dict[str, Tensor] = {}
+    schemes: dict[str, dict] = {}
+    ignored: list[str] = []
+    handled: set[str] = set()
+    for name, module in model.named_modules():
+        if isinstance(module, QuantLinear):
+            schemes[name], parts = _quant_linear(name, module, dtype)
+        elif isinstance(module, Int8Linear):
+            schemes[name], parts = _int8_linear(name, module, dtype)
+        elif type(module).__module__.startswith("slimkit."):
+            raise ExportRefused(f"layer {name!r} is a slimkit {type(module).__name__}, which compressed-tensors cannot "
+                                "represent; export a model whose layers are Linear, QuantLinear or Int8Linear")
+        else:
+            if isinstance(module, nn.Linear):
+                ignored.append(name)
+            continue
+        handled.add(name)
+        tensors.update({f"{name}.{key}": value.contiguous() for key, value in parts.items()})
+        if getattr(module, "bias", None) is not None:
+            tensors[f"{name}.bias"] = module.bias.detach().to(dtype).contiguous()
+    seen: set[int] = set()
+    for key, value in model.state_dict().items():
+        owner = key.rpartition(".")[0]
+        if owner in handled or value.data_ptr() in seen:  # a tied copy (lm_head = embeddings) is stored once
+            continue
+        seen.add(value.data_ptr())
+        tensors[key] = value.detach().contiguous()
+    return tensors, schemes, ignored
+
+
+def _quant_linear(name: str, module: QuantLinear, dtype: torch.dtype) -> tuple[dict, dict[str, Tensor]]:
+    enc = module.encoded()
+    out_features, in_features = enc.shape
+    if module.input_scale is not None:
+        raise ExportRefused(f"layer {name!r} divides its input by AWQ's per-channel scale, which compressed-tensors "
+                            "has no place for; quantize with --method gptq or rtn to export it")
+    grouped = enc.granularity == "group"
+    if enc.axis != 0 or enc.granularity not in ("group", "channel") or (grouped and in_features % enc.group_size):
+        raise ExportRefused(f"layer {name!r}: {enc.granularity} scales over {in_features} inputs (group size "
+                            f"{enc.group_size}) cannot be written; compressed-tensors needs per-channel scales or "
+                            "groups that divide the input width")
+    scale = _exact(enc.scales(), dtype, name)
+    weights = {"dynamic": False, "group_size": enc.group_size if grouped else None, "strategy": enc.granularity,
+               "symmetric": enc.symmetric}
+    if enc.fmt in INT_BITS:
+        bits = INT_BITS[enc.fmt]
+        codes = unpack(enc.codes, bits, enc.numel).reshape(enc.shape)
+        parts = {"weight_packed": pack_int32(codes, bits), "weight_scale": scale,
+                 "weight_shape": torch.tensor([out_features, in_features], dtype=torch.int64)}
+        if not enc.symmetric:
+            parts["weight_zero_point"] = pack_int32(enc.zero_point.T, bits).T  # packed along output features
+        return _scheme("pack-quantized", {**weights, "num_bits": bits, "type": "int"}), parts
+    if enc.fmt == "fp8_e4m3":
+        codes = unpack(enc.codes, 8, enc.numel).reshape(enc.shape)
+        parts = {"weight": codes.view(torch.float8_e4m3fn), "weight_scale": scale}
+        return _scheme("naive-quantized", {**weights, "num_bits": 8, "type": "float"}), parts
+    raise ExportRefused(f"layer {name!r} is {enc.fmt}, which compressed-tensors cannot store exactly; "
+                        "quantize to int2..int8 or fp8_e4m3 for this target (nf4 exports to nothing exactly)")
+
+
+def _int8_linear(name: str, module: Int8Linear, dtype: torch.dtype) -> tuple[dict, dict[str, Tensor]]:
+    if module.smooth is not None or module.outlier_index is not None or module.relu:
+        raise ExportRefused(f"layer {name!r} uses SmoothQuant scales, LLM.int8 outliers or a fused ReLU, which "
+                            "compressed-tensors cannot represent; quantize activations without them to export")
+    enc = module.encoded()
+    if enc.fmt != "int8":
+        raise ExportRefused(f"layer {name!r} has {enc.fmt} weights with int8 activations; int-quantized needs "
+                            "int8 weights (use weight bits 8)")
+    codes, scale = weight_codes(enc)
+    parts = {"weight": codes, "weight_scale": _exact(scale[:, None], dtype, name)}
+    static = module.mode == "static"
+    if static:
+        parts["input_scale"] = _exact(module.act_scale.reshape(1), dtype, name)
+    activations = {"dynamic": not static, "group_size": None, "num_bits": 8,
+                   "strategy": "tensor" if static or module.granularity != "token" else "token",
+                   "symmetric": True, "type": "int"}
+    weights = {"dynamic": False, "group_size": None, "num_bits": 8, "strategy": "channel", "symmetric": True,
+               "type": "int"}
+    return _scheme("int-quantized", weights, activations), parts
+
+
+def _scheme(fmt: str, weights: dict, activations: dict | None = None) -> dict:
+    return {"format": fmt, "input_activations": activations, "weights": weights}
+
+
+def _exact(values: Tensor, dtype: torch.dtype, name: str) -> Tensor:
+    """``values`` in the model's dtype, refused if that changes any of them (they would no longer be slimkit's)."""
+    converted = values.detach().float().to(dtype)
+    if not torch.equal(converted.float(), values.detach().float()):
+        raise ExportRefused(f"layer {name!r}: its scales do not fit the model's {dtype} exactly; convert the model "
+                            "to float32 before exporting (model.float())")
+    return converted.contiguous()
