@@ -31,8 +31,8 @@ from torch import nn
 
 from slimkit.data import digits
 from slimkit.data.minilm import minilm, sentences
-from slimkit.demo import machine_line
-from slimkit.evaluation.tasks import get_task
+from slimkit.machine import machine_line
+from slimkit.models.tasks import get_task
 from slimkit.models import zoo
 from slimkit.quantization import ActivationQuantConfig, QATSchedule, convert, prepare_qat, quantize
 from slimkit.timing import latency_ms

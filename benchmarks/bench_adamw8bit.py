@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from slimkit.data import pycorpus
 from slimkit.data.pycorpus import eval_windows, random_windows
-from slimkit.demo import machine_line
+from slimkit.machine import machine_line
 from slimkit.models.gpt import GPT, GPTConfig
 from slimkit.optim import AdamW, AdamW8bit, state_bytes
 from slimkit.timing import fixed_threads, latency_ms

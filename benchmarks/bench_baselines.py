@@ -9,7 +9,8 @@ import argparse
 import tempfile
 import time
 
-from slimkit.demo import machine_line, run_demo
+from slimkit.demo import run_demo
+from slimkit.machine import machine_line
 from slimkit.evaluation.report import markdown_table
 from slimkit.io import read_meta
 from slimkit.models import zoo

@@ -14,9 +14,9 @@ import time
 import torch
 
 from slimkit.data import digits
-from slimkit.demo import machine_line
+from slimkit.machine import machine_line
 from slimkit.distillation import DistillConfig, distill, pseudo_label
-from slimkit.evaluation.tasks import get_task
+from slimkit.models.tasks import get_task
 from slimkit.models import zoo
 from slimkit.models.spec import from_spec
 from slimkit.training import TrainConfig, random_examples, train

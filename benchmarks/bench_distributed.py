@@ -22,7 +22,7 @@ import torch
 import torch.multiprocessing as mp
 
 from slimkit.data import pycorpus, random_windows
-from slimkit.demo import machine_line
+from slimkit.machine import machine_line
 from slimkit.memory import TrainSetup, from_module, plan
 from slimkit.models.gpt import GPT, GPTConfig
 from slimkit.optim.adamw import local_part, state_bytes

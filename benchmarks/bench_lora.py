@@ -32,7 +32,7 @@ from torch import nn
 from slimkit.adapters import lora
 from slimkit.adapters.lora import LoRAConfig
 from slimkit.data import minilm, pycorpus, random_windows, sentences
-from slimkit.demo import machine_line
+from slimkit.machine import machine_line
 from slimkit.evaluation.bench import peak_memory_bytes
 from slimkit.models.gpt import GPT, GPTConfig
 

@@ -35,10 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimkit.data import minilm, sentences
-from slimkit.demo import machine_line
+from slimkit.machine import machine_line
 from slimkit.distillation import DistillConfig, distill
-from slimkit.evaluation import evaluate
-from slimkit.evaluation.tasks import calibration_sentences, get_task
+from slimkit.models.tasks import evaluate
+from slimkit.models.tasks import calibration_sentences, get_task
 from slimkit.lowrank import LowRankConfig, LowRankLinear, factorize
 from slimkit.models import zoo
 from slimkit.timing import latency_ms

@@ -20,9 +20,9 @@ import time
 import torch
 
 from slimkit.data import digits
-from slimkit.demo import machine_line
+from slimkit.machine import machine_line
 from slimkit.evaluation.bench import peak_memory_bytes
-from slimkit.evaluation.tasks import get_task
+from slimkit.models.tasks import get_task
 from slimkit.models import zoo
 from slimkit.models.spec import from_spec
 from slimkit.privacy import FederatedConfig, epsilon, federated_average, make_private

@@ -19,10 +19,10 @@ import time
 import torch
 
 
-from slimkit.demo import machine_line
-from slimkit.evaluation import evaluate
+from slimkit.machine import machine_line
+from slimkit.models.tasks import evaluate
 from slimkit.evaluation.report import markdown_table
-from slimkit.evaluation.tasks import get_task, infer_task
+from slimkit.models.tasks import get_task, infer_task
 from slimkit.io import load, save
 from slimkit.models import zoo
 from slimkit.pruning import PruneConfig, prune

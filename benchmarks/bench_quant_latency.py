@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimkit.demo import machine_line
+from slimkit.machine import machine_line
 from slimkit.quantization import QuantLinear, WeightQuantConfig, quantize
 from slimkit.quantization.paths import choose_paths
 from slimkit.timing import latency_ms

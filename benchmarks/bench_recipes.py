@@ -26,8 +26,9 @@ import time
 
 import torch
 
-from slimkit.demo import VARIANTS, _variant_artifact, machine_line
-from slimkit.evaluation.tasks import get_task, infer_task
+from slimkit.demo import VARIANTS, _variant_artifact
+from slimkit.machine import machine_line
+from slimkit.models.tasks import get_task, infer_task
 from slimkit.io import artifact_bytes, load
 from slimkit.models import zoo
 from slimkit.recipes.search import SearchConfig, search

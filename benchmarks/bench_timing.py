@@ -24,7 +24,7 @@ import time
 import slimkit.evaluation
 import slimkit.timing
 from slimkit.data import minilm
-from slimkit.demo import machine_line
+from slimkit.machine import machine_line
 from slimkit.models import zoo
 
 TIMINGS = {"one round": 1, "re-timed": 3}
@@ -32,7 +32,7 @@ TIMINGS = {"one round": 1, "re-timed": 3}
 
 def measure(base: str, threads: int, reps: int) -> list[str]:
     model = minilm().model if base == "minilm" else zoo.reference(base)
-    slimkit.evaluation.evaluate(model, name=base, threads=threads)  # first-call costs out of the comparison
+    slimkit.evaluate(model, name=base, threads=threads)  # first-call costs out of the comparison
     wall: dict = {label: [] for label in TIMINGS}
     figures: dict = {label: [] for label in TIMINGS}
     retimed: dict = {label: 0 for label in TIMINGS}
@@ -48,7 +48,7 @@ def measure(base: str, threads: int, reps: int) -> list[str]:
 
             slimkit.evaluation.latency_ms = counted
             start = time.perf_counter()
-            record = slimkit.evaluation.evaluate(model, name=base, threads=threads)
+            record = slimkit.evaluate(model, name=base, threads=threads)
             wall[label].append(time.perf_counter() - start)
             figures[label].append(record.latency_ms)
             retimed[label] += calls[0] > 2 + record.latency_runs

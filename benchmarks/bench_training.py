@@ -16,7 +16,7 @@ import time
 import torch
 
 from slimkit.data import pycorpus, random_windows
-from slimkit.demo import machine_line
+from slimkit.machine import machine_line
 from slimkit.evaluation.bench import peak_memory_bytes
 from slimkit.models.gpt import GPT, GPTConfig
 from slimkit.training import TrainConfig, enable_checkpointing

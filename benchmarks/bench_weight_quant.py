@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from slimkit.data import minilm
-from slimkit.demo import machine_line
-from slimkit.evaluation.tasks import get_task
+from slimkit.machine import machine_line
+from slimkit.models.tasks import get_task
 from slimkit.formats import quantize as quantize_tensor
 from slimkit.io import save
 from slimkit.models import zoo

@@ -66,7 +66,7 @@ def test_eval_names_the_technique_of_a_quantized_artifact(capsys, tmp_path):
 
 def test_quantize_cli_passes_the_gptq_options(capsys, tmp_path, mlp_dir):
     """--static-groups/--mse-clip/--awq-scale reach WeightQuantConfig: the artifact equals the Python API's."""
-    from slimkit.evaluation.tasks import get_task
+    from slimkit.models.tasks import get_task
     from slimkit.io import load
     from slimkit.quantization import WeightQuantConfig, quantize
 

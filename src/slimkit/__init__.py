@@ -11,9 +11,10 @@ from slimkit.adapters import lora
 from slimkit.deployment import export
 from slimkit.distillation import DistillConfig, distill
 from slimkit.errors import ArtifactError, MissingDependencyError, SlimkitError, UserInputError
-from slimkit.evaluation import EvalRecord, evaluate
+from slimkit.evaluation import EvalRecord
 from slimkit.io import load, save
 from slimkit.lowrank import LowRankConfig, factorize
+from slimkit.models.tasks import evaluate
 from slimkit.pruning import PruneConfig, prune
 from slimkit.quantization import WeightQuantConfig, quantize
 from slimkit.training import TrainConfig, train

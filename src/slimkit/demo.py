@@ -11,8 +11,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import os
-import platform
 import shutil
 import time
 from dataclasses import dataclass
@@ -26,13 +24,14 @@ from slimkit.data import digits
 from slimkit.data.minilm import minilm
 from slimkit.distillation import DistillConfig, distill
 from slimkit.errors import MissingDependencyError
-from slimkit.evaluation import EvalRecord, evaluate
+from slimkit.evaluation import EvalRecord
 from slimkit.evaluation.report import write_report
-from slimkit.evaluation.tasks import get_task, infer_task
 from slimkit.io import load, save
+from slimkit.machine import machine_line
 from slimkit.lowrank import LowRankConfig, factorize
 from slimkit.models import zoo
 from slimkit.models.spec import from_spec
+from slimkit.models.tasks import evaluate, get_task, infer_task
 from slimkit.privacy import DPConfig, FederatedConfig, federated_average, make_private
 from slimkit.progress import progress
 from slimkit.pruning.recipe import PruneConfig, PruneRecipe, run_recipe
@@ -211,22 +210,6 @@ VARIANTS: dict[str, list[Variant]] = {
         Variant("int8-all", "weight-only rtn (+ embeddings)", WeightQuantConfig("int8", group_size=None,
                                                                                 embeddings=True))],
 }
-
-
-def machine_line(threads: int) -> str:
-    """One line describing the machine, as every report and benchmark table starts with."""
-    return (f"{_cpu_name()} ({platform.machine()}, {os.cpu_count()} logical cores), {threads} torch "
-            f"thread(s), Python {platform.python_version()}, torch {torch.__version__}")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def run_demo(out_dir: str | Path = "slimkit-report", *, retrain: bool = False, minilm_rows: bool = True,

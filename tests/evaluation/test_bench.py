@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from slimkit.evaluation import evaluate
+from slimkit.models.tasks import evaluate
 from slimkit.evaluation.bench import peak_memory_bytes, resident_bytes
 from slimkit.timing import latency_ms
 from slimkit.models import GPT, MLP, GPTConfig

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from slimkit.data import digits, sentences
-from slimkit.evaluation.tasks import DigitsTask, PyCorpusTask, _neighbour_agreement, get_task, infer_task
+from slimkit.models.tasks import DigitsTask, PyCorpusTask, _neighbour_agreement, get_task, infer_task
 from slimkit.models import GPT, MLP
 from tests.conftest import needs_minilm
 

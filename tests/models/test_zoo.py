@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from slimkit.evaluation.tasks import DigitsTask, PyCorpusTask
+from slimkit.models.tasks import DigitsTask, PyCorpusTask
 from slimkit.io import read_meta
 from slimkit.models import zoo
 

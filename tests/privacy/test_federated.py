@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from slimkit.data import digits
 from slimkit.errors import UserInputError
-from slimkit.evaluation.tasks import get_task
+from slimkit.models.tasks import get_task
 from slimkit.manifest import get_manifest
 from slimkit.models.spec import from_spec
 from slimkit.privacy.accountant import epsilon

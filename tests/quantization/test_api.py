@@ -5,7 +5,7 @@ import torch
 
 from slimkit import load, save
 from slimkit.errors import UserInputError
-from slimkit.evaluation.tasks import get_task
+from slimkit.models.tasks import get_task
 from slimkit.manifest import get_manifest
 from slimkit.models import GPT, MLP, GPTConfig
 from slimkit.quantization import QuantLinear, WeightQuantConfig, quantize
@@ -85,7 +85,7 @@ def test_bad_inputs_have_clear_messages():
 def test_calibration_never_uses_evaluation_data():
     calib = get_task("pycorpus").calibration(2)
     assert len(calib) == 2 and calib[0].shape == (8, 128)
-    from slimkit.evaluation.tasks import calibration_sentences
+    from slimkit.models.tasks import calibration_sentences
     from slimkit.data import sentences
 
     assert not set(calibration_sentences(200)) & set(sentences())

@@ -16,7 +16,7 @@ from slimkit.training import TrainConfig, train  # noqa: E402
 @pytest.fixture(scope="module")
 def mlp():
     """A briefly trained digits MLP (about 90% accurate), so that quality drops mean something."""
-    from slimkit.evaluation.tasks import get_task
+    from slimkit.models.tasks import get_task
 
     torch.manual_seed(0)  # a module fixture is built before the autouse seed of the test that first needs it
     model = MLP()
@@ -29,7 +29,7 @@ def mlp():
                                             ({"net.1": "int3", "net.3": "int8"}, "gptq")])
 def test_the_byte_estimate_matches_the_saved_artifact(mlp, tmp_path, choice, method):
     """The proxy's bytes against the weights file of the real artifact of the same choice."""
-    from slimkit.evaluation.tasks import get_task
+    from slimkit.models.tasks import get_task
 
     space = layer_space(mlp, method=method, calib=get_task("digits").calibration(8) if method == "gptq" else ())
     _, estimate = apply_proxy(mlp, choice, space)

@@ -48,7 +48,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from slimkit.distillation import DistillConfig, distill
     from slimkit.errors import UserInputError
-    from slimkit.evaluation.tasks import get_task, infer_task
+    from slimkit.models.tasks import get_task, infer_task
     from slimkit.io import save
     from slimkit.training import TrainConfig
 

@@ -23,7 +23,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from slimkit.evaluation import evaluate
+    from slimkit.models.tasks import evaluate
     from slimkit.evaluation.report import markdown_table
     from slimkit.io import load
     from slimkit.manifest import get_manifest

@@ -38,9 +38,9 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from slimkit.errors import UserInputError
-    from slimkit.evaluation import evaluate
+    from slimkit.models.tasks import evaluate
     from slimkit.evaluation.report import markdown_table
-    from slimkit.evaluation.tasks import get_task, infer_task
+    from slimkit.models.tasks import get_task, infer_task
     from slimkit.io import load, save
     from slimkit.lowrank import LowRankConfig, factorize
     from slimkit.manifest import get_manifest

@@ -44,7 +44,7 @@ def run(args) -> int:
     import torch
 
     from slimkit.data import digits
-    from slimkit.evaluation.tasks import get_task
+    from slimkit.models.tasks import get_task
     from slimkit.io import save
     from slimkit.models.spec import from_spec
     from slimkit.privacy.federated import FederatedConfig, federated_average

@@ -65,8 +65,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from slimkit.evaluation import evaluate
-    from slimkit.evaluation.tasks import infer_task
+    from slimkit.models.tasks import evaluate
+    from slimkit.models.tasks import infer_task
     from slimkit.io import load
 
     model = load(args.model_dir)
@@ -78,7 +78,7 @@ def run(args) -> int:
 
 
 def _quantize_weights(model, task: str, args):
-    from slimkit.evaluation.tasks import get_task
+    from slimkit.models.tasks import get_task
     from slimkit.quantization import WeightQuantConfig, quantize
     from slimkit.quantization.paths import choose_paths
 
@@ -98,7 +98,7 @@ def _quantize_weights(model, task: str, args):
 
 def _quantize_activations(model, task: str, args):
     from slimkit.errors import UserInputError
-    from slimkit.evaluation.tasks import get_task
+    from slimkit.models.tasks import get_task
     from slimkit.quantization import ActivationQuantConfig, QATSchedule, convert, prepare_qat, quantize
     from slimkit.training import TrainConfig, train
 
@@ -124,7 +124,7 @@ def _quantize_activations(model, task: str, args):
 
 
 def _report(model, task: str, before, config, label: tuple[str, str], args) -> int:
-    from slimkit.evaluation import evaluate
+    from slimkit.models.tasks import evaluate
     from slimkit.evaluation.report import markdown_table
     from slimkit.io import save
     from slimkit.manifest import get_manifest

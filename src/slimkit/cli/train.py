@@ -59,7 +59,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from slimkit import lora
     from slimkit.evaluation import parameter_counts
-    from slimkit.evaluation.tasks import get_task, infer_task
+    from slimkit.models.tasks import get_task, infer_task
     from slimkit.io import save
     from slimkit.quantization.modules import QuantLinear
     from slimkit.quantization.paths import choose_paths

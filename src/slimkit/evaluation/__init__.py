@@ -10,15 +10,16 @@ from torch import nn
 
 from slimkit.evaluation.bench import peak_memory_bytes
 from slimkit.timing import latency_ms
+from slimkit.errors import UserInputError
+from slimkit.evaluation.protocol import Task
 from slimkit.evaluation.record import EvalRecord
-from slimkit.evaluation.tasks import TASKS, get_task, infer_task
 
-__all__ = ["EvalRecord", "TASKS", "evaluate"]
+__all__ = ["EvalRecord", "Task", "evaluate"]
 
 
 def evaluate(
     model: nn.Module,
-    task: str | None = None,
+    task: Task,
     *,
     name: str | None = None,
     technique: str = "baseline",
@@ -28,25 +29,27 @@ def evaluate(
     threads: int = 2,
     runs: int = 7,
 ) -> EvalRecord:
-    """Measure ``model`` on ``task`` (inferred for the reference models and MiniLM).
+    """Measure ``model`` on the task object ``task`` (``slimkit.evaluate`` also takes the zoo's task names).
 
     The artifact size is that of ``artifact_dir`` when given (a folder ``slimkit.save``
     wrote), otherwise the model is saved to a temporary folder and that is measured.
 
-    >>> rec = evaluate(reference("cnn"))  # doctest: +SKIP
+    >>> rec = evaluate(reference("cnn"), get_task("digits"))  # doctest: +SKIP
     >>> rec.value, rec.artifact_bytes, rec.latency_ms  # doctest: +SKIP
     (0.996..., 697100, 0.9...)
     """
     from slimkit.io import artifact_bytes, save
 
-    task_obj = get_task(task or infer_task(model))
+    if task is None or isinstance(task, str):
+        raise UserInputError(f"evaluate needs a task object, not {task!r}; slimkit.evaluate looks the zoo's "
+                             f"tasks up by name (slimkit.models.tasks.get_task)")
     model.eval()
-    batch = batch_size or task_obj.default_batch
+    batch = batch_size or task.default_batch
     if batch < 1:
         raise ValueError(f"batch_size={batch}: must be at least 1")
     with torch.no_grad():
-        quality = task_obj.quality(model)
-    call = task_obj.example_call(model, batch)
+        quality = task.quality(model)
+    call = task.example_call(model, batch)
     if artifact_dir is None:
         with tempfile.TemporaryDirectory() as tmp:
             size = artifact_bytes(save(model, tmp))
@@ -54,9 +57,9 @@ def evaluate(
         size = artifact_bytes(artifact_dir)
     params, nonzero = parameter_counts(model)
     return EvalRecord(
-        name=name or type(model).__name__, task=task_obj.name, technique=technique,
-        metric=task_obj.metric, value=quality[task_obj.metric],
-        higher_is_better=task_obj.higher_is_better, quality=quality,
+        name=name or type(model).__name__, task=task.name, technique=technique,
+        metric=task.metric, value=quality[task.metric],
+        higher_is_better=task.higher_is_better, quality=quality,
         params=params, nonzero=nonzero, artifact_bytes=size,
         latency_ms=latency_ms(call, runs=runs, threads=threads), latency_batch=batch,
         latency_runs=runs, threads=threads, peak_memory_bytes=peak_memory_bytes(model, call),

@@ -1,4 +1,7 @@
-"""The tasks a model is evaluated on: what quality means for it and what one inference call is.
+"""The zoo's task registry: the data, metric and calibration behind each reference model's task.
+
+Each task is an object that ``slimkit.evaluation.evaluate`` measures a model with (the protocol is
+``slimkit.evaluation.Task``); any object with the same attributes works there too.
 
 - ``digits``: top-1 accuracy on the digits test split; one call classifies a batch of images.
 - ``pycorpus``: bits per byte on 256 fixed 128-byte windows of the validation split; one call
@@ -12,7 +15,6 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -20,26 +22,12 @@ from torch import Tensor, nn
 
 from slimkit.data import digits, embed, eval_windows, minilm, pycorpus, random_windows, sentences
 from slimkit.errors import UserInputError
+from slimkit.evaluation import EvalRecord, Task
+from slimkit.evaluation import evaluate as evaluate_task
+from slimkit.models.gpt import GPT
+from slimkit.models.mlp import MLP
+from slimkit.models.resnet import ResNet
 from slimkit.training import GeneratorBatches, random_examples
-
-
-class Task(Protocol):
-    name: str
-    metric: str  # name of the primary quality figure
-    higher_is_better: bool
-    default_batch: int
-
-    def quality(self, model: nn.Module) -> dict[str, float]:
-        """Quality figures; the primary ``metric`` among them."""
-
-    def example_call(self, model: nn.Module, batch_size: int):
-        """A zero-argument function that runs one inference call of ``batch_size`` examples."""
-
-    def calibration(self, batches: int) -> list:
-        """``batches`` model inputs drawn from the training split (never from evaluation data)."""
-
-    def training_batches(self, model: nn.Module, batch_size: int, seed: int = 0):
-        """A resumable source of (inputs, targets) batches from the training split, for ``slimkit.train``."""
 
 
 class DigitsTask:
@@ -164,8 +152,6 @@ def get_task(name: str) -> Task:
 
 def infer_task(model: nn.Module) -> str:
     """The task a reference model or MiniLM-like encoder belongs to; error if it cannot tell."""
-    from slimkit.models import GPT, MLP, ResNet
-
     if isinstance(model, (MLP, ResNet)):
         return "digits"
     if isinstance(model, GPT):
@@ -175,3 +161,12 @@ def infer_task(model: nn.Module) -> str:
     raise UserInputError(
         f"cannot tell which task fits a {type(model).__name__}; pass task= one of {', '.join(TASKS)}"
     )
+
+
+def evaluate(model: nn.Module, task: Task | str | None = None, **options) -> EvalRecord:
+    """``slimkit.evaluate``: measure ``model`` on a task object, a task named here, or the one inferred for it.
+
+    ``options`` are those of ``slimkit.evaluation.evaluate``.
+    """
+    task_obj = task if task is not None and not isinstance(task, str) else get_task(task or infer_task(model))
+    return evaluate_task(model, task_obj, **options)

@@ -85,7 +85,7 @@ def prune(model: nn.Module, config: PruneConfig, data=None, *, example_inputs=No
 def _example(model: nn.Module, data):
     if data:
         return model_inputs(data[:1])[0]
-    from slimkit.evaluation.tasks import get_task, infer_task
+    from slimkit.models.tasks import get_task, infer_task
 
     try:
         return get_task(infer_task(model)).calibration(1)[0]

@@ -32,7 +32,7 @@ def task_calibration(model: nn.Module, config: PruneConfig, task: str | None = N
     """Calibration batches from the task's training split: (inputs, targets) for taylor, inputs otherwise."""
     if not config.needs_data:
         return None
-    from slimkit.evaluation.tasks import get_task, infer_task
+    from slimkit.models.tasks import get_task, infer_task
 
     task_obj = get_task(task or infer_task(model))
     if config.method == "taylor":
@@ -43,7 +43,7 @@ def task_calibration(model: nn.Module, config: PruneConfig, task: str | None = N
 
 def run_recipe(model: nn.Module, recipe: PruneRecipe, task: str | None = None) -> PruneReport:
     """Prune ``model`` in place as ``recipe`` says and fine-tune it (pruned weights stay zero)."""
-    from slimkit.evaluation.tasks import get_task, infer_task
+    from slimkit.models.tasks import get_task, infer_task
 
     report = prune(model, recipe.prune, task_calibration(model, recipe.prune, task))
     if recipe.finetune is not None:

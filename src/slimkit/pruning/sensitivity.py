@@ -67,7 +67,7 @@ def sensitivity(model: nn.Module, quality=None, *, levels=(0.25, 0.5, 0.75, 0.9)
         raise UserInputError(f"levels={levels!r}: every sparsity must lie in [0, 1)")
     metric = "quality"
     if quality is None:
-        from slimkit.evaluation.tasks import get_task, infer_task
+        from slimkit.models.tasks import get_task, infer_task
 
         task = get_task(infer_task(model))
         metric = task.metric

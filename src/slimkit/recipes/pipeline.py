@@ -57,8 +57,8 @@ def run_pipeline(model: nn.Module, recipe: Recipe, out: str | Path | None = None
     and the quality after each step;
     ``measure_paths``: time the execution paths of weight-quantized layers (see ``apply_step``).
     """
-    from slimkit.evaluation import evaluate
-    from slimkit.evaluation.tasks import get_task, infer_task
+    from slimkit.models.tasks import evaluate
+    from slimkit.models.tasks import get_task, infer_task
     from slimkit.progress import progress
 
     task = task or recipe.task or infer_task(model)
@@ -140,7 +140,7 @@ def _save_step(model: nn.Module, folder: Path, digest: str, step: Step) -> None:
 
 
 def _finish(result: PipelineResult, recipe: Recipe, out: Path, task: str, measure: bool, threads: int) -> None:
-    from slimkit.evaluation import evaluate
+    from slimkit.models.tasks import evaluate
     from slimkit.io import save
 
     final = out / MODEL_DIR

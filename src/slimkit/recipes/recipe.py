@@ -129,7 +129,7 @@ def parse_recipe(text: str, source: str = "recipe") -> Recipe:
         raise error_at(source, lines, ("steps",), "needs a non-empty list of steps")
     task = data.get("task")
     if task is not None:
-        from slimkit.evaluation.tasks import TASKS
+        from slimkit.models.tasks import TASKS
 
         if task not in TASKS:
             raise error_at(source, lines, ("task",), f"unknown task {task!r}; choose one of {', '.join(TASKS)}")

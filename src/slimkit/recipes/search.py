@@ -118,7 +118,7 @@ def search(model: nn.Module, config: SearchConfig, out: str | Path, *, task: str
            calib: str | None = None, source: str = "", threads: int = 2) -> SearchResult:
     """Search for the configuration of ``model`` that minimises ``config.objective`` within the budget."""
     optuna = _optuna()
-    from slimkit.evaluation.tasks import get_task, infer_task
+    from slimkit.models.tasks import get_task, infer_task
 
     start = time.perf_counter()
     task = task or infer_task(model)
@@ -242,7 +242,7 @@ def _real_trial(model, choice, space, measure, base_quality, task, calib, thread
     """(latency ms, quality drop) of the choice built with the real techniques."""
     import copy
 
-    from slimkit.evaluation.tasks import get_task
+    from slimkit.models.tasks import get_task
     from slimkit.recipes.pipeline import run_pipeline
 
     candidate = copy.deepcopy(model)

@@ -102,7 +102,7 @@ def layer_space(model: nn.Module, options: tuple[str, ...] = OPTIONS, method: st
 def _channel_sizes(model: nn.Module, task: str | None) -> dict[str, int]:
     """{layer: channels} of the layers that alone produce a prunable channel group (attention heads left out),
     traced on one example of ``task`` (by default the task the model's type implies)."""
-    from slimkit.evaluation.tasks import get_task, infer_task
+    from slimkit.models.tasks import get_task, infer_task
     from slimkit.pruning.graph import dependency_groups
 
     try:
@@ -251,7 +251,7 @@ def proxy_quality(task: str, model: nn.Module):
     divergence of the predicted distributions, or 1 - cosine for embeddings.
     """
     from slimkit.data import digits, embed, eval_windows, pycorpus
-    from slimkit.evaluation.tasks import calibration_sentences, get_task
+    from slimkit.models.tasks import calibration_sentences, get_task
 
     if task in ("digits", "pycorpus"):
         if task == "digits":

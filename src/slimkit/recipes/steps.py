@@ -22,7 +22,7 @@ def apply_step(model: nn.Module, step: Step, task: str | None, calib: str | None
     factorization). ``measure_paths``: after weight quantization, time each layer's execution
     paths and keep the fastest (the search leaves it out: it changes speed, not quality or bytes).
     """
-    from slimkit.evaluation.tasks import get_task
+    from slimkit.models.tasks import get_task
 
     kind = step.technique
     if kind == "distill":
@@ -56,14 +56,14 @@ def _factorize(model, config, task, calib, step) -> None:
 
 
 def _quantize(model, config, task, calib, step) -> None:
-    from slimkit.evaluation.tasks import get_task
+    from slimkit.models.tasks import get_task
     from slimkit.quantization import quantize
 
     quantize(model, config, calib=get_task(calib).calibration(config.calib_samples) if config.method != "rtn" else None)
 
 
 def _quantize_activations(model, config, task, calib, step) -> None:
-    from slimkit.evaluation.tasks import get_task
+    from slimkit.models.tasks import get_task
     from slimkit.quantization import QATSchedule, convert, prepare_qat, quantize
     from slimkit.training import TrainConfig, train
 
@@ -84,7 +84,7 @@ _APPLY = {"prune": _prune, "factorize": _factorize, "quantize": _quantize,
 
 def _distill(teacher: nn.Module, step: Step, task: str) -> nn.Module:
     from slimkit.distillation import distill
-    from slimkit.evaluation.tasks import get_task
+    from slimkit.models.tasks import get_task
     from slimkit.training import TrainConfig
 
     train_config = step.train or TrainConfig()
