@@ -38,6 +38,7 @@ class QuantLinear(nn.Module):
         # and artifacts do not store them (they are rebuilt from the codes on load).
         for name in ("float_cache", "kernel_weight", "kernel_scale"):
             self.register_buffer(name, None, persistent=False)
+        self.register_load_state_dict_post_hook(_rebuild_caches)  # the caches must follow loaded codes
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, encoded: EncodedTensor, input_scale: Tensor | None = None) -> QuantLinear:
@@ -123,11 +124,14 @@ class QuantLinear(nn.Module):
         module = cls(spec["in_features"], spec["out_features"], stored.empty(spec),
                      torch.zeros(spec["out_features"]) if spec["bias"] else None,
                      torch.ones(spec["in_features"]) if spec["input_scale"] else None)
-        paths = [tuple(p) for p in spec["paths"]]  # caches are rebuilt once the weights have loaded:
-        module.register_load_state_dict_post_hook(lambda m, _: m.set_paths(paths, fallback=True))
+        module.paths = [tuple(p) for p in spec["paths"]]  # their caches are built once the weights have loaded
         return module
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"format={self._encoded_meta['fmt']}, group_size={self._encoded_meta['group_size']}, "
                 f"paths={self.paths}")
+
+
+def _rebuild_caches(module: QuantLinear, _incompatible_keys) -> None:
+    module.set_paths(module.paths, fallback=True)
