@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from slimkit import ArtifactError, UserInputError, load, save
+from slimkit import ArtifactError, UserInputError, load, register_class, save
 from slimkit.io import artifact_bytes, read_meta
 from slimkit.manifest import add_entry, get_manifest
 from slimkit.models import GPT, MLP, GPTConfig, ResNet
@@ -106,12 +106,17 @@ def test_corrupt_weights(artifact):
     _expect(artifact, "model.safetensors: checksum mismatch")
 
 
-def test_unreadable_weights_without_checksum(artifact):
+def test_removing_the_checksum_is_refused(artifact):
     meta = json.loads((artifact / "slimkit.json").read_text())
     del meta["weights"]
     (artifact / "slimkit.json").write_text(json.dumps(meta))
+    _expect(artifact, "field 'weights' is missing; the weights cannot be verified")
+
+
+def test_unreadable_weights_without_integrity_check(artifact):
     (artifact / "model.safetensors").write_bytes(b"\x00" * 64)
-    _expect(artifact, "model.safetensors: not a readable safetensors file")
+    with pytest.raises(ArtifactError, match="model.safetensors: not valid JSON"):
+        load(artifact, check_integrity=False)
 
 
 def test_corrupt_description(artifact):
@@ -134,10 +139,11 @@ def test_newer_format_version(artifact):
 def test_weights_of_another_model(tmp_path):
     save(MLP(), tmp_path / "a")
     save(ResNet(), tmp_path / "b")
-    meta = json.loads((tmp_path / "b" / "slimkit.json").read_text())
-    del meta["weights"]  # no checksum to trip over: the shapes themselves must be checked
-    (tmp_path / "a" / "slimkit.json").write_text(json.dumps(meta))
-    _expect(tmp_path / "a", "model.safetensors: tensors do not fit the architecture")
+    (tmp_path / "a" / "slimkit.json").write_bytes((tmp_path / "b" / "slimkit.json").read_bytes())
+    _expect(tmp_path / "a", "model.safetensors: .* bytes, expected")
+    # past the integrity check, the description itself is held to the file
+    with pytest.raises(ArtifactError, match="tensors in the description and in the weights file differ"):
+        load(tmp_path / "a", check_integrity=False)
 
 
 @needs_minilm
@@ -154,6 +160,7 @@ def test_minilm_round_trip_and_hf_folder(tmp_path):
     assert torch.equal(embed(from_folder, ref.tokenizer, texts), embed(ref.model, ref.tokenizer, texts))
 
 
+@register_class
 class Doubler(torch.nn.Module):
     """A stand-in for a module a transform swaps in: rebuilt from its spec, state from the file."""
 
@@ -180,7 +187,7 @@ def test_replaced_modules_are_rebuilt_from_their_spec(tmp_path):
     model.net[2] = swapped
     loaded = load(save(model, tmp_path))
     assert read_meta(tmp_path)["replaced_modules"] == {
-        "net.2": {"class": "tests.test_io:Doubler", "spec": {"width": 3}}}
+        "net.2": {"class": "tests.test_io.Doubler", "spec": {"width": 3}}}
     assert isinstance(loaded.net[2], Doubler) and loaded.net[2].codes.tolist() == [1, 2, 3]
     x = torch.rand(2, 1, 8, 8)
     assert torch.equal(model(x), loaded(x))

@@ -8,6 +8,7 @@
 
 from slimkit import data, formats, models
 from slimkit.adapters import lora
+from slimkit.classes import register_class
 from slimkit.deployment import export
 from slimkit.distillation import DistillConfig, distill
 from slimkit.errors import ArtifactError, MissingDependencyError, SlimkitError, UserInputError
@@ -24,5 +25,5 @@ __version__ = "0.1.0"
 __all__ = [
     "ArtifactError", "DistillConfig", "EvalRecord", "LowRankConfig", "MissingDependencyError", "PruneConfig",
     "SlimkitError", "TrainConfig", "UserInputError", "WeightQuantConfig", "data", "distill", "evaluate", "export", "factorize", "formats", "load",
-    "lora", "models", "prune", "quantize", "save", "train",
+    "lora", "models", "prune", "quantize", "register_class", "save", "train",
 ]

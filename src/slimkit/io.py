@@ -1,9 +1,13 @@
 """Artifacts: ``save(model, dir)`` writes model.safetensors + slimkit.json; ``load(dir)`` rebuilds.
 
-slimkit.json records the format version, how to rebuild the architecture, every tensor's
-encoding, the compression manifest, metrics, and the byte size and SHA-256 of the weights file,
-so that a truncated or altered file is caught with a message naming it. ``load`` also accepts a
-Hugging Face model folder (config.json + weights) and returns the transformers model.
+slimkit.json records the format version, how to rebuild the architecture (allow-listed class names,
+see ``slimkit.classes``), every tensor's encoding, dtype and shape, the compression manifest, metrics,
+the size and SHA-256 of the weights file, and one digest over all of it. An artifact is untrusted
+input: ``load`` checks the description against limits and against the weights file's header, builds
+the model on the meta device under a size budget before allocating anything, and names the file and
+field of every problem in an ``ArtifactError``. ``save`` writes a temporary sibling folder and swaps
+it into place, so a crash leaves the old artifact or the new one. ``load`` also accepts a Hugging
+Face model folder (config.json + weights) and returns the transformers model.
 """
 
 from __future__ import annotations
@@ -11,36 +15,48 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import warnings
 from pathlib import Path
 
-from safetensors.torch import save_file
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors, save as dump_safetensors
 import torch
 from torch import Tensor, nn
 
+from slimkit import classes
+from slimkit.atomic import locked, replacing_dir
+from slimkit.description import build_config, check_description, check_hf_config, check_integrity, check_spec, digest
 from slimkit.errors import ArtifactError, UserInputError
-from slimkit.files import read_description, read_safetensors
 from slimkit.formats.sparse import decode_sparse, encode_sparse
 from slimkit.manifest import get_manifest, set_manifest
-from slimkit.naming import import_object
+from slimkit.untrusted import build_budget, parse_json, safetensors_header
 
 FORMAT = "slimkit-artifact"
-FORMAT_VERSION = 2  # 2: sparse tensors may be stored as a bitmask or CSR (version 1 artifacts still load)
+# 2: sparse tensors as bitmask or CSR; 3: class names from the allow-list, one digest over description
+# and weights. Versions 1 and 2 still load (weights checksum required, description not covered).
+FORMAT_VERSION = 3
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "slimkit.json"
+ARTIFACT_FILES = (WEIGHTS_FILE, META_FILE)
+_warned_unsigned: set[str] = set()
 
 
-def save(model: nn.Module, directory: str | Path, *, metrics: dict | None = None) -> Path:
-    """Write ``model`` to ``directory`` (created if needed) and return the directory.
+def save(model: nn.Module, directory: str | Path, *, metrics: dict | None = None,
+         init_args: dict | None = None) -> Path:
+    """Write ``model`` to ``directory`` (replacing an artifact there, atomically) and return the directory.
+
+    The model's class must be one ``load`` may rebuild (``slimkit.classes``): a slimkit model, a
+    transformers model, or a class registered with ``slimkit.register_class``. A registered class
+    without a dataclass ``.config`` is rebuilt from ``init_args``: JSON constructor (or factory) arguments.
 
     >>> save(GPT(GPTConfig()), "out/gpt")  # doctest: +SKIP
     """
     directory = Path(directory)
-    architecture = describe_architecture(model)
+    architecture = describe_architecture(model, init_args)
     tensors, aliases = _unique_tensors(model.state_dict())
     stored, encodings = _compact(tensors)
-    directory.mkdir(parents=True, exist_ok=True)
-    weights = directory / WEIGHTS_FILE
-    save_file(stored, str(weights), metadata={"format": FORMAT})
+    weights = dump_safetensors(stored, metadata={"format": FORMAT})
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -53,14 +69,25 @@ def save(model: nn.Module, directory: str | Path, *, metrics: dict | None = None
         # which parameters training leaves alone (e.g. a LoRA model's frozen base), restored by load
         "frozen": sorted(name for name, p in model.named_parameters() if not p.requires_grad),
         "metrics": metrics or {},
-        "weights": {"file": WEIGHTS_FILE, "bytes": weights.stat().st_size, "sha256": _sha256(weights)},
+        "weights": {"file": WEIGHTS_FILE, "bytes": len(weights), "sha256": hashlib.sha256(weights).hexdigest()},
     }
-    (directory / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    try:
+        meta = json.loads(json.dumps(meta, allow_nan=False))  # the digest covers exactly what load parses
+    except (TypeError, ValueError) as exc:
+        raise UserInputError(f"cannot save to {directory}: metrics and records must be finite JSON values ({exc})") from None
+    meta["integrity"] = {"algorithm": "sha256 of the canonical description", "sha256": digest(meta)}
+    with locked(directory), replacing_dir(directory, owned=ARTIFACT_FILES) as tmp:
+        (tmp / WEIGHTS_FILE).write_bytes(weights)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return directory
 
 
-def load(directory: str | Path) -> nn.Module:
-    """Rebuild the model saved in ``directory`` (a slimkit artifact or a Hugging Face folder)."""
+def load(directory: str | Path, *, check_integrity: bool = True) -> nn.Module:
+    """Rebuild the model saved in ``directory`` (a slimkit artifact or a Hugging Face folder).
+
+    ``check_integrity=False`` skips the checksum and digest (only for an artifact you changed on purpose,
+    to save it again); every other check still applies.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise ArtifactError(f"{directory}: no such directory; pass the folder that slimkit.save wrote")
@@ -71,17 +98,22 @@ def load(directory: str | Path) -> nn.Module:
             f"{directory}: neither a slimkit artifact ({META_FILE} missing) nor a Hugging Face "
             "model folder (config.json missing)"
         )
-    meta = read_meta(directory)
-    state = _expand(_read_weights(directory, meta), meta.get("tensors", {}), directory / WEIGHTS_FILE)
-    model = build_architecture(meta["architecture"], directory / META_FILE)
-    _rebuild_replaced_modules(model, meta.get("replaced_modules", {}), directory / META_FILE)
-    for alias, canonical in meta.get("aliases", {}).items():
+    meta_bytes, weights = _read_files(directory)
+    path = directory / META_FILE
+    meta = parse_meta(meta_bytes, path)
+    if check_integrity:
+        check_integrity_of(meta, weights, path)
+    header = safetensors_header(weights, directory / WEIGHTS_FILE)
+    check_description(meta, header, len(weights), path)
+    with build_budget(64 * len(weights) + (1 << 24), 16 * len(header) + 256, path):
+        _check_built(_build(meta, path), meta, path)
+    state = _expand(_parse_weights(weights, directory / WEIGHTS_FILE), meta["tensors"], directory / WEIGHTS_FILE)
+    model = _build(meta, path)
+    aliases = meta.get("aliases", {})
+    for alias, canonical in aliases.items():
         state[alias] = state[canonical]
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as exc:
-        raise ArtifactError(f"{directory / WEIGHTS_FILE}: tensors do not fit the architecture: {exc}") from None
-    _retie(model, meta.get("aliases", {}))
+    model.load_state_dict(state, strict=True, assign=True)
+    _retie(model, aliases)
     frozen = set(meta.get("frozen", []))
     for name, param in model.named_parameters():
         param.requires_grad_(name not in frozen)
@@ -90,15 +122,42 @@ def load(directory: str | Path) -> nn.Module:
 
 
 def read_meta(directory: str | Path) -> dict:
-    """The parsed slimkit.json of an artifact, checked to be one."""
+    """The parsed slimkit.json of an artifact, checked to be one (its weights are not read)."""
     path = Path(directory) / META_FILE
-    meta = read_description(path, FORMAT, "a slimkit artifact description", "this folder is not a slimkit artifact")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise ArtifactError(
-            f"{path}: format version {meta['format_version']} is newer than this slimkit reads "
-            f"({FORMAT_VERSION}); upgrade slimkit"
-        )
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing; this folder is not a slimkit artifact") from None
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot be read ({exc.strerror})") from None
+    return parse_meta(data, path)
+
+
+def parse_meta(data: bytes, path: Path) -> dict:
+    """slimkit.json's bytes as a dict, checked to be a slimkit description of a version this slimkit reads."""
+    meta = parse_json(data, path)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ArtifactError(f"{path}: not a slimkit artifact description (no \"format\": \"{FORMAT}\")")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ArtifactError(f"{path}: format_version {str(version)[:20]} is not a version number; the file is corrupt")
+    if version > FORMAT_VERSION:
+        raise ArtifactError(f"{path}: format version {version} is newer than this slimkit reads "
+                            f"({FORMAT_VERSION}); upgrade slimkit")
     return meta
+
+
+def check_integrity_of(meta: dict, weights: bytes, path: Path) -> None:
+    """Checksum of the weights (always) and the digest of the description (format 3)."""
+    if not isinstance(meta.get("weights"), dict):
+        raise ArtifactError(f"{path}: field 'weights' is missing; the weights cannot be verified "
+                            "(re-save the model with slimkit.save)")
+    check_integrity(meta, len(weights), hashlib.sha256(weights).hexdigest(), path)
+    if meta["format_version"] < 3 and str(path) not in _warned_unsigned:
+        _warned_unsigned.add(str(path))
+        warnings.warn(f"{path}: a format {meta['format_version']} artifact: its weights are verified, its "
+                      "description is not; re-save it (slimkit.save(slimkit.load(dir), new_dir)) to cover both",
+                      stacklevel=3)
 
 
 def artifact_bytes(directory: str | Path) -> int:
@@ -106,44 +165,73 @@ def artifact_bytes(directory: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
 
 
-def describe_architecture(model: nn.Module) -> dict:
-    """How to rebuild ``model``: a transformers class + config, or a class taking a config dataclass."""
-    try:
-        from transformers import PreTrainedModel
-    except ImportError:
-        PreTrainedModel = ()  # noqa: N806 - transformers is optional
-    cls = type(model)
-    if PreTrainedModel and isinstance(model, PreTrainedModel):
-        return {"kind": "transformers", "class": cls.__name__, "config": model.config.to_dict()}
+def describe_architecture(model: nn.Module, init_args: dict | None = None) -> dict:
+    """How to rebuild ``model``: an allow-listed class and its config (or constructor arguments)."""
+    name = classes.class_name(type(model))
+    if classes.is_transformers_model(model):
+        return {"kind": "transformers", "class": name, "config": model.config.to_dict()}
     config = getattr(model, "config", None)
-    if not dataclasses.is_dataclass(config):
+    if dataclasses.is_dataclass(config) and init_args is None:
+        return {"kind": "python", "class": name, "config_class": classes.class_name(type(config)),
+                "config": dataclasses.asdict(config)}
+    if init_args is None:
         raise UserInputError(
-            f"cannot record how to rebuild {cls.__name__}: slimkit.save needs a model whose "
-            "constructor takes one dataclass stored as `.config`, or a transformers model"
-        )
-    return {
-        "kind": "python",
-        "class": f"{cls.__module__}:{cls.__qualname__}",
-        "config_class": f"{type(config).__module__}:{type(config).__qualname__}",
-        "config": dataclasses.asdict(config),
-    }
+            f"cannot record how to rebuild {type(model).__name__}: pass init_args= (its constructor's or "
+            "registered factory's JSON arguments), or give it one dataclass config stored as `.config`")
+    return {"kind": "init_args", "class": name, "init_args": init_args}
 
 
-def build_architecture(architecture: dict, source: Path) -> nn.Module:
-    """A freshly constructed model from a ``describe_architecture`` record."""
-    try:
-        if architecture["kind"] == "transformers":
-            import transformers
+def build_architecture(architecture: object, source: Path) -> nn.Module:
+    """A freshly constructed model from a ``describe_architecture`` record (allow-listed classes only)."""
+    if not isinstance(architecture, dict) or architecture.get("kind") not in ("python", "transformers", "init_args"):
+        raise ArtifactError(f"{source}: architecture.kind should be python, transformers or init_args")
+    entry = classes.resolve(architecture.get("class"), f"{source}: architecture.class")
+    if architecture["kind"] == "transformers":
+        if not classes.is_transformers_model_class(entry.cls):
+            raise ArtifactError(f"{source}: architecture.class {entry.cls.__name__} is not a transformers model")
+        check_hf_config(entry.cls, architecture.get("config"), f"{source}: architecture.config")
+        make = lambda: entry.cls(entry.cls.config_class.from_dict(architecture["config"]))  # noqa: E731
+    elif architecture["kind"] == "python":
+        config_cls = classes.resolve(architecture.get("config_class"), f"{source}: architecture.config_class").cls
+        config = build_config(config_cls, architecture.get("config"), f"{source}: architecture.config")
+        make = lambda: (entry.factory or entry.cls)(config)  # noqa: E731
+    else:
+        args = architecture.get("init_args")
+        if not isinstance(args, dict):
+            raise ArtifactError(f"{source}: architecture.init_args should be an object")
+        check_spec(args, f"{source}: architecture.init_args")
+        make = lambda: (entry.factory or entry.cls)(**args)  # noqa: E731
+    model = classes.construct(make, f"{source}: architecture ({entry.cls.__name__})")
+    if not isinstance(model, entry.cls):
+        raise ArtifactError(f"{source}: the factory registered for {entry.cls.__name__} built a {type(model).__name__}")
+    return model
 
-            cls = getattr(transformers, architecture["class"])
-            return cls(cls.config_class.from_dict(architecture["config"]))
-        model_cls = import_object(architecture["class"])
-        config = import_object(architecture["config_class"])(**architecture["config"])
-        return model_cls(config)
-    except ImportError as exc:
-        raise ArtifactError(f"{source}: cannot rebuild the model, {exc}; install what it names") from None
-    except (KeyError, AttributeError, TypeError) as exc:
-        raise ArtifactError(f"{source}: the architecture record is invalid ({exc!r})") from None
+
+def _build(meta: dict, path: Path) -> nn.Module:
+    model = build_architecture(meta["architecture"], path)
+    _rebuild_replaced_modules(model, meta.get("replaced_modules", {}), path)
+    return model
+
+
+def _check_built(model: nn.Module, meta: dict, path: Path) -> None:
+    """The (meta-device) model's state dict has exactly the described tensors, with their dtypes and shapes."""
+    state = model.state_dict()
+    tensors, aliases = meta["tensors"], meta.get("aliases", {})
+    described = set(tensors) | set(aliases)
+    if set(state) != described:
+        missing, extra = sorted(set(state) - described), sorted(described - set(state))
+        raise ArtifactError(f"{path.with_name(WEIGHTS_FILE)}: tensors do not fit the architecture (missing "
+                            f"{missing[:3]}, unexpected {extra[:3]})")
+    for name, tensor in state.items():
+        info = tensors[aliases.get(name, name)]
+        if str(tensor.dtype).removeprefix("torch.") != info["dtype"] or list(tensor.shape) != info["shape"]:
+            raise ArtifactError(f"{path.with_name(WEIGHTS_FILE)}: tensor {name!r} is {info['dtype']} {info['shape']}, "
+                                f"the architecture needs {str(tensor.dtype).removeprefix('torch.')} "
+                                f"{list(tensor.shape)}")
+    params = dict(model.named_parameters())
+    unknown = [n for n in meta.get("frozen", []) if n not in params]
+    if unknown:
+        raise ArtifactError(f"{path}: frozen names parameters the model does not have ({unknown[:3]})")
 
 
 def _replaced_modules(model: nn.Module) -> dict[str, dict]:
@@ -156,18 +244,17 @@ def _replaced_modules(model: nn.Module) -> dict[str, dict]:
     records: dict[str, dict] = {}
     for name, module in model.named_modules():
         if hasattr(module, "slimkit_spec") and not any(name.startswith(f"{r}.") for r in records):
-            cls = type(module)
-            records[name] = {"class": f"{cls.__module__}:{cls.__qualname__}", "spec": module.slimkit_spec()}
+            records[name] = classes.spec_record(module)
     return records
 
 
 def _rebuild_replaced_modules(model: nn.Module, records: dict[str, dict], source: Path) -> None:
     for name, record in records.items():
+        module = classes.from_spec_record(record, f"{source}: replaced_modules.{name}")
         try:
-            module = import_object(record["class"]).from_slimkit_spec(record["spec"])
             model.set_submodule(name, module)
-        except (ImportError, AttributeError, KeyError, TypeError, ValueError) as exc:
-            raise ArtifactError(f"{source}: cannot rebuild module {name!r}: {exc!r}") from None
+        except (AttributeError, TypeError) as exc:
+            raise ArtifactError(f"{source}: replaced_modules names {name!r}, which the model lacks ({exc})") from None
 
 
 def _unique_tensors(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -198,7 +285,7 @@ def _compact(tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, s
 
 
 def _expand(stored: dict[str, Tensor], described: dict[str, dict], path: Path) -> dict[str, Tensor]:
-    """The dense state dict back from what ``_compact`` stored."""
+    """The dense state dict back from what ``_compact`` stored (parts already checked against the description)."""
     state = {name: t for name, t in stored.items() if "::" not in name}
     for name, info in described.items():
         if info.get("encoding", "raw") == "raw":
@@ -206,33 +293,52 @@ def _expand(stored: dict[str, Tensor], described: dict[str, dict], path: Path) -
         prefix = f"{name}::"
         parts = {key[len(prefix):]: t for key, t in stored.items() if key.startswith(prefix)}
         try:
-            dtype = getattr(torch, info["dtype"])
-            state[name] = decode_sparse(info["encoding"], parts, info["shape"], dtype)
-        except (KeyError, ValueError, AttributeError) as exc:
-            raise ArtifactError(f"{path}: tensor {name!r} ({info.get('encoding')}) cannot be decoded: {exc!r}") from None
+            state[name] = decode_sparse(info["encoding"], parts, info["shape"], getattr(torch, info["dtype"]))
+        except (ValueError, IndexError, RuntimeError) as exc:
+            raise ArtifactError(f"{path}: tensor {name!r} ({info['encoding']}) cannot be decoded: {exc}") from None
     return state
 
 
 def _retie(model: nn.Module, aliases: dict[str, str]) -> None:
     """Make aliased parameters the same object again, as they were when saved."""
+    params = dict(model.named_parameters())
     for alias, canonical in aliases.items():
         owner_name, _, leaf = alias.rpartition(".")
         owner = model.get_submodule(owner_name)
-        setattr(owner, leaf, model.get_parameter(canonical) if canonical in dict(model.named_parameters())
-                else model.get_buffer(canonical))
+        setattr(owner, leaf, params[canonical] if canonical in params else model.get_buffer(canonical))
 
 
-def _read_weights(directory: Path, meta: dict) -> dict[str, Tensor]:
-    path = directory / WEIGHTS_FILE
-    if not path.exists():
-        raise ArtifactError(f"{path}: missing; the artifact is incomplete")
-    expected = meta.get("weights", {})
-    size = path.stat().st_size
-    if "bytes" in expected and size != expected["bytes"]:
-        raise ArtifactError(f"{path}: {size} bytes, expected {expected['bytes']}; the file is truncated or was replaced")
-    if "sha256" in expected and _sha256(path) != expected["sha256"]:
-        raise ArtifactError(f"{path}: checksum mismatch; the file is corrupt or was changed after saving")
-    return read_safetensors(path, "the artifact is incomplete")
+def _read_files(directory: Path) -> tuple[bytes, bytes]:
+    """slimkit.json and model.safetensors read through one handle on the folder, so both come from the
+    same save even while another save swaps a new folder in (retried when that save removed the old one)."""
+    for attempt in range(3):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            return _read_at(fd, META_FILE), _read_at(fd, WEIGHTS_FILE)
+        except FileNotFoundError as exc:
+            if attempt == 2:
+                raise ArtifactError(f"{directory / exc.filename}: missing; the artifact is incomplete") from None
+        except OSError as exc:
+            raise ArtifactError(f"{directory}: cannot be read ({exc.strerror})") from None
+        finally:
+            os.close(fd)
+    raise AssertionError("unreachable")
+
+
+def _read_at(fd: int, name: str) -> bytes:
+    try:
+        with open(name, "rb", opener=lambda p, flags: os.open(p, flags, dir_fd=fd)) as f:
+            return f.read()
+    except FileNotFoundError as exc:
+        exc.filename = name
+        raise
+
+
+def _parse_weights(data: bytes, path: Path) -> dict[str, Tensor]:
+    try:
+        return load_safetensors(data)
+    except (SafetensorError, ValueError) as exc:
+        raise ArtifactError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
 def _load_hf_folder(directory: Path) -> nn.Module:
@@ -246,11 +352,3 @@ def _load_hf_folder(directory: Path) -> nn.Module:
         return AutoModel.from_pretrained(directory, local_files_only=True).eval()
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"{directory}: cannot load as a Hugging Face model folder: {exc}") from None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

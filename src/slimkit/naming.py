@@ -1,9 +1,8 @@
-"""Names: the closest names for an error message, which names share a tensor, and objects by dotted name."""
+"""Names: the closest names for an error message, and which names share a tensor."""
 
 from __future__ import annotations
 
 import difflib
-import importlib
 import re
 from collections.abc import Iterable
 
@@ -40,12 +39,3 @@ def parameter_owners(model: nn.Module) -> dict[int, list[str]]:
     for name, param in model.named_parameters(remove_duplicate=False):
         owners.setdefault(id(param), []).append(name)
     return owners
-
-
-def import_object(path: str):
-    """The object named ``"package.module:Qualified.name"`` (how artifacts record the classes to rebuild)."""
-    module, _, qualname = path.partition(":")
-    obj = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj

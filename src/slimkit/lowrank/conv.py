@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from slimkit.lowrank.config import LowRankConfig
 from slimkit.lowrank.svd import energy_rank, matrix_rank_rule, split_factors
-from slimkit.naming import import_object
+from slimkit.classes import from_spec_record, spec_record
 
 CONV_PARAMETERS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation")
 
@@ -97,8 +97,7 @@ class LowRankConv2d(nn.Module):
         Int8Conv2d after static quantization) are recorded with their own specs, and a last stage
         that gained a bias (a BatchNorm folded into it) is rebuilt with one."""
         geometry = {k: v if isinstance(v, (str, int)) else list(v) for k, v in self.geometry.items()}
-        stages = {str(i): {"class": f"{type(m).__module__}:{type(m).__qualname__}", "spec": m.slimkit_spec()}
-                  for i, m in enumerate(self.stages) if hasattr(m, "slimkit_spec")}
+        stages = {str(i): spec_record(m) for i, m in enumerate(self.stages) if hasattr(m, "slimkit_spec")}
         last = self.stages[-1]
         bias = last.bias is not None if isinstance(last, nn.Conv2d) else self.has_bias
         return {"method": self.method, "geometry": geometry, "ranks": list(self.ranks), "bias": bias,
@@ -109,7 +108,7 @@ class LowRankConv2d(nn.Module):
         """An empty layer of the right shapes; ``load_state_dict`` fills it."""
         layer = cls(spec["method"], spec["geometry"], tuple(spec["ranks"]), spec["bias"], getattr(torch, spec["dtype"]))
         for index, record in spec.get("stages", {}).items():
-            layer.stages[int(index)] = import_object(record["class"]).from_slimkit_spec(record["spec"])
+            layer.stages[int(index)] = from_spec_record(record, f"stages.{index}")
         return layer
 
     def extra_repr(self) -> str:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from slimkit.lowrank.config import LowRankConfig
-from slimkit.naming import import_object
+from slimkit.classes import from_spec_record, spec_record
 
 
 def energy_rank(singular_values: Tensor, energy: float) -> int:
@@ -96,8 +96,7 @@ class LowRankLinear(nn.Module):
     def slimkit_spec(self) -> dict:
         """How ``slimkit.load`` rebuilds this layer empty; factors another transform replaced (e.g.
         QuantLinear after quantizing the factorized model) are recorded with their own specs."""
-        children = {name: {"class": f"{type(m).__module__}:{type(m).__qualname__}", "spec": m.slimkit_spec()}
-                    for name, m in self.named_children() if hasattr(m, "slimkit_spec")}
+        children = {name: spec_record(m) for name, m in self.named_children() if hasattr(m, "slimkit_spec")}
         return {"in_features": self.in_features, "out_features": self.out_features, "rank": self.rank,
                 "bias": self.has_bias, "dtype": self.dtype_name, "children": children}
 
@@ -106,7 +105,7 @@ class LowRankLinear(nn.Module):
         """An empty layer of the right shapes; ``load_state_dict`` fills it."""
         layer = cls(spec["in_features"], spec["out_features"], spec["rank"], spec["bias"], getattr(torch, spec["dtype"]))
         for name, record in spec.get("children", {}).items():
-            setattr(layer, name, import_object(record["class"]).from_slimkit_spec(record["spec"]))
+            setattr(layer, name, from_spec_record(record, f"children.{name}"))
         return layer
 
     def extra_repr(self) -> str:
