@@ -6,6 +6,7 @@ Bounds are output SQNR floors (dB of float-output power over the error power) fo
 small random-init models have (nn.Linear's uniform init; inputs N(0, 1)):
 - int8 weights per channel: error variance step^2/12 with step = max|w|/127 against max|w|^2/3 for the
   uniform weights: 10*log10(4 * 127^2) = 48 dB per layer; two layers and ReLU, ~45 dB; floor 35.
+- int8 embedding rows (N(0, 1) init): 45 dB, floor 35.
 - int4 groups of 32: 10*log10(4 * 7^2) = 23 dB per layer; floor 15; NF4 (QLoRA base) is close: 15.
 - W8A8: weights as int8 plus per-token (dynamic) or calibrated (static) activation codes; a
   Gaussian row's max is ~3 sigma so its step costs 10*log10(12 * 127^2 / 9) = 43 dB; floor 30.
@@ -48,6 +49,15 @@ def mlp(seed: int = 0) -> nn.Module:
 
 def _x(rows: int = 8) -> torch.Tensor:
     return torch.randn(rows, 64, generator=torch.Generator().manual_seed(1))
+
+
+def embedding_mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Embedding(128, 64), nn.ReLU(), nn.Linear(64, 32))
+
+
+def _token_ids() -> torch.Tensor:
+    return torch.randint(0, 128, (2, 6), generator=torch.Generator().manual_seed(1))
 
 
 def _weight_only(fmt: str, group: int | None, path: str):
@@ -102,6 +112,9 @@ CASES = {
     "int8-int8pack": (_weight_only("int8", None, "int8pack"), 35.0, False),
     "int4-int4pack": (_weight_only("int4", 32, "int4pack"), 15.0, False),
     "int4-dequant": (_weight_only("int4", 32, "dequant"), 15.0, False),
+    # N(0, 1) rows of 64: max ~2.5 sigma, 10*log10(12 * 127^2 / 2.5^2) = 45 dB
+    "quant-embedding": (lambda m: quantize(m, WeightQuantConfig("int8", group_size=None, embeddings=True,
+                                                                include=("0",))), 35.0, False),
     "w8a8-dynamic": (lambda m: quantize(m, ActivationQuantConfig()), 30.0, False),
     "w8a8-static": (_w8a8_static, 30.0, False),
     "qat-int8": (_qat, 30.0, False),
@@ -118,7 +131,7 @@ def _fresh_copy_loaded(model: nn.Module, build) -> nn.Module:
     (stale caches or kernel layouts would show). An unstructured mask is chosen from the weights and is
     not part of the state (non-persistent by design), so that state loads into the same pruning of the
     same float model instead."""
-    other = build(mlp(seed=0 if build is _pruned else 1))
+    other = build(_float_model(build, seed=0 if build is _pruned else 1))
     other.load_state_dict(model.state_dict())
     return other.eval()
 
@@ -138,10 +151,14 @@ def _run(model: nn.Module, x: torch.Tensor, mode: str, build) -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return model(x)
     if mode == "to_bf16":
-        out = copy.deepcopy(model).to(torch.bfloat16)(x.bfloat16())
+        out = copy.deepcopy(model).to(torch.bfloat16)(x if x.dtype == torch.long else x.bfloat16())
         assert out.dtype == torch.bfloat16  # the model really runs in the dtype it was moved to
         return out
     raise AssertionError(mode)
+
+
+def _float_model(build, seed: int = 0) -> nn.Module:
+    return embedding_mlp(seed) if build is CASES["quant-embedding"][0] else mlp(seed)
 
 
 EXACT_MODES = ("no_grad", "inference_mode", "deepcopy", "state_dict")
@@ -152,10 +169,10 @@ BF16_MODES = ("autocast_bf16", "to_bf16")
 @pytest.mark.parametrize("case", list(CASES))
 def test_run_mode(case, mode):
     build, floor, edits = CASES[case]
-    x = _x()
-    model = build(mlp()).eval()
+    x = _token_ids() if case == "quant-embedding" else _x()
+    model = build(_float_model(build)).eval()
     eager = model(x).detach()
-    reference = eager if edits else mlp()(x).detach()
+    reference = eager if edits else _float_model(build)(x).detach()
     assert sqnr_db(eager, reference) >= floor
     got = _run(model, x, mode, build).detach()
     if mode in EXACT_MODES:

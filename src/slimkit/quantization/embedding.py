@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from slimkit.formats import EncodedTensor
@@ -18,6 +19,7 @@ class QuantEmbedding(nn.Module):
             raise ValueError(f"encoded table of shape {tuple(encoded.shape)} does not fit a "
                              f"({num_embeddings}, {embedding_dim}) embedding")
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
+        self.output_dtype = torch.float32  # follows .to(dtype), as an nn.Embedding's table would
         stored.store(self, encoded)
 
     @classmethod
@@ -34,8 +36,13 @@ class QuantEmbedding(nn.Module):
     def encoded(self) -> EncodedTensor:
         return stored.stored(self)
 
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self.output_dtype = fn(torch.empty(0, dtype=self.output_dtype)).dtype
+        return self
+
     def forward(self, index: Tensor) -> Tensor:
-        return self.encoded().dequantize_rows(index)
+        return self.encoded().dequantize_rows(index).to(self.output_dtype)
 
     def encoded_weight_counts(self) -> tuple[int, int]:
         return stored.value_counts(self)
