@@ -13,6 +13,18 @@ from slimkit.errors import SlimkitError
 VERBS = ("demo", "eval", "report", "quantize", "formats", "train", "memory", "distill", "factorize", "privacy", "federated", "prune", "compress", "export")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples kept as written; every option with a default says it (unless its help already does)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "%(default)" in text or "default" in text or action.option_strings == [] or \
+                default in (None, False, [], (), argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr and exit code 2."""
 
@@ -53,14 +65,17 @@ def _verb_module(verb: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from slimkit import __version__
+
     parser = Parser(prog="slimkit", description="Make neural networks smaller, faster and cheaper, "
-                    "and measure what it really saved.", formatter_class=argparse.RawDescriptionHelpFormatter,
+                    "and measure what it really saved.", formatter_class=HelpFormatter,
                     epilog="example:\n  slimkit demo\n  slimkit eval slimkit-report/artifacts/gpt --json")
+    parser.add_argument("--version", action="version", version=f"slimkit {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, parser_class=Parser)
     for verb in VERBS:
         module = _verb_module(verb)
         p = sub.add_parser(verb, help=module.HELP, description=module.HELP, epilog=module.EXAMPLE,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=HelpFormatter)
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         module.add_arguments(p)
     return parser
@@ -72,7 +87,14 @@ def main(argv: list[str] | None = None) -> int:
 
     set_quiet(args.quiet)
     try:
-        return _verb_module(args.verb).run(args)
+        code = _verb_module(args.verb).run(args)
+        sys.stdout.flush()  # here, so that a closed pipe is seen inside the try
+        return code
     except SlimkitError as exc:
         sys.stderr.write(f"slimkit {args.verb}: error: {exc}\n")
         return 2
+    except BrokenPipeError:  # the reader left (``slimkit compress --list | head``): not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 141  # what a shell reports for a process killed by SIGPIPE (128 + 13)
