@@ -20,12 +20,14 @@ from torch import nn
 
 from slimkit.data import digits, pycorpus, random_windows
 from slimkit.errors import UserInputError
+from slimkit.models import smollm2
 from slimkit.models.gpt import GPT, GPTConfig
 from slimkit.models.mlp import MLP, MLPConfig
 from slimkit.models.resnet import ResNet, ResNetConfig
 from slimkit.training.batches import GeneratorBatches, random_examples
 
 NAMES = ("mlp", "cnn", "gpt")
+PRETRAINED = ("smollm2",)  # converted from a package's weights, not trained here
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ def build(name: str) -> nn.Module:
 
 def check_name(name: str) -> None:
     if name not in NAMES:
-        raise UserInputError(f"unknown reference model {name!r}; choose one of {', '.join(NAMES)}")
+        raise UserInputError(f"unknown reference model {name!r}; choose one of {', '.join(NAMES + PRETRAINED)}")
 
 
 def cache_root() -> Path:
@@ -76,12 +78,14 @@ def cache_path(name: str) -> Path:
 
 
 def reference(name: str, *, retrain: bool = False) -> nn.Module:
-    """The trained reference model ``name`` ("mlp", "cnn" or "gpt"), in eval mode.
+    """The trained reference model ``name`` ("mlp", "cnn" or "gpt"), or the pretrained "smollm2", in eval mode.
 
     >>> model = reference("cnn")  # trains once (about 15 s), then loads from the cache
     """
     from slimkit.io import load, save  # io sits above models; imported late to keep layers clean
 
+    if name == "smollm2":
+        return smollm2.load(hf_folder(name))[0]
     check_name(name)
     path = cache_path(name)
     if path.exists() and not retrain:
@@ -89,6 +93,13 @@ def reference(name: str, *, retrain: bool = False) -> nn.Module:
     model, seconds = train_reference(name)
     save(model, path, metrics={"train_seconds": round(seconds, 2), "recipe": asdict(RECIPES[name])})
     return model.eval()
+
+
+def hf_folder(name: str) -> Path:
+    """The Hugging Face folder of a pretrained zoo model ("smollm2"), converted into the cache the first time."""
+    if name not in PRETRAINED:
+        raise UserInputError(f"{name!r} is not a pretrained zoo model; choose one of {', '.join(PRETRAINED)}")
+    return smollm2.folder(cache_root())
 
 
 def train_reference(name: str) -> tuple[nn.Module, float]:
