@@ -80,8 +80,16 @@ def test_a_pattern_matching_nothing_names_it_and_real_layers(gpt, include, exclu
 
 
 def test_a_model_without_candidates_is_rejected():
-    with pytest.raises(UserInputError, match="^LayerNorm has no nn.Linear or nn.Conv2d layer to test$"):
+    with pytest.raises(UserInputError, match=r"^LayerNorm has no nn.Linear or nn.Conv2d layer to test; its layers "
+                       r"with weights are LayerNorm \(1\)$"):
         select(nn.LayerNorm(4), types=(nn.Linear, nn.Conv2d))
+
+
+def test_a_model_whose_candidates_are_all_left_out_is_rejected_with_what_it_has(gpt):
+    # a transform that would touch nothing is an error, not a silent no-op
+    with pytest.raises(UserInputError, match=r"no layer of GPT is left to test: .*blocks.0.attn.qkv: matched by "
+                       r"exclude.*its layers with weights are Linear \(9\), LayerNorm \(5\), Embedding \(2\)"):
+        select(gpt, exclude=("blocks.*",))
 
 
 def test_closest_names_lists_each_block_layer_once_by_its_best_index():

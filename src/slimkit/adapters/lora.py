@@ -205,8 +205,6 @@ def _select(model: nn.Module, config: LoRAConfig) -> tuple[list[tuple[str, nn.Li
     chosen, skipped = select_layers(model, config.targets, config.exclude, (nn.Linear,), action="for LoRA to adapt",
                                     include_name="targets", tied="merging an adapter would change that too "
                                     "(and an NF4 base would store the weight twice)")
-    if not chosen:
-        raise UserInputError(f"no Linear layer left to adapt: {'; '.join(f'{n}: {r}' for n, r in skipped.items())}")
     return chosen, skipped
 
 

@@ -21,11 +21,13 @@ from slimkit.pruning.importance import accumulated_grads
 from slimkit.pruning.modules import shrink_batchnorm, shrink_conv, shrink_linear
 from slimkit.pruning.unstructured import LayerReport
 from slimkit.pruning.units import update_config
+from slimkit.selection import linear_like
 
 
 def prune_structure(model: nn.Module, config: PruneConfig, example_args: tuple, data: list | None
                     ) -> tuple[list[LayerReport], list[str]]:
     """Shrink ``model`` in place; returns one report per channel group / attention unit and tracing notes."""
+    linear_like(model)  # GPT-2's Conv1D projections become the Linear layers the graph knows
     groups, units, notes = dependency_groups(model, example_args)
     reports, live = [], []
     for g in groups:
