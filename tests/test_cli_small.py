@@ -47,3 +47,11 @@ def test_every_option_with_a_default_shows_it():
                 if "default" not in formatter._get_help_string(action):
                     missing.append(f"{verb} {action.option_strings[0]}")
     assert not missing
+
+
+def test_training_on_no_data_says_so():
+    from slimkit import UserInputError, train
+    from slimkit.models import from_spec
+
+    with pytest.raises(UserInputError, match="the training data is empty"):
+        train(from_spec("mlp:hidden=8"), [])

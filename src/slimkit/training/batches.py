@@ -12,6 +12,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from slimkit.errors import UserInputError
+
 
 @runtime_checkable
 class BatchSource(Protocol):
@@ -54,6 +56,9 @@ def random_examples(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int
     return GeneratorBatches(draw, seed)
 
 
+_EMPTY = object()
+
+
 class IterableBatches:
     """Cycles through an iterable (e.g. a DataLoader); the position is the number of batches taken."""
 
@@ -67,7 +72,10 @@ class IterableBatches:
             batch = next(self._iterator)
         except StopIteration:
             self._iterator = iter(self.iterable)
-            batch = next(self._iterator)
+            batch = next(self._iterator, _EMPTY)
+            if batch is _EMPTY:
+                raise UserInputError("the training data is empty: it gave no batch; pass a list (or "
+                                     "DataLoader) of at least one batch, e.g. [(x, y)]") from None
         self.taken += 1
         return batch
 
