@@ -1,0 +1,166 @@
+"""ONNX (onnxruntime): the model traced to model.onnx, each quantized Linear written from its codes.
+
+| slimkit layer | ONNX nodes |
+|---|---|
+| QuantLinear int4, groups of 16..256 (a power of two dividing the input width) | ``com.microsoft::MatMulNBits`` (bits 4): B uint8 [N, K/g, g/2] (two codes a byte, low nibble first: slimkit's own packing), scales [N*K/g], packed zero points when asymmetric (symmetric codes are q + 8, MatMulNBits' default zero point) |
+| QuantLinear int8 per channel, symmetric; Int8Linear with int8 weights | ``DynamicQuantizeLinear`` + ``MatMulInteger`` + ``Mul`` (onnxruntime's dynamic int8 pattern): weights int8 [K, N] with slimkit's per-channel scales, activations quantized per tensor at run time |
+
+AWQ's input scale becomes a ``Div`` before the product. The int8 pattern quantizes activations per tensor
+(asymmetric uint8), where slimkit's Int8Linear uses one scale per token: its outputs are close to, not
+equal to, slimkit's. Everything else is traced as float. Needs the ``onnx`` package to write the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from slimkit.deployment import ExportRefused
+from slimkit.errors import MissingDependencyError
+from slimkit.formats import unpack
+from slimkit.quantization.activation.modules import Int8Linear, weight_codes
+from slimkit.quantization.modules import QuantLinear
+
+FILE_NAME = "model.onnx"
+OPSET = 17
+
+
+def write_onnx(model: nn.Module, directory: Path, example: dict[str, Tensor] | None = None) -> None:
+    """``directory``/model.onnx; ``example`` (input name -> tensor) defaults to token ids and attention mask for
+    transformers models."""
+    try:
+        import onnx  # noqa: F401  (torch's exporter needs it to serialise)
+    except ImportError:
+        raise MissingDependencyError("ONNX export needs the onnx package: pip install onnx") from None
+    example = example or _default_example(model)
+    # the exporter puts the wrapper back in its own mode afterwards, recursively: it must be the model's
+    wrapper = _Positional(model, list(example)).train(model.training)
+    with _onnx_layers(model):
+        torch.onnx.export(wrapper, tuple(example.values()), str(directory / FILE_NAME),
+                          dynamo=False, opset_version=OPSET, input_names=list(example), output_names=["output"],
+                          dynamic_axes={name: {0: "batch", 1: "sequence"} if t.dim() > 1 else {0: "batch"}
+                                        for name, t in example.items()})
+
+
+def _default_example(model: nn.Module) -> dict[str, Tensor]:
+    if hasattr(getattr(model, "config", None), "vocab_size"):
+        # with an explicit mask transformers builds it without torch.diff, which the exporter lacks
+        return {"input_ids": torch.zeros(1, 8, dtype=torch.long), "attention_mask": torch.ones(1, 8, dtype=torch.long)}
+    raise ExportRefused(f"a {type(model).__name__} needs an example input to trace; call "
+                        "slimkit.deployment.onnx.write_onnx(model, folder, example={'x': tensor})")
+
+
+class _Positional(nn.Module):
+    """Calls the model with keyword inputs (and no key/value cache), returning one tensor."""
+
+    def __init__(self, model: nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        kwargs = dict(zip(self.names, inputs))
+        if hasattr(getattr(self.model, "config", None), "use_cache"):
+            kwargs["use_cache"] = False
+        out = self.model(**kwargs) if len(self.names) > 1 or hasattr(self.model, "config") else self.model(*inputs)
+        if isinstance(out, Tensor):
+            return out
+        return out.logits if hasattr(out, "logits") else out[0]
+
+
+@contextlib.contextmanager
+def _onnx_layers(model: nn.Module):
+    """Swap every quantized layer for one that traces to its ONNX pattern; put them back afterwards."""
+    swapped = {}
+    for name, module in list(model.named_modules()):
+        if isinstance(module, QuantLinear):
+            swapped[name] = module
+            model.set_submodule(name, _nbits_or_int8(name, module))
+        elif isinstance(module, Int8Linear):
+            swapped[name] = module
+            model.set_submodule(name, _int8_from_int8_linear(name, module))
+        elif type(module).__module__.startswith("slimkit.") and not list(module.children()):
+            raise ExportRefused(f"layer {name!r} is a slimkit {type(module).__name__}, which the ONNX export does "
+                                "not write; export a model whose quantized layers are QuantLinear or Int8Linear")
+    try:
+        yield
+    finally:
+        for name, module in swapped.items():
+            model.set_submodule(name, module)
+
+
+class _OnnxLinear(nn.Module):
+    """Computes the layer in float for tracing; ``symbolic`` writes the quantized nodes."""
+
+    def __init__(self, op, weight: Tensor, bias: Tensor | None, input_scale: Tensor | None, constants: dict,
+                 attributes: dict) -> None:
+        super().__init__()
+        self.op, self.weight, self.bias, self.input_scale = op, weight, bias, input_scale
+        self.constants, self.attributes = constants, attributes
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.input_scale is not None:
+            x = x / self.input_scale
+        y = self.op.apply(x, self.weight, self.constants, self.attributes)
+        return y if self.bias is None else y + self.bias
+
+
+class _MatMulNBits(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, constants, attributes):
+        return x @ weight.T
+
+    @staticmethod
+    def symbolic(g, x, weight, constants, attributes):
+        inputs = [x] + [g.op("Constant", value_t=t) for t in constants.values()]
+        return g.op("com.microsoft::MatMulNBits", *inputs, **{f"{k}_i": v for k, v in attributes.items()})
+
+
+class _DynamicInt8(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, constants, attributes):
+        return x @ weight.T
+
+    @staticmethod
+    def symbolic(g, x, weight, constants, attributes):
+        codes, x_scale, x_zero = g.op("DynamicQuantizeLinear", x, outputs=3)
+        acc = g.op("MatMulInteger", codes, g.op("Constant", value_t=constants["weight"]), x_zero)
+        scaled = g.op("Mul", g.op("Cast", acc, to_i=1), g.op("Constant", value_t=constants["scale"]))  # 1: FLOAT
+        return g.op("Mul", scaled, x_scale)
+
+
+def _nbits_or_int8(name: str, module: QuantLinear) -> _OnnxLinear:
+    enc = module.encoded()
+    out_features, in_features = enc.shape
+    bias = None if module.bias is None else module.bias.detach()
+    weight = module.dequantized_weight()
+    group = enc.group_size
+    if enc.fmt == "int4" and enc.granularity == "group" and group in (16, 32, 64, 128, 256) and in_features % group == 0:
+        blocks = in_features // group
+        codes = unpack(enc.codes, 4, enc.numel).reshape(out_features, blocks, group)
+        constants = {"B": codes[..., 0::2] | (codes[..., 1::2] << 4),  # (N, K/g, g/2)
+                     "scales": enc.scales().float().reshape(-1)}
+        if not enc.symmetric:
+            zero = torch.nn.functional.pad(enc.zero_point, (0, blocks % 2))  # (N, even groups)
+            constants["zero_points"] = (zero[:, 0::2] | (zero[:, 1::2] << 4)).reshape(-1)
+        attributes = {"K": in_features, "N": out_features, "bits": 4, "block_size": group, "accuracy_level": 0}
+        return _OnnxLinear(_MatMulNBits, weight, bias, module.input_scale, constants, attributes)
+    if enc.fmt == "int8" and enc.granularity == "channel" and enc.symmetric:
+        codes, scale = weight_codes(enc)
+        return _OnnxLinear(_DynamicInt8, weight, bias, module.input_scale,
+                           {"weight": codes.T.contiguous(), "scale": scale}, {})
+    raise ExportRefused(f"layer {name!r} ({enc.fmt}, {enc.granularity} {group}) has no exact ONNX pattern here; "
+                        "quantize with int4 groups of 16..256 (MatMulNBits) or int8 per channel, symmetric")
+
+
+def _int8_from_int8_linear(name: str, module: Int8Linear) -> _OnnxLinear:
+    if module.smooth is not None or module.outlier_index is not None or module.encoded().fmt != "int8":
+        raise ExportRefused(f"layer {name!r} uses SmoothQuant, LLM.int8 outliers or sub-8-bit weights, which the "
+                            "ONNX int8 pattern does not hold; quantize activations without them to export")
+    codes, scale = weight_codes(module.encoded())
+    bias = None if module.bias is None else module.bias.detach()
+    layer = _OnnxLinear(_DynamicInt8, module.dequantized_weight(), bias, None,
+                        {"weight": codes.T.contiguous(), "scale": scale}, {})
+    return nn.Sequential(layer, nn.ReLU()) if module.relu else layer

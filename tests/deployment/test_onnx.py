@@ -1,0 +1,68 @@
+"""ONNX export, run by onnxruntime's CPU provider: int4 layers as com.microsoft::MatMulNBits give slimkit's
+logits to float rounding; int8 layers as DynamicQuantizeLinear + MatMulInteger stay close to slimkit and fp32."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import slimkit
+from slimkit.deployment import ExportRefused
+from slimkit.quantization import WeightQuantConfig
+
+onnx = pytest.importorskip("onnx", reason="onnx (test extra) is not installed")
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime (test extra) is not installed")
+transformers = pytest.importorskip("transformers")
+
+
+def _run(folder, feeds):
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {k: v.numpy() for k, v in feeds.items()})[0])
+
+
+def _ops(folder):
+    return [node.op_type for node in onnx.load(str(folder / "model.onnx")).graph.node]
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_int4_layers_run_as_matmulnbits_with_slimkits_logits(tiny_llama, token_ids, tmp_path, symmetric):
+    slimkit.quantize(tiny_llama, WeightQuantConfig("int4", group_size=32, symmetric=symmetric))
+    folder = slimkit.export(tiny_llama, tmp_path / "onnx", to="onnx")
+    assert _ops(folder).count("MatMulNBits") == 2 * 7 + 1  # every projection and the output layer
+    feeds = {"input_ids": token_ids, "attention_mask": torch.ones_like(token_ids)}
+    with torch.no_grad():
+        expected = tiny_llama(**feeds).logits
+    # MatMulNBits decodes the same codes and scales; only float32 summation order differs (K <= 128 products
+    # of size ~0.1: a few ulps of the logits, far below 1e-5)
+    assert (_run(folder, feeds) - expected).abs().max() < 1e-5
+
+
+def test_int8_encoder_runs_as_dynamic_matmulinteger(tmp_path):
+    config = transformers.BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=128, max_position_embeddings=32, dtype="float32")
+    fp32 = transformers.BertModel(config).eval()
+    model = slimkit.quantize(copy.deepcopy(fp32), WeightQuantConfig("int8", group_size=None))
+    ids = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(2))
+    feeds = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    folder = slimkit.export(model, tmp_path / "onnx", to="onnx")
+    assert not any(m.training for m in model.modules())  # exporting left the model in eval mode (dropout off)
+    assert _ops(folder).count("MatMulInteger") == 2 * 6  # q, k, v, out, up, down per layer (the pooler is not traced)
+    got = _run(folder, feeds)
+    with torch.no_grad():
+        ours, reference = model(**feeds)[0], fp32(**feeds)[0]
+    cosine = torch.nn.functional.cosine_similarity
+    # onnxruntime quantizes activations per tensor to uint8 (slimkit's QuantLinear keeps them float): one
+    # rounding step of 1/255 of each input's range per element, which keeps the hidden states' cosine > 0.999
+    assert cosine(got.flatten(1), ours.flatten(1)).min() > 0.999
+    assert cosine(got.flatten(1), reference.flatten(1)).min() > 0.999
+
+
+def test_refusals(tiny_llama, tmp_path):
+    int3 = slimkit.quantize(copy.deepcopy(tiny_llama), WeightQuantConfig("int3", group_size=32))
+    with pytest.raises(ExportRefused, match="no exact ONNX pattern"):
+        slimkit.export(int3, tmp_path / "a", to="onnx")
+    with pytest.raises(ExportRefused, match="needs an example input"):
+        slimkit.export(torch.nn.Sequential(torch.nn.Linear(4, 4)), tmp_path / "b", to="onnx")
+    assert list(tmp_path.iterdir()) == []
+    assert np.isfinite(tiny_llama.model.embed_tokens.weight.detach().numpy()).all()  # the model is left intact
