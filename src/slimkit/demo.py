@@ -247,7 +247,7 @@ def run_demo(out_dir: str | Path = "slimkit-report", *, retrain: bool = False, m
                 model = load(artifact)
             records.append(evaluate(model, name=name, technique="baseline" if variant is None else variant.technique,
                                     baseline=None if variant is None else base, artifact_dir=artifact,
-                                    threads=threads))
+                                    threads=threads, baseline_model=None if variant is None else base_model(base)))
     paths = write_report(records, out, title="slimkit demo", machine=machine_line(threads))
     return records, paths, skipped
 

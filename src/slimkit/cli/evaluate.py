@@ -19,6 +19,8 @@ def add_arguments(p) -> None:
     p.add_argument("--batch", type=positive_int, help="batch size of the timed call (default per task)")
     p.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
     p.add_argument("--runs", type=timed_runs, default=7, help="timed runs, median reported (>= 5, default 7)")
+    p.add_argument("--baseline", metavar="BASE_DIR", help="time the speedup against this saved model in "
+                   "alternating pairs, with the spread of the per-pair ratios")
     p.add_argument("--json", action="store_true", help="print the record as JSON")
 
 
@@ -31,8 +33,9 @@ def run(args) -> int:
 
     model = load(args.model_dir)
     techniques = [e["technique"] for e in get_manifest(model) if e["technique"] != PATH_CHOICE]
+    base = load(args.baseline) if args.baseline else None
     record = evaluate(model, args.task, name=args.model_dir, artifact_dir=args.model_dir,
-                      technique=", ".join(dict.fromkeys(techniques)) or "baseline",
-                      batch_size=args.batch, threads=args.threads, runs=args.runs)
+                      technique=", ".join(dict.fromkeys(techniques)) or "baseline", baseline=args.baseline,
+                      batch_size=args.batch, threads=args.threads, runs=args.runs, baseline_model=base)
     print(json.dumps(record.to_dict(), indent=2) if args.json else markdown_table([record]))
     return 0

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from slimkit.evaluation.bench import peak_memory_bytes
-from slimkit.timing import latency_ms
+from slimkit.evaluation.bench import layer_speedups, peak_memory_bytes
+from slimkit.timing import MIN_PAIRS, latency_ms, paired_speedup
 from slimkit.errors import UserInputError
 from slimkit.evaluation.protocol import Task
 from slimkit.evaluation.record import EvalRecord
@@ -28,11 +28,15 @@ def evaluate(
     batch_size: int | None = None,
     threads: int = 2,
     runs: int = 7,
+    baseline_model: nn.Module | None = None,
 ) -> EvalRecord:
     """Measure ``model`` on the task object ``task`` (``slimkit.evaluate`` also takes the zoo's task names).
 
     The artifact size is that of ``artifact_dir`` when given (a folder ``slimkit.save``
-    wrote), otherwise the model is saved to a temporary folder and that is measured.
+    wrote), otherwise the model is saved to a temporary folder and that is measured. With
+    ``baseline_model``, the speedup is timed in alternating pairs against it (``slimkit.timing.
+    paired_speedup``, at least ``runs`` pairs) and kept with its spread in ``record.speedup``, and so
+    is each quantized layer's speed against its float layer.
 
     >>> rec = evaluate(reference("cnn"), get_task("digits"))  # doctest: +SKIP
     >>> rec.value, rec.artifact_bytes, rec.latency_ms  # doctest: +SKIP
@@ -56,24 +60,35 @@ def evaluate(
     else:
         size = artifact_bytes(artifact_dir)
     params, nonzero = parameter_counts(model)
+    speedup, latency = None, None
+    if baseline_model is not None:
+        baseline_model.eval()
+        speedup = paired_speedup(call, task.example_call(baseline_model, batch), pairs=max(runs, MIN_PAIRS),
+                                 threads=threads)
+        latency, runs = speedup["latency_ms"], speedup["pairs"]
     return EvalRecord(
         name=name or type(model).__name__, task=task.name, technique=technique,
         metric=task.metric, value=quality[task.metric],
         higher_is_better=task.higher_is_better, quality=quality,
         params=params, nonzero=nonzero, artifact_bytes=size,
-        latency_ms=latency_ms(call, runs=runs, threads=threads), latency_batch=batch,
-        latency_runs=runs, threads=threads, peak_memory_bytes=peak_memory_bytes(model, call),
-        baseline=baseline, notes=_layer_notes(model),
+        latency_ms=latency if latency is not None else latency_ms(call, runs=runs, threads=threads),
+        latency_batch=batch, latency_runs=runs, threads=threads, peak_memory_bytes=peak_memory_bytes(model, call),
+        baseline=baseline, notes=_layer_notes(model, threads, paired=baseline_model is not None), speedup=speedup,
     )
 
 
-def _layer_notes(model: nn.Module) -> dict:
-    """Per-layer execution-path choices recorded in the manifest, for the report's per-layer table."""
+def _layer_notes(model: nn.Module, threads: int, paired: bool) -> dict:
+    """Per-layer execution-path choices recorded in the manifest, for the report's per-layer table; when
+    ``paired``, each layer's speed against its float layer timed again now, in pairs, with its spread."""
     from slimkit.manifest import get_manifest
     from slimkit.quantization.paths import TECHNIQUE as PATH_CHOICE
 
     layers = [{"layer": e["layer"], "paths": e["paths"], "speedup_vs_float": e["speedup_vs_float"]}
               for e in get_manifest(model) if e.get("technique") == PATH_CHOICE]
+    if paired:
+        for layer in layers:
+            rows = [int(n) for n in layer["speedup_vs_float"]]
+            layer["paired_vs_float"] = layer_speedups(model.get_submodule(layer["layer"]), rows, threads)
     return {"layers": layers} if layers else {}
 
 

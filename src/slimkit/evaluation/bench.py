@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from slimkit.profiling import cpu_allocation_events, cuda_peak_bytes, running_peak
+from slimkit.timing import paired_speedup
 
 
 def resident_bytes(model: nn.Module) -> int:
@@ -30,3 +31,19 @@ def peak_memory_bytes(model: nn.Module, call: Callable[[], object]) -> int:
     if any(p.is_cuda for p in model.parameters()):
         return resident_bytes(model) + cuda_peak_bytes(call)
     return resident_bytes(model) + running_peak(cpu_allocation_events(call)[0])
+
+
+@torch.no_grad()
+def layer_speedups(layer: nn.Module, rows: list[int], threads: int) -> dict[str, dict]:
+    """A quantized Linear's speed against the float nn.Linear of its dequantized weight, per batch-row
+    count, timed in alternating pairs (``slimkit.timing.paired_speedup``) on one random input each."""
+    weight = layer.dequantized_weight()
+    reference = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device=weight.device)
+    reference.weight.copy_(weight)
+    if layer.bias is not None:
+        reference.bias.copy_(layer.bias)
+    result = {}
+    for n in rows:
+        x = torch.randn(n, layer.in_features, generator=torch.Generator().manual_seed(n)).to(weight.device)
+        result[str(n)] = paired_speedup(lambda: layer(x), lambda: reference(x), threads=threads)
+    return result

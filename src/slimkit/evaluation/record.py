@@ -15,7 +15,9 @@ class EvalRecord:
     saved artifact on disk. ``latency_ms`` is the median of ``latency_runs`` timed calls (a round that
     other processes' load slowed is timed again: ``slimkit.timing.latency_ms``) on a
     batch of ``latency_batch`` examples with ``threads`` torch threads. ``baseline`` names the
-    record this one is compared with (None for a baseline itself).
+    record this one is compared with (None for a baseline itself). ``speedup``, when the variant was
+    timed in alternating pairs with its baseline (``slimkit.timing.paired_speedup``), holds the
+    per-pair ratio's median, quartiles and whether it is ``noisy``; ratios then come from it.
     """
 
     name: str
@@ -35,6 +37,7 @@ class EvalRecord:
     peak_memory_bytes: int
     baseline: str | None = None
     notes: dict = field(default_factory=dict)
+    speedup: dict | None = None
 
     def compare(self, base: EvalRecord) -> dict[str, float]:
         """Ratios against ``base``: how many times smaller/faster/leaner, and the quality change.
@@ -45,7 +48,7 @@ class EvalRecord:
         return {
             "quality_delta": sign * (self.value - base.value),
             "bytes_ratio": base.artifact_bytes / self.artifact_bytes,
-            "speedup": base.latency_ms / self.latency_ms,
+            "speedup": self.speedup["median"] if self.speedup else base.latency_ms / self.latency_ms,
             "memory_ratio": base.peak_memory_bytes / self.peak_memory_bytes,
         }
 

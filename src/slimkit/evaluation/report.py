@@ -32,10 +32,40 @@ def table_rows(records: list[EvalRecord]) -> list[list[str]]:
             "—" if base is r else f"{ratio['quality_delta']:+.4f}",
             ", ".join(f"{k} {_fmt_value(v)}" for k, v in r.quality.items() if k != r.metric) or "—",
             f"{r.params:,}", f"{r.nonzero:,}", f"{r.artifact_bytes:,}", f"{ratio['bytes_ratio']:.2f}",
-            f"{r.latency_ms:.3f} ({r.latency_batch})", f"{ratio['speedup']:.2f}",
+            f"{r.latency_ms:.3f} ({r.latency_batch})", _speedup_cell(r, ratio["speedup"]),
             f"{r.peak_memory_bytes / 2**20:.2f}", f"{ratio['memory_ratio']:.2f}",
         ])
     return rows
+
+
+def _speedup_cell(r: EvalRecord, speedup: float) -> str:
+    """The speedup, with the quartiles of its per-pair ratios and a mark when they do not support it."""
+    if not r.speedup:
+        return f"{speedup:.2f}"
+    return _spread(r.speedup)
+
+
+def _spread(timing: dict) -> str:
+    cell = f"{timing['median']:.2f} ({timing['q1']:.2f}–{timing['q3']:.2f})"
+    return cell + " noisy" if timing["noisy"] else cell
+
+
+def noisy_notes(records: list[EvalRecord], out: Path | None = None) -> list[str]:
+    """One line per ratio its spread does not support, with the command that times it again."""
+    lines = []
+    for r in records:
+        noisy_layers = [layer["layer"] for layer in r.notes.get("layers", [])
+                        if any(t["noisy"] for t in layer.get("paired_vs_float", {}).values())]
+        if not ((r.speedup and r.speedup["noisy"]) or noisy_layers):
+            continue
+        what = "its speedup" if r.speedup and r.speedup["noisy"] else ""
+        if noisy_layers:
+            what += (" and " if what else "") + f"layers {', '.join(noisy_layers)}"
+        artifact = lambda name: f"artifacts/{name}" if out and (out / "artifacts" / name).exists() else f"<{name} artifact>"  # noqa: E731
+        lines.append(f"- {r.name}: {what} noisy (the quartiles of the per-pair ratios straddle 1.0 or are wider "
+                     f"than the effect); time it again on a quiet machine: `slimkit eval {artifact(r.name)} "
+                     f"--baseline {artifact(r.baseline)} --runs 31 --quiet`")
+    return lines
 
 
 def markdown_table(records: list[EvalRecord]) -> str:
@@ -57,6 +87,8 @@ def write_report(records: list[EvalRecord], out_dir: str | Path, *, title: str =
         _pareto_plot(records, field, label, paths[filename])
     notes = _notes(records, machine)
     md = [f"# {title}", "", notes, "", markdown_table(records), ""]
+    noisy = noisy_notes(records, out)
+    md += ["Noisy ratios:", "", *noisy, ""] if noisy else []
     md += [f"![{name}]({name})" for name in PLOTS]
     md += layer_speed_sections(records)
     paths["report.md"] = out / "report.md"
@@ -85,7 +117,9 @@ def layer_speed_sections(records: list[EvalRecord]) -> list[str]:
                   "|---|---|" + "---|" * len(sizes)]
         for layer in layers:
             paths = ", ".join(f"{'≤' + str(rows) if rows is not None else 'rest'}: {path}" for rows, path in layer["paths"])
-            cells = [f"{layer['speedup_vs_float'][n][_path_at(layer['paths'], int(n))]:.2f}" for n in sizes]
+            paired = layer.get("paired_vs_float")
+            cells = [_spread(paired[n]) if paired else f"{layer['speedup_vs_float'][n][_path_at(layer['paths'], int(n))]:.2f}"
+                     for n in sizes]
             lines.append(f"| {layer['layer']} | {paths} | " + " | ".join(cells) + " |")
     return lines
 
@@ -99,7 +133,8 @@ def _notes(records: list[EvalRecord], machine: str) -> str:
     return (f"Machine: {machine or 'not recorded'}. Latency: median of {records[0].latency_runs if records else 0} "
             f"timed calls after warm-up (a round slowed by other processes timed again, the lowest median kept) "
             f"with {', '.join(map(str, threads))} torch thread(s), batch in "
-            "brackets. Bytes: exact size of the saved artifact folder. Peak memory: resident weights plus "
+            "brackets. Speedups timed in alternating pairs with the baseline show the median per-pair ratio "
+            "and its quartiles in brackets; 'noisy' marks one its spread does not support. Bytes: exact size of the saved artifact folder. Peak memory: resident weights plus "
             "the peak allocated during one call. Ratios (× smaller, speedup, × less mem) are against each "
             "row's baseline; Δ is signed so that positive means better.")
 
