@@ -83,3 +83,11 @@ def test_decode_step_reuses_the_same_position():
     step()  # a second call decodes the same position again instead of growing the cache
     prose_split = prose()
     assert not set(prose_split.topics["calibration"]) & set(prose_split.topics["validation"])
+
+
+def test_a_causal_lm_with_smollm2s_vocabulary_gets_the_smollm2_task():
+    from slimkit.models.tasks import infer_task
+
+    config = transformers.LlamaConfig(vocab_size=49152, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1)
+    assert infer_task(transformers.LlamaForCausalLM(config)) == "smollm2"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Callable
 
 import torch
@@ -141,3 +141,9 @@ class SmolLM2Task(CausalLMTask):
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@lru_cache(maxsize=1)
+def smollm2_task() -> SmolLM2Task:
+    """The ``smollm2`` task with its default windows, built once per process (the float model's outputs too)."""
+    return SmolLM2Task()

@@ -9,6 +9,8 @@ Each task is an object that ``slimkit.evaluation.evaluate`` measures a model wit
 - ``minilm``: fidelity of sentence embeddings to the fp32 all-MiniLM-L6-v2 on 400 real
   sentences (mean and min cosine similarity, top-10 nearest-neighbour agreement); one call
   embeds a batch of sentences.
+- ``smollm2``: SmolLM2-135M-Instruct against its float model on held-out language-reference prose
+  (perplexity, top-1 and greedy agreement; ``slimkit.models.lm_task``); one call is a decode step.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from slimkit.data import digits, embed, eval_windows, minilm, pycorpus, random_w
 from slimkit.errors import UserInputError
 from slimkit.evaluation import EvalRecord, Task
 from slimkit.evaluation import evaluate as evaluate_task
+from slimkit.models import smollm2
 from slimkit.models.gpt import GPT
+from slimkit.models.lm_task import smollm2_task
 from slimkit.models.mlp import MLP
 from slimkit.models.resnet import ResNet
 from slimkit.training import GeneratorBatches, random_examples
@@ -141,7 +145,7 @@ def calibration_sentences(count: int) -> list[str]:
     return list(found)
 
 
-TASKS = {"digits": DigitsTask, "pycorpus": PyCorpusTask, "minilm": MiniLMTask}
+TASKS = {"digits": DigitsTask, "pycorpus": PyCorpusTask, "minilm": MiniLMTask, "smollm2": smollm2_task}
 
 
 def get_task(name: str) -> Task:
@@ -158,6 +162,8 @@ def infer_task(model: nn.Module) -> str:
         return "pycorpus"
     if getattr(getattr(model, "config", None), "model_type", None) == "bert":
         return "minilm"
+    if getattr(getattr(model, "config", None), "vocab_size", None) == smollm2.VOCAB_SIZE and hasattr(model, "generate"):
+        return "smollm2"  # a causal LM with SmolLM2's tokenizer (pruned or distilled variants included)
     raise UserInputError(
         f"cannot tell which task fits a {type(model).__name__}; pass task= one of {', '.join(TASKS)}"
     )
