@@ -49,17 +49,23 @@ def replacing_dir(final: str | os.PathLike, *, owned: Collection[str]):
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         yield tmp
-        _sync_tree(tmp)
-        if final.exists() and not final.is_symlink():
-            check_replaceable(final, owned)
-            _exchange(tmp, final)  # tmp now holds the old folder
-            shutil.rmtree(tmp)
-        else:
-            os.rename(tmp, final)
-        _fsync_dir(final.parent)
+        install(tmp, final, owned=owned)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def install(tmp: Path, final: Path, *, owned: Collection[str]) -> None:
+    """Make the complete folder ``tmp`` become ``final`` in one step; the old ``final`` (checked to hold only
+    ``owned`` files) is removed afterwards."""
+    _sync_tree(tmp)
+    if final.exists() and not final.is_symlink():
+        check_replaceable(final, owned)
+        _exchange(tmp, final)  # tmp now holds the old folder
+        shutil.rmtree(tmp)
+    else:
+        os.rename(tmp, final)
+    _fsync_dir(final.parent)
 
 
 def check_replaceable(final: Path, owned: Collection[str]) -> None:

@@ -1,63 +1,98 @@
 """Resumable training checkpoints: model, optimizer, scaler, scheduler, RNG and data position.
 
-One file, ``<checkpoint_dir>/train-state.pt``, written to a temporary name and renamed, so an
-interruption during the write leaves the previous checkpoint intact. Resuming checks that the
+One folder, ``<checkpoint_dir>/train-state/``: the tensors in ``tensors.safetensors`` and everything
+else (scheduler, GradScaler, RNG states, batch position, settings) in ``state.json`` (see
+``statefile``), so resuming unpickles nothing. The folder is written beside and swapped into place,
+so an interruption during the write leaves the previous checkpoint intact. Resuming checks that the
 checkpoint belongs to this run (same settings, same parameter names and shapes) and names any mismatch.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_tensors, save as dump_tensors
 
+from slimkit.atomic import replacing_dir
 from slimkit.errors import ArtifactError
+from slimkit.training.statefile import decode, encode
+from slimkit.untrusted import parse_json, safetensors_header
 
-FILE = "train-state.pt"
-FORMAT = 1
+FOLDER, STATE, TENSORS = "train-state", "state.json", "tensors.safetensors"
+FORMAT = 2  # 2: JSON + safetensors (1 was a pickle, no longer read)
 # Settings that may change between the run that saved and the run that resumes.
 FREE_FIELDS = {"steps", "threads", "log_dir", "log_every", "checkpoint_dir", "checkpoint_every", "resume"}
 
 
 def checkpoint_file(checkpoint_dir: str | os.PathLike) -> Path:
-    return Path(checkpoint_dir) / FILE
+    """The file whose presence means a complete checkpoint."""
+    return Path(checkpoint_dir) / FOLDER / STATE
 
 
 def save_checkpoint(checkpoint_dir, *, step: int, config: dict, model, optimizer, scheduler, scaler,
                     batches, extra: dict) -> Path:
     path = checkpoint_file(checkpoint_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "format": FORMAT, "step": step, "config": config,
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler else None, "batches": batches.state_dict(),
         "rng": rng_state(), "extra": extra,
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    tensors: dict[str, torch.Tensor] = {}
+    text = json.dumps(encode(state, tensors), allow_nan=False)
+    with replacing_dir(path.parent, owned=(STATE, TENSORS)) as tmp:
+        (tmp / TENSORS).write_bytes(dump_tensors({k: t.clone() for k, t in tensors.items()}))  # clone: unties
+        (tmp / STATE).write_text(text)
     return path
+
+
+def read_state(checkpoint_dir) -> dict:
+    """The saved training state (tensors included), read without unpickling anything."""
+    path = checkpoint_file(checkpoint_dir)
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)  # one handle: both files of the same save
+    try:
+        text, blob = (_read_at(fd, name, path.parent) for name in (STATE, TENSORS))
+    finally:
+        os.close(fd)
+    safetensors_header(blob, path.with_name(TENSORS))
+    try:
+        tensors = load_tensors(blob)
+    except (SafetensorError, ValueError) as exc:
+        raise ArtifactError(f"{path.with_name(TENSORS)}: not a readable safetensors file ({exc})") from None
+    state = decode(parse_json(text, path), tensors, str(path))
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ArtifactError(f"{path}: not a slimkit training checkpoint of format {FORMAT}")
+    return state
 
 
 def load_checkpoint(checkpoint_dir, *, config: dict, model, optimizer, scheduler, scaler, batches) -> tuple[int, dict]:
     """Restore everything in place; returns (step to continue from, extra)."""
     path = checkpoint_file(checkpoint_dir)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise ArtifactError(f"{path}: not a readable slimkit training checkpoint ({exc})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ArtifactError(f"{path}: not a slimkit training checkpoint of format {FORMAT}")
+    state = read_state(checkpoint_dir)
     check_config(path, state["config"], config)
     _check_model(path, state["model"], model.state_dict())
     check_scaler(path, state["scaler"], scaler)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    restore_loop_state(state, scheduler, scaler, batches)
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        restore_loop_state(state, scheduler, scaler, batches)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+        raise ArtifactError(f"{path}: the saved state does not fit this run ({type(exc).__name__}: {exc})") from None
     return state["step"], state["extra"]
+
+
+def _read_at(fd: int, name: str, folder: Path) -> bytes:
+    try:
+        with open(name, "rb", opener=lambda p, flags: os.open(p, flags, dir_fd=fd)) as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ArtifactError(f"{folder / name}: missing; the checkpoint is incomplete") from None
 
 
 def check_scaler(path: Path, saved: dict | None, scaler) -> None:
