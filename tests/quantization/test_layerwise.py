@@ -1,0 +1,50 @@
+"""Layer-by-layer quantization of a Hugging Face folder equals quantizing the whole model in memory."""
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from slimkit.errors import UserInputError  # noqa: E402
+from slimkit.manifest import get_manifest  # noqa: E402
+from slimkit.quantization import WeightQuantConfig  # noqa: E402
+from slimkit.quantization.api import quantize  # noqa: E402
+from slimkit.quantization.layerwise import quantize_folder  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                      tie_word_embeddings=False)
+    path = tmp_path_factory.mktemp("llama")
+    # small shards, so that layers are spread over several files as in a real checkpoint
+    transformers.LlamaForCausalLM(config).save_pretrained(path, max_shard_size="60KB")
+    assert (path / "model.safetensors.index.json").exists()
+    return path
+
+
+@pytest.mark.parametrize("method", ["rtn", pytest.param("gptq", marks=pytest.mark.slow)])
+@torch.no_grad()
+def test_same_codes_as_whole_model_in_memory(folder, method):
+    calib = [torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    config = WeightQuantConfig("int4", group_size=32, method=method, exclude=("lm_head",))
+    whole = transformers.LlamaForCausalLM.from_pretrained(folder).eval()
+    quantize(whole, config, calib=calib if method == "gptq" else None)
+    layered = quantize_folder(folder, config, calib if method == "gptq" else None)
+    expected, got = whole.state_dict(), layered.state_dict()
+    assert expected.keys() == got.keys()
+    for name, tensor in expected.items():  # same operations on the same inputs: bit for bit
+        assert torch.equal(got[name], tensor), name
+    ids = calib[0]
+    assert torch.equal(layered(ids).logits, whole(ids).logits)
+    assert {e["layer"] for e in get_manifest(layered) if "skipped" not in e} == \
+        {e["layer"] for e in get_manifest(whole) if "skipped" not in e}
+
+
+def test_refuses_before_reading_when_a_layer_does_not_fit(folder):
+    with pytest.raises(UserInputError) as info:
+        quantize_folder(folder, WeightQuantConfig("int4", method="rtn"), available_bytes=lambda: 100_000)
+    message = str(info.value)
+    assert "model.layers." in message and "GiB" in message and "available" in message
