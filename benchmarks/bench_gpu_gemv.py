@@ -85,7 +85,7 @@ def slimkit_kernel(w: torch.Tensor, fmt: str, **launch):
         _ENCODED[key] = (quantize(w.float(), "int4", group_size=128, scale_dtype=torch.float16) if fmt == "int4"
                          else quantize(w.float(), "int8", granularity="channel", scale_dtype=torch.float16))
     enc = _ENCODED[key]
-    kernel = kernels.kernel_for(enc)
+    kernel = kernels.kernel_for(enc.meta(), enc.codes.device)
     codes, scale = kernels.prepare(enc, kernel)
     if kernel == "gemv_int4":
         call = lambda x: gemv.int4_gemv(x, codes, scale[0], None, 128, **launch)  # noqa: E731

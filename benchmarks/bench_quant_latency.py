@@ -71,8 +71,7 @@ def slimkit_variants(linear: nn.Linear, threads: int, skipped: list[str]):
             else:
                 skipped.append(f"slimkit {label} {path}: not available ({variant.available_paths()})")
                 continue
-            cache = sum(getattr(variant, n).nbytes for n in ("float_cache", "kernel_weight", "kernel_scale")
-                        if getattr(variant, n) is not None)
+            cache = variant.resident_bytes() - stored  # copies the path holds beyond the stored codes
             yield f"slimkit {label}, {name}", variant, torch.float32, stored, cache
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 
 from slimkit.cli import layer_patterns, positive_int
 
@@ -57,11 +59,26 @@ def add_arguments(p) -> None:
     layer_patterns(p)
     p.add_argument("--keep-dequant", action="store_true",
                    help="skip measuring execution paths; every layer dequantizes on each call")
-    p.add_argument("--no-float-cache", action="store_true",
-                   help="never keep a float copy of a weight, even where that is fastest (least memory)")
+    p.add_argument("--memory-budget", type=memory_budget, metavar="BYTES|FRACTIONx",
+                   help="let faster paths that keep a float or bf16 copy in while the quantized layers' resident "
+                        "weights fit: bytes (e.g. 300MB, 1.5GiB) or a fraction of their float32 size (e.g. 0.5x); "
+                        "default: one copy of each weight, the stored size")
     p.add_argument("--task", choices=["digits", "pycorpus", "minilm"], help="task for the table (default: inferred)")
     p.add_argument("--threads", type=positive_int, default=2, help="torch threads for latency (default 2)")
     p.add_argument("--json", action="store_true", help="print both records and the manifest as JSON")
+
+
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def memory_budget(text: str) -> int | float:
+    """'0.5x' -> 0.5 (a fraction of the float32 size); '300MB' -> 300000000; '4096' -> 4096 (bytes)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(x|[KMG]i?B|B)?\s*", text, re.IGNORECASE)
+    if not match or float(match[1]) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a memory budget: give bytes (4096, 300MB, 1.5GiB) "
+                                         "or a fraction of the float32 size (0.5x)")
+    number, unit = float(match[1]), (match[2] or "B").upper()
+    return number if unit == "X" else int(number * _UNITS[unit])
 
 
 def run(args) -> int:
@@ -92,7 +109,7 @@ def _quantize_weights(model, task: str, args):
     calib = get_task(args.calib or task).calibration(args.calib_batches) if args.method != "rtn" else None
     quantize(model, config, calib=calib)
     if not args.keep_dequant:
-        choose_paths(model, allow_cache=not args.no_float_cache, threads=args.threads)
+        choose_paths(model, memory_budget=args.memory_budget, threads=args.threads)
     return config, (f"after ({args.method} {config.format})", f"weight-only {args.method}")
 
 

@@ -14,31 +14,33 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from slimkit.formats import NF4_CODE, EncodedTensor, unpack
+from slimkit.formats import NF4_CODE, EncodedTensor, pack, unpack
 from slimkit.formats.blockwise import on_device
 from slimkit.quantization import triton_kernels
 
 _INT4_GROUPS = (32, 64, 128, 256)
 _INT4_CODES = torch.arange(16, dtype=torch.float32) - 8  # symmetric int4: code c means c - 8
 KERNELS = ("int4pack", "int8pack", "gemv_int4", "gemv_int8")
+OWN_LAYOUT = ("int4pack", "int8pack")  # kernels whose weight is a re-laid copy of the codes (the GEMV ones read them)
 
 
-def kernel_for(enc: EncodedTensor) -> str | None:
-    """The kernel that can compute with this weight on its device, or None."""
-    out_features, in_features = enc.shape
-    int4_groups = (enc.fmt == "int4" and enc.granularity == "group" and enc.group_size in _INT4_GROUPS
-                   and in_features % enc.group_size == 0)
-    int8_channels = enc.fmt == "int8" and enc.granularity == "channel" and enc.symmetric
-    if enc.codes.device.type == "cuda":
-        if not triton_kernels.available(enc.codes.device):
+def kernel_for(meta: dict, device: torch.device) -> str | None:
+    """The kernel that can compute on ``device`` with a weight of this encoding (``EncodedTensor.meta()``), or None."""
+    out_features, in_features = meta["shape"]
+    group_size = meta["group_size"]
+    int4_groups = (meta["fmt"] == "int4" and meta["granularity"] == "group" and group_size in _INT4_GROUPS
+                   and in_features % group_size == 0)
+    int8_channels = meta["fmt"] == "int8" and meta["granularity"] == "channel" and meta["symmetric"]
+    if device.type == "cuda":
+        if not triton_kernels.available(device):
             return None
-        if int4_groups and triton_kernels.block_k(in_features, enc.group_size):
+        if int4_groups and triton_kernels.block_k(in_features, group_size):
             return "gemv_int4"
         if int8_channels and triton_kernels.block_k(in_features, 1):
             return "gemv_int8"
         return None
     aten = torch.ops.aten
-    if (int4_groups and in_features % 16 == 0 and out_features % 8 == 0
+    if (int4_groups and in_features % 16 == 0 and out_features % 16 == 0  # the packing wants N % 16 == 0
             and hasattr(aten, "_weight_int4pack_mm_for_cpu")):
         return "int4pack"
     if int8_channels and hasattr(aten, "_weight_int8pack_mm"):
@@ -66,6 +68,55 @@ def prepare(enc: EncodedTensor, kernel: str) -> tuple[Tensor, Tensor]:
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.int(), 1)
     scale_zero = torch.stack([scale, zero], -1).transpose(0, 1).contiguous().to(torch.bfloat16)  # (groups, out, 2)
     return packed, scale_zero
+
+
+def stored_codes(kernel: str, weight: Tensor, block_n: int | None = None) -> Tensor:
+    """The packed codes ``prepare`` built ``weight`` from, exactly: what an OWN_LAYOUT kernel path keeps
+    instead of them, so that a layer holds one copy of its weight. ``block_n``: see ``int4pack_block``."""
+    if kernel == "int8pack":
+        return pack((weight.to(torch.int16) + 128).to(torch.uint8), 8)
+    codes = _int4_blocked(weight, block_n) if block_n else _int4pack_codes(weight)
+    return pack(codes.to(torch.uint8), 4)
+
+
+def int4pack_block(packed: Tensor, codes: Tensor) -> int | None:
+    """The block width of the CPU int4 packing if ``packed`` is ``codes`` (out, in) in its plain blocked
+    form (AVX-512 builds: blocks of 64 output rows, each byte holding rows j and j + 32 of one input
+    column; AVX2: 32), which reads back in one pass; None for any other form (then every code's slot is
+    found by packing its position, see ``_int4pack_codes``)."""
+    for block_n in (64, 32):
+        if codes.shape[0] % block_n == 0 and torch.equal(_int4_blocked(packed, block_n), codes.int()):
+            return block_n
+    return None
+
+
+def _int4_blocked(packed: Tensor, block_n: int) -> Tensor:
+    out_features, in_features = packed.shape[0], packed.shape[1] * 2
+    blocks = packed.reshape(out_features // block_n, in_features, block_n // 2)  # (blocks, in, half a block)
+    rows = torch.cat([blocks & 15, blocks >> 4], -1)  # (blocks, in, block_n)
+    return rows.transpose(1, 2).reshape(out_features, in_features).int()
+
+
+def _int4pack_codes(packed: Tensor) -> Tensor:
+    """(out, in) int32 codes of ``_convert_weight_to_int4pack_for_cpu``'s output, whatever its layout.
+
+    The packing moves each 4-bit code to a slot that depends only on its position and on the CPU
+    build's vector width, not on its value: packing the positions' hexadecimal digits through the
+    same function tells which position each slot came from."""
+    out_features, in_features = packed.shape[0], packed.shape[1] * 2
+    position = torch.arange(out_features * in_features, device=packed.device).reshape(out_features, in_features)
+    source = torch.zeros(position.numel(), dtype=torch.int64, device=packed.device)
+    for shift in range(0, max(position.numel() - 1, 1).bit_length(), 4):
+        digits = torch.ops.aten._convert_weight_to_int4pack_for_cpu(((position >> shift) & 15).int(), 1)
+        source |= _nibbles(digits) << shift
+    codes = torch.empty_like(source, dtype=torch.int32)
+    codes[source] = _nibbles(packed).int()
+    return codes.reshape(out_features, in_features)
+
+
+def _nibbles(packed: Tensor) -> Tensor:
+    """Every 4-bit half of a uint8 tensor, flat int64 (low half first)."""
+    return torch.stack([packed & 15, packed >> 4], -1).reshape(-1).long()
 
 
 def run(kernel: str, weight: Tensor, scale: Tensor, group_size: int | None, x: Tensor) -> Tensor:

@@ -3,21 +3,30 @@
 The codes are real (an int4 weight takes half a byte per value on disk and in memory). The
 forward pass has several execution paths, chosen per layer and per range of batch rows and
 recorded in the manifest: "dequant" rebuilds the float weight on every call (least memory),
-"cached" keeps a float copy (float speed, float memory), "int4pack"/"int8pack" call torch's
-weight-only kernels on CPU and "gemv_int4"/"gemv_int8" slimkit's Triton kernels on CUDA (see kernels.py). ``slimkit.quantization.paths.choose_paths`` measures which
-is fastest for each layer; the default is "dequant" for every batch size.
+"cached" keeps a float copy (float speed, float memory), "bf16" a bfloat16 copy (CPUs with native
+bf16 arithmetic), "int4pack"/"int8pack" call torch's weight-only kernels on CPU and
+"gemv_int4"/"gemv_int8" slimkit's Triton kernels on CUDA (see kernels.py).
+``slimkit.quantization.paths.choose_paths`` measures which is fastest for each layer; the default is
+"dequant" for every batch size.
+
+One copy of the weight: while a CPU kernel path keeps its own layout of the codes, the stored codes
+are dropped (``w_codes`` is None) and read back from that layout, exactly, whenever they are needed:
+``state_dict``, saving, ``encoded()``, a device move.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slimkit.formats import EncodedTensor
-from slimkit.quantization import kernels, stored
+from slimkit.formats import EncodedTensor, unpack
+from slimkit.quantization import cpu, kernels, stored
 
-PATHS = ("dequant", "cached", *kernels.KERNELS)
+PATHS = ("dequant", "cached", "bf16", *kernels.KERNELS)
+COPIES = ("float_cache", "bf16_cache", "kernel_weight", "kernel_scale")  # what paths build; never saved
 
 
 class QuantLinear(nn.Module):
@@ -36,8 +45,12 @@ class QuantLinear(nn.Module):
         self.paths: list[tuple[int | None, str]] = [(None, "dequant")]  # (up to this many rows, path)
         # Caches the chosen paths need: non-persistent buffers, so that memory reports count them
         # and artifacts do not store them (they are rebuilt from the codes on load).
-        for name in ("float_cache", "kernel_weight", "kernel_scale"):
+        for name in COPIES:
             self.register_buffer(name, None, persistent=False)
+        self._int4_block: int | None = None  # see kernels.int4pack_block
+        self.measured_on: dict | None = None  # cpu.signature() of the machine choose_paths measured on
+        self.register_state_dict_post_hook(_codes_into_state_dict)
+        self.register_load_state_dict_pre_hook(lambda module, *_: module._restore_codes())  # codes to load into
         self.register_load_state_dict_post_hook(_rebuild_caches)  # the caches must follow loaded codes
 
     @classmethod
@@ -46,6 +59,22 @@ class QuantLinear(nn.Module):
 
     def encoded(self) -> EncodedTensor:
         return stored.stored(self)
+
+    def recovered_codes(self) -> Tensor:
+        """The stored codes read back from the kernel layout that replaced them (see the module docstring)."""
+        return kernels.stored_codes(self._own_kernel(), self.kernel_weight, self._int4_block)
+
+    def _own_kernel(self) -> str | None:
+        return next((path for _, path in self.paths if path in kernels.OWN_LAYOUT), None)
+
+    def _restore_codes(self) -> None:
+        """Put the stored codes back in place of the kernel layout (before it is rebuilt, moved or loaded into)."""
+        if self.w_codes is None:
+            self.w_codes = self.recovered_codes()
+            self.kernel_weight = self.kernel_scale = None
+
+    def weight_device(self) -> torch.device:
+        return (self.w_codes if self.w_codes is not None else self.kernel_weight).device
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """The weight (out, in) this layer computes with, in ``dtype`` (one kernel pass on CUDA where one fits)."""
@@ -57,9 +86,11 @@ class QuantLinear(nn.Module):
         return weight.to(dtype)
 
     def available_paths(self) -> list[str]:
-        """The paths this layer can run: always dequant and cached, plus a kernel if one fits."""
-        kernel = kernels.kernel_for(self.encoded())
-        return ["dequant", "cached"] + ([kernel] if kernel else [])
+        """The paths this layer can run: always dequant and cached, plus a kernel if one fits, plus bf16 on
+        a CPU with native bf16 arithmetic (elsewhere it is emulated: slower than float32)."""
+        kernel = kernels.kernel_for(self._encoded_meta, self.weight_device())
+        bf16 = self.weight_device().type == "cpu" and not cpu.missing_bf16()
+        return ["dequant", "cached"] + (["bf16"] if bf16 else []) + ([kernel] if kernel else [])
 
     def set_paths(self, paths: list[tuple[int | None, str]], *, fallback: bool = False) -> None:
         """Use ``paths[i][1]`` for inputs of at most ``paths[i][0]`` rows; the last limit is None (any).
@@ -72,15 +103,29 @@ class QuantLinear(nn.Module):
         if fallback:
             available = self.available_paths()
             paths = [(rows, path if path in available else "dequant") for rows, path in paths]
+        available = self.available_paths()
         for _, path in paths:
-            if path not in self.available_paths():
+            if path not in available:
                 raise ValueError(f"path {path!r} cannot run this {self._encoded_meta['fmt']} layer; "
-                                 f"available: {', '.join(self.available_paths())}")
+                                 f"available: {', '.join(available)}")
+        self._restore_codes()
         self.paths = [(rows, path) for rows, path in paths]
         used = {path for _, path in self.paths}
         self.float_cache = self.dequantized_weight() if "cached" in used else None
+        self.bf16_cache = self.dequantized_weight(torch.bfloat16) if "bf16" in used else None
         kernel = next((p for p in used if p in kernels.KERNELS), None)
-        self.kernel_weight, self.kernel_scale = kernels.prepare(self.encoded(), kernel) if kernel else (None, None)
+        encoded = self.encoded()
+        self.kernel_weight, self.kernel_scale = kernels.prepare(encoded, kernel) if kernel else (None, None)
+        if kernel in kernels.OWN_LAYOUT:  # the layout holds the codes: drop the stored copy
+            self._int4_block = None
+            if kernel == "int4pack":
+                unpacked = unpack(encoded.codes, 4, encoded.numel).reshape(encoded.shape)
+                self._int4_block = kernels.int4pack_block(self.kernel_weight, unpacked)
+            self.w_codes = None
+
+    def resident_bytes(self) -> int:
+        """Bytes this layer holds now: stored tensors that are kept, plus every copy its paths built."""
+        return sum(t.nbytes for t in (*self.parameters(recurse=False), *self.buffers(recurse=False)))
 
     def set_path(self, path: str) -> None:
         """One path for every batch size."""
@@ -88,6 +133,7 @@ class QuantLinear(nn.Module):
 
     def _apply(self, fn, recurse=True):
         """After a device move, rebuild the caches there; a kernel path the new device lacks becomes dequant."""
+        self._restore_codes()
         super()._apply(fn, recurse)
         self.set_paths(self.paths, fallback=True)
         return self
@@ -100,6 +146,9 @@ class QuantLinear(nn.Module):
         if path == "cached" and x.dtype == torch.float32:  # the hot path: as little Python as nn.Linear
             return F.linear(x, self.float_cache, self.bias)
         bias = None if self.bias is None else self.bias.to(x.dtype)
+        if path == "bf16":  # bf16 products, float32 accumulation inside oneDNN's GEMM
+            y = F.linear(x.to(torch.bfloat16), self.bf16_cache).to(x.dtype)
+            return y if bias is None else y + bias
         if path in kernels.KERNELS:
             rows = x.reshape(-1, self.in_features)
             if self.input_scale is not None:
@@ -116,7 +165,7 @@ class QuantLinear(nn.Module):
     def slimkit_spec(self) -> dict:
         return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,
                 "input_scale": self.input_scale is not None, "paths": [list(p) for p in self.paths],
-                **stored.describe(self)}
+                "measured_on": self.measured_on, **stored.describe(self)}
 
     @classmethod
     def from_slimkit_spec(cls, spec: dict) -> QuantLinear:
@@ -125,6 +174,9 @@ class QuantLinear(nn.Module):
                      torch.zeros(spec["out_features"]) if spec["bias"] else None,
                      torch.ones(spec["in_features"]) if spec["input_scale"] else None)
         module.paths = [tuple(p) for p in spec["paths"]]  # their caches are built once the weights have loaded
+        module.measured_on = spec.get("measured_on")
+        if _measured_elsewhere(module.measured_on):
+            module.paths, module.measured_on = [(None, "dequant")], None
         return module
 
     def extra_repr(self) -> str:
@@ -133,5 +185,36 @@ class QuantLinear(nn.Module):
                 f"paths={self.paths}")
 
 
+_DISTRUSTED: set[str] = set()  # the CPUs whose choices this process has already said it set aside
+
+
+def _measured_elsewhere(measured_on: dict | None) -> bool:
+    """True (said once per CPU) when the paths were chosen on a CPU of another kind than this one."""
+    if not measured_on or "cpu" not in measured_on:
+        return False
+    here = cpu.signature("cpu")
+    if measured_on == here:
+        return False
+    if measured_on["cpu"] not in _DISTRUSTED:
+        _DISTRUSTED.add(measured_on["cpu"])
+        warnings.warn(f"execution paths were measured on another CPU ({measured_on['cpu']}, "
+                      f"{' '.join(measured_on.get('flags', []))}) than this one ({here['cpu']}, "
+                      f"{' '.join(here['flags'])}): layers dequantize (least memory); run "
+                      "slimkit.quantization.paths.choose_paths(model) to measure them here", stacklevel=3)
+    return True
+
+
 def _rebuild_caches(module: QuantLinear, _incompatible_keys) -> None:
     module.set_paths(module.paths, fallback=True)
+
+
+def _codes_into_state_dict(module: QuantLinear, state_dict: dict, prefix: str, _local_metadata) -> None:
+    """The codes a kernel layout replaced go into the state dict where the buffer would have put them."""
+    if module.w_codes is not None:
+        return
+    own = [name for name, t in (*module._parameters.items(), *module._buffers.items())
+           if t is not None or name == "w_codes"]
+    own = [name for name in own if name not in COPIES]
+    values = {name: state_dict.pop(prefix + name) for name in own if prefix + name in state_dict}
+    values["w_codes"] = module.recovered_codes()
+    state_dict.update((prefix + name, values[name]) for name in own if name in values)

@@ -1,91 +1,198 @@
-"""Never slower by surprise: measure each quantized layer's execution paths and keep the fastest.
+"""Never slower by surprise, never bigger by surprise: measure each quantized layer's execution paths
+and keep the fastest that fits in memory.
 
 For every QuantLinear and each probe size (rows of input), the float layer and every available
 path are timed on the same random input, interleaved over a few rounds (median of medians); the
-fastest path wins that size's range, and the largest probe's winner covers every larger input. The choice and
-each path's speed relative to the float layer go into the manifest, so the report can show per
-layer whether quantization made it faster or slower.
+fastest allowed path wins that size's range, and the largest probe's winner covers every larger input.
+
+Memory: by default a layer keeps one copy of its weight, the stored codes or a kernel's layout of
+them (``ONE_COPY`` paths; a CPU kernel's layout replaces the codes, see modules.py), so resident
+memory stays at the stored size. Paths that hold more (a float32 or bf16 copy) are taken only within
+a ``memory_budget``: layers are upgraded to their fastest choice where it saves the most float-time
+per extra byte, while the quantized layers' resident total fits.
 
 Never wrong by surprise either: before a path is timed, its output on the probe input is compared
 with the dequantized weight's product computed in float64; a path off by more than ``AGREEMENT``
-(relative to the largest output) is never chosen, and the manifest entry names it with its error.
+(relative to the largest output) is never chosen, and the manifest entry names it with its error. A
+path that fails to run, or that the CPU cannot run natively, is skipped with its reason.
+
+Each layer's manifest entry holds its choice, every path's speed relative to the float layer, every
+path's resident bytes beside the stored and float sizes, and the machine it was measured on
+(``cpu.signature``: CPU model and flags); a choice loaded on another kind of CPU is set aside.
 """
 
 from __future__ import annotations
 
 import statistics
 import warnings
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimkit.errors import UserInputError
 from slimkit.manifest import add_entry
 from slimkit.progress import progress
+from slimkit.quantization import cpu, kernels
 from slimkit.quantization.modules import QuantLinear
 from slimkit.timing import latency_ms
 
 PROBE_ROWS = (1, 16, 256)
 TECHNIQUE = "path choice"  # manifest label of the entries choose_paths adds
 AGREEMENT = 3e-2  # bf16 activations and outputs give up to about 5e-3 of the largest output; a bug gives far more
+ONE_COPY = ("dequant", *kernels.KERNELS)  # paths holding the codes or a kernel's layout of them, nothing more
+
+
+@dataclass
+class _Measured:
+    name: str
+    layer: QuantLinear
+    ms: dict[int, dict[str, float]]  # rows -> path (and "float") -> median ms
+    resident: dict[str, int]  # path -> the layer's resident bytes when it alone is used
+    rejected: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    chosen: list = field(default_factory=list)
+
+    def choice(self, allowed) -> list[tuple[int | None, str]]:
+        return _merge([(rows, min((p for p in times if p in allowed), key=times.get))
+                       for rows, times in self.ms.items()])
+
+    def resident_of(self, choice) -> int:
+        self.layer.set_paths(choice)
+        return self.layer.resident_bytes()
 
 
 @torch.no_grad()
-def choose_paths(model: nn.Module, *, probe_rows: tuple[int, ...] = PROBE_ROWS, allow_cache: bool = True,
-                 threads: int = 2, runs: int = 5, rounds: int = 3, dtype: torch.dtype | None = None) -> list[dict]:
+def choose_paths(model: nn.Module, *, probe_rows: tuple[int, ...] = PROBE_ROWS,
+                 memory_budget: int | float | None = None, threads: int = 2, runs: int = 5, rounds: int = 3,
+                 dtype: torch.dtype | None = None) -> list[dict]:
     """Pick each QuantLinear's path per batch-row range; returns (and records) one entry per layer.
 
     Layers are measured where they are (CPU or CUDA), with inputs of ``dtype``: by default float32
-    on CPU and bfloat16 on CUDA. ``allow_cache=False`` keeps float copies out (memory stays at the
-    codes' size).
+    on CPU and bfloat16 on CUDA. ``memory_budget``: None keeps one copy of each weight (resident
+    memory at the stored size); bytes (int) or a fraction of the quantized layers' float32 size
+    (float, e.g. 0.5) admits faster paths that hold a float or bf16 copy while the total fits.
     """
-    entries = []
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear)]
-    for name, layer in progress(layers, desc="measuring paths", unit="layer"):
-        candidates = [p for p in layer.available_paths() if allow_cache or p != "cached"]
-        device = layer.w_codes.device
-        x_dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        exact = layer.dequantized_weight()
-        weight = exact.to(x_dtype)
-        inputs = {rows: torch.randn(rows, layer.in_features, device=device, dtype=x_dtype) for rows in probe_rows}
-        rejected = _disagreeing(layer, exact, candidates, inputs.values())  # wrong at any size: never used
-        agreeing = [p for p in candidates if p not in rejected]
-        choice, speedups = [], {}
-        for rows, x in inputs.items():
-            timed = _interleaved_ms(layer, agreeing, x, weight, rounds=rounds, runs=runs, threads=threads)
-            float_ms = timed.pop("float")
-            best = min(timed, key=timed.get)
-            choice.append((rows, best))
-            speedups[str(rows)] = {p: round(float_ms / ms, 3) for p, ms in timed.items()}
-        layer.set_paths(_merge(choice))
-        entry = {"layer": name, "technique": TECHNIQUE, "paths": [list(p) for p in layer.paths],
-                 "speedup_vs_float": speedups}
-        if rejected:
-            entry["rejected_paths"] = {p: f"output off by {error:.1e} of the largest value"
-                                       for p, error in rejected.items()}
-            warnings.warn(f"{name}: path(s) {', '.join(rejected)} gave wrong outputs and were not chosen "
-                          f"({entry['rejected_paths']})", stacklevel=2)
+    budget = _budget_bytes(memory_budget, [m for _, m in layers])
+    measured = [_measure(name, layer, probe_rows, dtype, threads=threads, runs=runs, rounds=rounds)
+                for name, layer in progress(layers, desc="measuring paths", unit="layer")]
+    _fit(measured, budget)
+    entries = []
+    for m in measured:
+        m.layer.set_paths(m.chosen)
+        m.layer.measured_on = cpu.signature(m.layer.weight_device())
+        entry = _entry(m)
         add_entry(model, entry)
         entries.append(entry)
     return entries
 
 
-def _disagreeing(layer: QuantLinear, weight: torch.Tensor, paths: list[str], inputs) -> dict[str, float]:
-    """The paths whose output on any of ``inputs`` is off the float64 product with the dequantized
-    ``weight`` by more than AGREEMENT: path -> its largest error, relative to the largest output."""
+def _budget_bytes(memory_budget: int | float | None, layers: list[QuantLinear]) -> int | None:
+    if memory_budget is None:
+        return None
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, float)) or memory_budget <= 0:
+        raise UserInputError(f"memory_budget must be a positive number of bytes (int) or a fraction of the "
+                             f"float32 size (float), got {memory_budget!r}")
+    if isinstance(memory_budget, float):
+        return int(memory_budget * sum(_float_bytes(layer) for layer in layers))
+    return memory_budget
+
+
+def _float_bytes(layer: QuantLinear) -> int:
+    return 4 * (layer.in_features * layer.out_features + (layer.out_features if layer.bias is not None else 0))
+
+
+def _measure(name: str, layer: QuantLinear, probe_rows, dtype, **timing) -> _Measured:
+    device = layer.weight_device()
+    x_dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    exact = layer.dequantized_weight()
+    weight = exact.to(x_dtype)
+    inputs = {rows: torch.randn(rows, layer.in_features, device=device, dtype=x_dtype) for rows in probe_rows}
+    skipped = {} if device.type != "cpu" or not cpu.missing_bf16() else {"bf16": cpu.missing_bf16()}
+    candidates = layer.available_paths()
+    rejected, failed = _disagreeing(layer, exact, candidates, inputs.values())  # wrong at any size: never used
+    skipped.update(failed)
+    agreeing = [p for p in candidates if p not in rejected and p not in failed]
+    ms = {rows: _interleaved_ms(layer, agreeing, x, weight, **timing) for rows, x in inputs.items()}
+    resident = {}
+    for path in agreeing:
+        layer.set_path(path)
+        resident[path] = layer.resident_bytes()
+    return _Measured(name, layer, ms, resident, rejected, skipped)
+
+
+def _fit(measured: list[_Measured], budget: int | None) -> None:
+    """Every layer's choice among its one-copy paths; then, within ``budget``, the upgrades to the fastest
+    choice that save the most float-time (summed over the probe sizes) per extra byte."""
+    for m in measured:
+        m.chosen = m.choice(ONE_COPY)
+    if budget is None:
+        return
+    used = sum(m.resident_of(m.chosen) for m in measured)
+    if used > budget:
+        warnings.warn(f"memory budget {budget} bytes is below the {used} bytes the quantized layers take with "
+                      "one copy of each weight; each keeps one copy", stacklevel=3)
+    upgrades = []
+    for m in measured:
+        fast = m.choice(m.resident)
+        if fast != m.chosen:
+            extra = m.resident_of(fast) - m.resident_of(m.chosen)
+            gain = sum((t[_path_at(m.chosen, rows)] - t[_path_at(fast, rows)]) / t["float"] for rows, t in m.ms.items())
+            upgrades.append((gain / max(extra, 1), extra, m, fast))
+    for _, extra, m, fast in sorted(upgrades, key=lambda u: u[0], reverse=True):
+        if used + extra <= budget:
+            m.chosen, used = fast, used + extra
+
+
+def _entry(m: _Measured) -> dict:
+    layer = m.layer
+    entry = {"layer": m.name, "technique": TECHNIQUE, "paths": [list(p) for p in layer.paths],
+             "speedup_vs_float": {str(rows): {p: round(t["float"] / ms, 3) for p, ms in t.items() if p != "float"}
+                                  for rows, t in m.ms.items()},
+             "resident_bytes": layer.resident_bytes(), "resident_bytes_by_path": m.resident,
+             "stored_bytes": sum(t.nbytes for t in layer.state_dict().values()), "float_bytes": _float_bytes(layer),
+             "measured_on": layer.measured_on}
+    slower = [rows for rows, t in m.ms.items() if t[_path_at(layer.paths, rows)] > t["float"]]
+    if slower:
+        entry["slower_than_float_at_rows"] = slower  # the memory rule kept the float copy out
+    if m.rejected:
+        entry["rejected_paths"] = {p: f"output off by {error:.1e} of the largest value" for p, error in m.rejected.items()}
+        warnings.warn(f"{m.name}: path(s) {', '.join(m.rejected)} gave wrong outputs and were not chosen "
+                      f"({entry['rejected_paths']})", stacklevel=3)
+    if m.skipped:
+        entry["skipped_paths"] = m.skipped
+    return entry
+
+
+def _path_at(paths, rows: int) -> str:
+    return next(path for limit, path in paths if limit is None or rows <= limit)
+
+
+def _disagreeing(layer: QuantLinear, weight: torch.Tensor, paths: list[str], inputs) -> tuple[dict, dict]:
+    """({path: its largest error relative to the largest output} for the paths whose output on any of
+    ``inputs`` is off the float64 product with the dequantized ``weight`` by more than AGREEMENT,
+    {path: why} for the paths that failed to run)."""
     weight = weight.double()
     bias = None if layer.bias is None else layer.bias.double()
     references = [(x, F.linear(x.double(), weight, bias)) for x in inputs]
-    errors = {}
+    errors, failed = {}, {}
     for path in paths:
         if path in ("dequant", "cached"):  # they compute with the reference's own weight
             continue
-        layer.set_path(path)  # builds the path's kernel layout: once per path
-        for x, reference in references:
-            error = ((layer(x).double() - reference).abs().max() / reference.abs().max().clamp(min=1e-30)).item()
+        try:
+            layer.set_path(path)  # builds the path's kernel layout: once per path
+            outputs = [layer(x).double() for x, _ in references]
+        except Exception as exc:  # a kernel this build or CPU cannot run: skipped, never a crash
+            failed[path] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            continue
+        for y, (_, reference) in zip(outputs, references):
+            error = ((y - reference).abs().max() / reference.abs().max().clamp(min=1e-30)).item()
             if not error <= AGREEMENT:  # NaN counts as off
                 errors[path] = max(error, errors.get(path, 0.0))
-    return errors
+    layer.set_path("dequant")
+    return errors, failed
 
 
 def _interleaved_ms(layer: QuantLinear, paths: list[str], x, weight, *, rounds: int, runs: int,

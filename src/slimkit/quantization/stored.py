@@ -21,8 +21,11 @@ def store(module: nn.Module, encoded: EncodedTensor) -> None:
 
 
 def stored(module: nn.Module) -> EncodedTensor:
-    return EncodedTensor.from_parts(module._encoded_meta,
-                                    {n: getattr(module, f"w_{n}") for n in module._encoded_names})
+    """The module's weight; codes a kernel layout replaced (``w_codes`` None) are read back from it."""
+    tensors = {n: getattr(module, f"w_{n}") for n in module._encoded_names}
+    if tensors["codes"] is None:
+        tensors["codes"] = module.recovered_codes()
+    return EncodedTensor.from_parts(module._encoded_meta, tensors)
 
 
 def describe(module: nn.Module) -> dict:
