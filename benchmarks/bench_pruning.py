@@ -26,7 +26,7 @@ from slimkit.models.tasks import get_task, infer_task
 from slimkit.io import load, save
 from slimkit.models import zoo
 from slimkit.pruning import PruneConfig, prune
-from slimkit.pruning.recipe import PruneRecipe, run_recipe, task_calibration
+from slimkit.recipes.prune import PruneRecipe, run_recipe, task_calibration
 from slimkit.pruning.schedule import KeepMasks
 from slimkit.timing import fixed_threads
 from slimkit.training import TrainConfig, train

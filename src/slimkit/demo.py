@@ -34,11 +34,12 @@ from slimkit.models.spec import from_spec
 from slimkit.models.tasks import evaluate, get_task, infer_task
 from slimkit.privacy import DPConfig, FederatedConfig, federated_average, make_private
 from slimkit.progress import progress
-from slimkit.pruning.recipe import PruneConfig, PruneRecipe, run_recipe
+from slimkit.pruning import PruneConfig
 from slimkit.quantization import (ActivationQuantConfig, QATSchedule, WeightQuantConfig, convert, prepare_qat,
                                   quantize)
 from slimkit.quantization.paths import choose_paths
 from slimkit.recipes import Recipe, parse_recipe, run_pipeline
+from slimkit.recipes.prune import PruneRecipe, run_recipe
 from slimkit.training import TrainConfig, train
 
 BASES = ("mlp", "cnn", "gpt", "minilm")

@@ -2,7 +2,8 @@ import torch
 
 from slimkit.models import from_spec
 from slimkit.pruning import PruneConfig, masks, prune
-from slimkit.pruning.schedule import GradualPruning, KeepMasks, Snapshot, iterative_prune, polynomial_sparsity, rewind
+from slimkit.pruning.schedule import GradualPruning, KeepMasks, Snapshot, polynomial_sparsity, rewind
+from slimkit.training.finetune import iterative_prune
 from slimkit.training import TrainConfig, train
 from tests.reference.pruning import zhu_gupta
 

@@ -59,7 +59,7 @@ def run(args) -> int:
     from slimkit.io import load, save
     from slimkit.manifest import get_manifest
     from slimkit.pruning import PruneConfig
-    from slimkit.pruning.recipe import PruneRecipe, run_recipe
+    from slimkit.recipes.prune import PruneRecipe, run_recipe
     from slimkit.pruning.sensitivity import sensitivity
     from slimkit.training import TrainConfig
 

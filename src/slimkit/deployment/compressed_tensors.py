@@ -152,7 +152,7 @@ def _quant_linear(name: str, module: QuantLinear, dtype: torch.dtype) -> tuple[d
         parts = {"weight": codes.view(torch.float8_e4m3fn), "weight_scale": scale}
         return _scheme("naive-quantized", {**weights, "num_bits": 8, "type": "float"}), parts
     raise ExportRefused(f"layer {name!r} is {enc.fmt}, which compressed-tensors cannot store exactly; "
-                        "quantize to int2..int8 or fp8_e4m3 for this target (nf4 exports to nothing exactly)")
+                        "quantize to int2..int8 or fp8_e4m3 for this target (nf4 has no exact form in any export target)")
 
 
 def _int8_linear(name: str, module: Int8Linear, dtype: torch.dtype) -> tuple[dict, dict[str, Tensor]]:

@@ -13,6 +13,7 @@ equal to, slimkit's. Everything else is traced as float. Needs the ``onnx`` pack
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
 
 import torch
@@ -38,7 +39,11 @@ def write_onnx(model: nn.Module, directory: Path, example: dict[str, Tensor] | N
     example = example or _default_example(model)
     # the exporter puts the wrapper back in its own mode afterwards, recursively: it must be the model's
     wrapper = _Positional(model, list(example)).train(model.training)
-    with _onnx_layers(model):
+    with _onnx_layers(model), warnings.catch_warnings():
+        # the tracer's notes on Python branches fixed at trace time (transformers' mask code) and the legacy
+        # exporter's deprecation notice say nothing the user can act on
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(wrapper, tuple(example.values()), str(directory / FILE_NAME),
                           dynamo=False, opset_version=OPSET, input_names=list(example), output_names=["output"],
                           dynamic_axes={name: {0: "batch", 1: "sequence"} if t.dim() > 1 else {0: "batch"}

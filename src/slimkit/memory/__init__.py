@@ -7,11 +7,11 @@ recommend what to turn on to fit a budget.
 100.4
 """
 
-from slimkit.memory.measure import Measurement, measure, train_step
+from slimkit.memory.measure import Measurement, measure
 from slimkit.memory.presets import PRESETS, ModelShape, preset
 from slimkit.memory.setup import TrainSetup
 from slimkit.memory.shapes import from_hf_config, from_module, from_params, shape_of
 from slimkit.memory.timeline import Plan, plan
 
 __all__ = ["PRESETS", "Measurement", "ModelShape", "Plan", "TrainSetup", "from_hf_config", "from_module",
-           "from_params", "measure", "plan", "preset", "shape_of", "train_step"]
+           "from_params", "measure", "plan", "preset", "shape_of"]

@@ -1,21 +1,19 @@
-"""Measured peak memory of real training steps, to set beside the planner's prediction.
+"""Measured peak memory of training steps of ``slimkit.train``'s own step, to set beside the planner's prediction.
 
 CUDA: ``torch.cuda.max_memory_allocated``. CPU has no allocator statistics, so the step runs under
 torch's profiler with ``profile_memory=True``: it records every allocation and free the CPU
 allocator sees (tensors, and also the short-lived workspaces kernels allocate inside an op, which a
 TorchDispatchMode or weakref-tracked storages would miss because they only see op outputs). The
 running sum of those events, started from the bytes already live (weights, optimizer states,
-the batch), gives the peak; ``record_function`` spans around forward, backward and the optimizer
-step say in which phase it happened.
+the batch), gives the peak; the training loop's ``record_function`` spans around forward, backward
+and the optimizer step say in which phase it happened.
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slimkit.errors import UserInputError
@@ -37,62 +35,55 @@ class Measurement:
     device: str
 
 
-def train_step(model: nn.Module, batches: list[tuple[Tensor, Tensor]], optimizer: torch.optim.Optimizer,
-               autocast_dtype: torch.dtype | None = None, phase=contextlib.nullcontext) -> float:
-    """One optimizer step over ``batches`` (micro-batches of equal size, gradients accumulated): for
-    each, forward (autocast when AMP), byte-level cross-entropy, backward; then the optimizer step
-    and ``zero_grad(set_to_none=True)``. ``phase(name)`` wraps each part (the profiler's markers).
-
-    >>> train_step(gpt, [(x, y)], torch.optim.AdamW(gpt.parameters()))  # doctest: +SKIP
-    5.61
-    """
-    total = 0.0
-    for x, y in batches:
-        with phase("forward"), torch.autocast(x.device.type, dtype=autocast_dtype or torch.bfloat16,
-                                              enabled=autocast_dtype is not None):
-            logits = model(x)  # (B, T, V)
-            # equal micro-batches: the mean over all their tokens is the mean of the means
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1)) / len(batches)
-            del logits  # as a training loop's frame would after the loss; keeps it out of backward's peak
-        with phase("backward"):
-            loss.backward()
-        total += loss.item()
-    with phase("optimizer"):
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return total
-
-
 def measure(model: nn.Module, setup: TrainSetup, steps: int = 3, seed: int = 0) -> Measurement:
     """Prepare ``model`` as ``setup`` says (precision, checkpointing, LoRA, optimizer), run ``steps``
-    training steps on real pycorpus windows and return the peak of the last ``steps - 1`` (the first
-    step allocates the optimizer states and is a warm-up).
+    steps of the training loop's ``train_step`` (autocast, loss scaling and clipping as ``slimkit.train``
+    runs them) on random tokens of the model's vocabulary, and return the peak of the last ``steps - 1``
+    (the first step allocates the optimizer states and is a warm-up). Dense layers allocate the same
+    bytes whatever the token values, so no data set is needed.
 
     >>> measure(GPT(GPTConfig()), TrainSetup(batch=8, seq=128)).peak  # doctest: +SKIP
     43516928
     """
-    from slimkit.data import pycorpus, random_windows
     from slimkit.memory.prepare import prepare
+    from slimkit.memory.shapes import from_module
 
     if steps < 2:
         raise UserInputError(f"steps={steps}: measuring needs at least 2 steps (the first is a warm-up)")
     device = next(model.parameters()).device
-    model, optimizer, autocast_dtype = prepare(model, setup)
+    vocab = from_module(model).vocab
+    model, optimizer, precision = prepare(model, setup)
+    step = _loop_step(model, optimizer, precision, device)
     generator = torch.Generator().manual_seed(seed)
-    corpus = pycorpus().train
-    steps_batches = [[tuple(t.to(device) for t in random_windows(corpus, setup.batch, setup.seq, generator))
-                      for _ in range(setup.accumulate)] for _ in range(steps)]
+    steps_batches = [[tuple(torch.randint(vocab, (setup.batch, setup.seq), generator=generator).to(device)
+                            for _ in "xy") for _ in range(setup.accumulate)] for _ in range(steps)]
     model.train()
-    train_step(model, steps_batches[0], optimizer, autocast_dtype)
+    step(steps_batches[0])
     phases: dict[str, int] = {}
     for batches in steps_batches[1:]:
+        # the step starts by dropping the gradients; dropping them first keeps them out of ``resident``
+        optimizer.zero_grad(set_to_none=True)
         resident = live_bytes(model, optimizer, *[t for batch in batches for t in batch])
-        peaks = _phase_peaks(lambda: train_step(model, batches, optimizer, autocast_dtype,
-                                                torch.profiler.record_function), device)
-        for name, peak in peaks.items():
+        for name, peak in _phase_peaks(lambda: step(batches), device).items():
             phases[name] = max(phases.get(name, 0), resident + peak)
     phase = max(phases, key=phases.get)
     return Measurement(peak=phases[phase], phase=phase, phases=phases, resident=resident, device=device.type)
+
+
+def _loop_step(model: nn.Module, optimizer: torch.optim.Optimizer, precision: str, device: torch.device):
+    """One optimizer step of ``slimkit.train`` over a list of micro-batches, with the default loss."""
+    from slimkit.losses import cross_entropy_loss
+    from slimkit.training import TrainConfig
+    from slimkit.training.loop import TrainState, train_step
+    from slimkit.training.precision import Precision
+
+    loop_precision = Precision.create(precision, device)
+    state = TrainState(model, optimizer, TrainConfig(precision=precision))
+
+    def step(batches: list) -> None:
+        with loop_precision.matmul_mode():
+            train_step(model, batches, cross_entropy_loss, loop_precision, state, ())
+    return step
 
 
 def live_bytes(model: nn.Module, optimizer: torch.optim.Optimizer, *batch: Tensor) -> int:

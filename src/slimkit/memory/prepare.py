@@ -1,5 +1,5 @@
 """Turn a model and a TrainSetup into what a measured step needs: the prepared model, its optimizer
-and the autocast dtype."""
+and the training loop's precision."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ from torch import nn
 from slimkit.errors import UserInputError
 from slimkit.memory.setup import TrainSetup
 
-AUTOCAST_DTYPES = {"amp-bf16": torch.bfloat16, "amp-fp16": torch.float16}
+# the planner's precisions as slimkit.train names them ("bf16" storage trains with no autocast)
+LOOP_PRECISIONS = {"amp-bf16": "bf16", "amp-fp16": "fp16", "tf32": "tf32"}
 
 
-def prepare(model: nn.Module, setup: TrainSetup) -> tuple[nn.Module, torch.optim.Optimizer, torch.dtype | None]:
+def prepare(model: nn.Module, setup: TrainSetup) -> tuple[nn.Module, torch.optim.Optimizer, str]:
     """Apply ``setup`` to ``model`` in place: LoRA/QLoRA adapters, dtype, checkpointing; build the optimizer.
 
-    >>> model, optimizer, autocast_dtype = prepare(gpt, TrainSetup(precision="amp-bf16"))  # doctest: +SKIP
+    >>> model, optimizer, precision = prepare(gpt, TrainSetup(precision="amp-bf16"))  # doctest: +SKIP
     """
     from slimkit.training.checkpointing import enable_checkpointing
 
@@ -41,7 +42,7 @@ def prepare(model: nn.Module, setup: TrainSetup) -> tuple[nn.Module, torch.optim
     if setup.precision == "tf32" and device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     params = [p for p in model.parameters() if p.requires_grad]
-    return model, make_optimizer(params, setup), AUTOCAST_DTYPES.get(setup.precision)
+    return model, make_optimizer(params, setup), LOOP_PRECISIONS.get(setup.precision, "fp32")
 
 
 def make_optimizer(params: list[torch.Tensor], setup: TrainSetup) -> torch.optim.Optimizer:

@@ -3,6 +3,7 @@ parameter count."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -19,8 +20,9 @@ _KEYS = {
     "n_kv_head": ("num_key_value_heads",),
     "intermediate": ("n_inner", "intermediate_size"),
     "vocab": ("vocab_size",),
-    "positions": ("n_positions", "max_position_embeddings"),
+    "positions": ("n_positions", "max_position_embeddings", "block_size"),
 }
+_DROPOUT_KEYS = ("resid_pdrop", "hidden_dropout_prob", "attention_dropout", "dropout")
 
 
 def shape_of(spec: str | dict | nn.Module | int) -> ModelShape:
@@ -67,7 +69,7 @@ def from_hf_config(config: dict, name: str | None = None) -> ModelShape:
     kind = config.get("model_type", "")
     llama_like = "hidden_act" in config and config["hidden_act"] in ("silu", "swish")
     gpt2_like = kind == "gpt2" or "n_embd" in config
-    dropout = any(config.get(k, 0) for k in ("resid_pdrop", "hidden_dropout_prob", "attention_dropout"))
+    dropout = any(config.get(k, 0) for k in _DROPOUT_KEYS)
     return ModelShape(
         name=name or kind or "config",
         n_layer=values["n_layer"], hidden=values["hidden"], n_head=values["n_head"],
@@ -80,19 +82,18 @@ def from_hf_config(config: dict, name: str | None = None) -> ModelShape:
 
 
 def from_module(model: nn.Module) -> ModelShape:
-    """ModelShape of a live module: exact for slimkit's reference GPT and transformers models (from
-    their config); any other module keeps its exact parameter count and gets a GPT-like shape of
-    that size (see ``from_params``)."""
-    from slimkit.models.gpt import GPT
-
+    """ModelShape of a live module, read from its ``config``: a transformers config, or a dataclass with
+    config.json's key names (slimkit's reference GPT: n_layer, n_embd, n_head, vocab_size, block_size);
+    any other module keeps its exact parameter count and gets a GPT-like shape of that size (see
+    ``from_params``)."""
     params = sum(p.numel() for p in model.parameters())
-    if isinstance(model, GPT):
-        c = model.config
-        return ModelShape("gpt", c.n_layer, c.n_embd, c.n_head, 4 * c.n_embd, c.vocab_size, positions=c.block_size,
-                          tied=True, bias=True, fused_qkv=True, dropout=c.dropout > 0, params=params)
     config = getattr(model, "config", None)
     if hasattr(config, "to_dict"):
-        return from_hf_config(config.to_dict(), name=type(model).__name__).replace(params=params)
+        config = config.to_dict()
+    elif dataclasses.is_dataclass(config):
+        config = dataclasses.asdict(config)
+    if isinstance(config, dict) and all(any(k in config for k in _KEYS[f]) for f in ("n_layer", "hidden", "n_head")):
+        return from_hf_config(config, name=type(model).__name__).replace(params=params)
     return from_params(params, name=type(model).__name__)
 
 

@@ -1,8 +1,9 @@
 """Importance of single weights: magnitude, L2, random, Taylor (|w * dL/dw|) and Wanda (|w| * ||x||).
 
 Higher means more important; masks remove the lowest. Taylor needs (inputs, targets) batches and
-accumulates the gradient of the summed cross-entropy over them; Wanda needs the layer's input
-norms, which come from the calibration Hessian's diagonal (slimkit.quantization.layer_inputs).
+accumulates the gradient of a loss over them (``loss_fn``, the training loop's signature; by default
+the summed cross-entropy); Wanda needs the layer's input
+norms, which come from the calibration Hessian's diagonal (slimkit.calibration.layer_inputs).
 
 >>> scores = weight_scores("magnitude", layer)  # doctest: +SKIP
 """
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from slimkit.errors import UserInputError
-from slimkit.training.loop import cross_entropy_loss
+from slimkit.losses import cross_entropy_loss
 
 
 def weight_scores(method: str, layer: nn.Module, *, grad: Tensor | None = None, input_norm: Tensor | None = None,

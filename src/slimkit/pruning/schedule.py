@@ -1,12 +1,14 @@
-"""Pruning schedules as ``slimkit.train`` callbacks, iterative pruning, and rewinding (lottery tickets).
+"""Pruning schedules as ``slimkit.train`` callbacks, and rewinding (lottery tickets).
 
 - ``KeepMasks``: re-zeroes pruned weights after every optimizer step (whatever the optimizer did).
 - ``GradualPruning``: Zhu & Gupta's polynomial schedule s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n dt))^3,
   raising the sparsity of the masks every ``every`` steps between ``start`` and ``end``.
-- ``iterative_prune``: prune a little, fine-tune, repeat, reaching the target in ``rounds`` steps.
 - ``Snapshot`` + ``rewind``: weight rewinding (Frankle et al.): reset the surviving weights to an
   early checkpoint and retrain with the masks kept. Learning-rate rewinding is retraining with the
   original schedule (pass the original TrainConfig to ``slimkit.train``) from the pruned weights.
+
+What runs the training loop (fine-tuning with the masks kept, iterative pruning) is in
+``slimkit.training.finetune``: pruning is a transform and never trains by itself.
 
 >>> train(model, batches, TrainConfig(steps=300), callbacks=[GradualPruning(model, PruneConfig(sparsity=0.9),
 ...       start=50, end=250)])  # doctest: +SKIP
@@ -14,7 +16,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 
@@ -25,7 +26,6 @@ from slimkit.errors import UserInputError
 from slimkit.pruning.api import prune
 from slimkit.pruning.config import PruneConfig
 from slimkit.pruning.masks import reapply_masks
-from slimkit.training import TrainConfig, train
 
 
 class KeepMasks:
@@ -65,32 +65,6 @@ class GradualPruning:
         reapply_masks(state.model)
 
 
-def iterative_prune(model: nn.Module, config: PruneConfig, data, train_config: TrainConfig, *, rounds: int = 3,
-                    calibration=None) -> list:
-    """Prune to ``config.sparsity`` in ``rounds`` equal-ratio steps, fine-tuning with ``train_config`` after each.
-
-    Round r keeps (1 - s)^(r / rounds) of the weights. Returns the prune reports.
-    """
-    if rounds < 1:
-        raise UserInputError(f"rounds={rounds} must be at least 1")
-    reports = []
-    for r in range(1, rounds + 1):
-        target = 1 - (1 - config.sparsity) ** (r / rounds)
-        reports.append(prune(model, dataclasses.replace(config, sparsity=target), calibration))
-        finetune_masked(model, data, train_config)
-    return reports
-
-
-def finetune_masked(model: nn.Module, data, config: TrainConfig):
-    """``slimkit.train`` with the pruning masks kept applied and subnormals flushed (see
-    flush_denormals: a sparse model's fine-tuning is otherwise up to 60x slower on x86).
-
-    >>> finetune_masked(pruned_cnn, batches, TrainConfig(steps=50))  # doctest: +SKIP
-    """
-    with flush_denormals():
-        return train(model, data, config, callbacks=[KeepMasks()])
-
-
 class Snapshot:
     """Callback: keep a copy of the weights after ``step`` optimizer steps (the lottery-ticket rewind point)."""
 
@@ -116,19 +90,3 @@ def rewind(model: nn.Module, snapshot: dict) -> None:
             if name in own:
                 own[name].copy_(value)
     reapply_masks(model)
-
-
-@contextlib.contextmanager
-def flush_denormals():
-    """Treat subnormal floats as zero on the CPU while the block runs (torch's default, off, after it).
-
-    Fine-tuning a heavily pruned model produces subnormal values (gradients of weights whose inputs
-    were pruned away, and Adam's squares of them); x86 handles those in microcode, which made 20
-    steps of the 90%-sparse digits CNN take 39 s instead of 0.6 s. Flushing them changes values
-    below 1.2e-38 only.
-    """
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)

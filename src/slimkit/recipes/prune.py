@@ -8,8 +8,8 @@ from torch import nn
 
 from slimkit.pruning.api import PruneReport, prune
 from slimkit.pruning.config import PruneConfig
-from slimkit.pruning.schedule import finetune_masked
 from slimkit.training import TrainConfig
+from slimkit.training.finetune import finetune_masked
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class PruneRecipe:
 
 def task_calibration(model: nn.Module, config: PruneConfig, task: str | None = None) -> list | None:
     """Calibration batches from the task's training split: (inputs, targets) for taylor, inputs otherwise."""
-    if not config.needs_data:
+    if not config.needs_calibration:
         return None
     from slimkit.models.tasks import get_task, infer_task
 

@@ -28,7 +28,7 @@ def apply_step(model: nn.Module, step: Step, task: str | None, calib: str | None
     if kind == "distill":
         return _distill(model, step, task)
     if kind == "finetune":
-        from slimkit.pruning.schedule import finetune_masked
+        from slimkit.training.finetune import finetune_masked
 
         # masks of an earlier prune step stay applied (pruned weights stay zero)
         finetune_masked(model, get_task(task).training_batches(model, step.batch_size, step.config.seed), step.config)
