@@ -129,7 +129,7 @@ def construct(make, where: str):
         raise
     except Exception as exc:  # noqa: BLE001 - an allow-listed constructor refused the recorded arguments
         raise ArtifactError(f"{where}: cannot be built from the recorded arguments ({type(exc).__name__}: "
-                            f"{str(exc)[:200]})") from None
+                            f"{' '.join(str(exc).split())[:200]})") from None
 
 
 def spec_record(module: nn.Module) -> dict:

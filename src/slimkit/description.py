@@ -23,6 +23,7 @@ from slimkit.untrusted import DTYPES, MAX_DIM, check_shape
 SPARSE_PARTS = {"bitmask": {"mask", "values"}, "csr": {"crow", "col", "values"}}
 _NAME = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+ALGORITHM = "sha256 of the canonical description"
 _FIELDS = {"format": str, "format_version": int, "architecture": dict, "tensors": dict, "aliases": dict,
            "replaced_modules": dict, "manifest": list, "frozen": list, "metrics": dict, "weights": dict,
            "integrity": dict}
@@ -215,7 +216,7 @@ def check_integrity(meta: dict, size: int, weights_sha256: str, path: Path) -> N
     if meta["format_version"] < 3:
         return
     integrity = meta.get("integrity", {})
-    if integrity.get("sha256") != digest(meta):
+    if integrity != {"algorithm": ALGORITHM, "sha256": digest(meta)}:
         state = "is missing" if "sha256" not in integrity else "does not match"
         raise ArtifactError(f"{path}: the integrity digest {state}: the description or weights changed after "
                             "saving. If you changed them on purpose, load with slimkit.load(dir, "

@@ -7,7 +7,8 @@ input: ``load`` checks the description against limits and against the weights fi
 the model on the meta device under a size budget before allocating anything, and names the file and
 field of every problem in an ``ArtifactError``. ``save`` writes a temporary sibling folder and swaps
 it into place, so a crash leaves the old artifact or the new one. ``load`` also accepts a Hugging
-Face model folder (config.json + weights) and returns the transformers model.
+Face model folder (config.json + weights) and returns the transformers model of the class the folder's
+config names (``slimkit.hf``).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from safetensors.torch import load as load_safetensors, save as dump_safetensors
 import torch
 from torch import Tensor, nn
 
-from slimkit import classes
+from slimkit import classes, hf
 from slimkit.atomic import locked, replacing_dir
-from slimkit.description import build_config, check_description, check_hf_config, check_integrity, check_spec, digest
+from slimkit.description import (ALGORITHM, build_config, check_description, check_hf_config, check_integrity,
+                                 check_spec, digest)
 from slimkit.errors import ArtifactError, UserInputError
 from slimkit.formats.sparse import decode_sparse, encode_sparse
 from slimkit.manifest import get_manifest, set_manifest
@@ -43,12 +45,14 @@ _warned_unsigned: set[str] = set()
 
 
 def save(model: nn.Module, directory: str | Path, *, metrics: dict | None = None,
-         init_args: dict | None = None) -> Path:
+         init_args: dict | None = None, companions: str | Path | None = None) -> Path:
     """Write ``model`` to ``directory`` (replacing an artifact there, atomically) and return the directory.
 
     The model's class must be one ``load`` may rebuild (``slimkit.classes``): a slimkit model, a
     transformers model, or a class registered with ``slimkit.register_class``. A registered class
     without a dataclass ``.config`` is rebuilt from ``init_args``: JSON constructor (or factory) arguments.
+    ``companions``: a Hugging Face folder (or an artifact made from one) whose config, tokenizer and
+    generation config are copied beside the artifact (``slimkit.hf.COMPANIONS``).
 
     >>> save(GPT(GPTConfig()), "out/gpt")  # doctest: +SKIP
     """
@@ -74,11 +78,14 @@ def save(model: nn.Module, directory: str | Path, *, metrics: dict | None = None
     try:
         meta = json.loads(json.dumps(meta, allow_nan=False))  # the digest covers exactly what load parses
     except (TypeError, ValueError) as exc:
-        raise UserInputError(f"cannot save to {directory}: metrics and records must be finite JSON values ({exc})") from None
-    meta["integrity"] = {"algorithm": "sha256 of the canonical description", "sha256": digest(meta)}
-    with locked(directory), replacing_dir(directory, owned=ARTIFACT_FILES) as tmp:
+        raise UserInputError(f"cannot save to {directory}: metrics and records must be finite JSON values "
+                             f"({exc})") from None
+    meta["integrity"] = {"algorithm": ALGORITHM, "sha256": digest(meta)}
+    with locked(directory), replacing_dir(directory, owned=ARTIFACT_FILES + hf.COMPANIONS) as tmp:
         (tmp / WEIGHTS_FILE).write_bytes(weights)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        if companions is not None:
+            hf.copy_companions(companions, tmp)
     return directory
 
 
@@ -93,7 +100,7 @@ def load(directory: str | Path, *, check_integrity: bool = True) -> nn.Module:
         raise ArtifactError(f"{directory}: no such directory; pass the folder that slimkit.save wrote")
     if not (directory / META_FILE).exists():
         if (directory / "config.json").exists():
-            return _load_hf_folder(directory)
+            return hf.load_folder(directory)
         raise ArtifactError(
             f"{directory}: neither a slimkit artifact ({META_FILE} missing) nor a Hugging Face "
             "model folder (config.json missing)"
@@ -339,16 +346,3 @@ def _parse_weights(data: bytes, path: Path) -> dict[str, Tensor]:
         return load_safetensors(data)
     except (SafetensorError, ValueError) as exc:
         raise ArtifactError(f"{path}: not a readable safetensors file ({exc})") from None
-
-
-def _load_hf_folder(directory: Path) -> nn.Module:
-    try:
-        from transformers import AutoModel
-    except ImportError:
-        raise ArtifactError(
-            f"{directory}: a Hugging Face model folder, which needs transformers: pip install transformers"
-        ) from None
-    try:
-        return AutoModel.from_pretrained(directory, local_files_only=True).eval()
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"{directory}: cannot load as a Hugging Face model folder: {exc}") from None

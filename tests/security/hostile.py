@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from slimkit.description import digest
+from slimkit.description import ALGORITHM, digest
 
 
 def edit_meta(path: Path, change) -> dict:
@@ -16,5 +16,5 @@ def edit_meta(path: Path, change) -> dict:
 
 def resign(path: Path, meta: dict) -> None:
     """Write ``meta`` with a correct digest over it."""
-    meta["integrity"] = {"algorithm": "sha256 of the canonical description", "sha256": digest(meta)}
+    meta["integrity"] = {"algorithm": ALGORITHM, "sha256": digest(meta)}
     (Path(path) / "slimkit.json").write_text(json.dumps(meta))
