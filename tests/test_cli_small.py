@@ -31,9 +31,12 @@ def test_quiet_silences_transformers_loading_bars():
     from slimkit.progress import set_quiet
 
     set_quiet(True)
-    import transformers
+    try:
+        import transformers
 
-    assert not transformers.utils.logging.is_progress_bar_enabled()
+        assert not transformers.utils.logging.is_progress_bar_enabled()
+    finally:
+        set_quiet(False)
 
 
 def test_every_option_with_a_default_shows_it():
