@@ -136,3 +136,13 @@ def _assert_same_tensors(ours, theirs):
     for key in a:
         assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape, key
         assert a[key].view(torch.uint8).equal(b[key].view(torch.uint8)), key
+
+
+def test_gptq_act_order_exports_without_g_idx(tiny_llama, token_ids, tmp_path):
+    calib = [torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    slimkit.quantize(tiny_llama, WeightQuantConfig("int4", group_size=32, method="gptq", act_order=True), calib=calib)
+    slimkit.export(tiny_llama, tmp_path / "ct", to="compressed-tensors")
+    # slimkit's act order keeps static groups over the original column order: group k // 32 for column k,
+    # what compressed-tensors assumes when no weight_g_idx is stored
+    assert not any(key.endswith("weight_g_idx") for key in load_file(str(tmp_path / "ct" / "model.safetensors")))
+    assert torch.equal(_logits(_load(tmp_path / "ct"), token_ids), _logits(tiny_llama, token_ids))

@@ -38,6 +38,18 @@ def test_int4_layers_run_as_matmulnbits_with_slimkits_logits(tiny_llama, token_i
     assert (_run(folder, feeds) - expected).abs().max() < 1e-5
 
 
+def test_awq_input_scale_becomes_a_division(tiny_llama, token_ids, tmp_path):
+    calib = [torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    slimkit.quantize(tiny_llama, WeightQuantConfig("int4", group_size=32, method="awq"), calib=calib)
+    assert any(m.input_scale is not None for m in tiny_llama.modules() if hasattr(m, "input_scale"))
+    folder = slimkit.export(tiny_llama, tmp_path / "onnx", to="onnx")
+    feeds = {"input_ids": token_ids, "attention_mask": torch.ones_like(token_ids)}
+    with torch.no_grad():
+        expected = tiny_llama(**feeds).logits
+    # (x / s) W^T against x (W / s)^T: the same products rounded in another order, a few float32 ulps
+    assert (_run(folder, feeds) - expected).abs().max() < 1e-5
+
+
 def test_int8_encoder_runs_as_dynamic_matmulinteger(tmp_path):
     config = transformers.BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                      intermediate_size=128, max_position_embeddings=32, dtype="float32")
