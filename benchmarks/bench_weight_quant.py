@@ -26,7 +26,7 @@ from slimkit.formats import quantize as quantize_tensor
 from slimkit.io import save
 from slimkit.models import zoo
 from slimkit.quantization import QuantLinear, WeightQuantConfig, quantize
-from slimkit.quantization.layer_inputs import layer_inputs
+from slimkit.calibration.layer_inputs import layer_inputs
 
 api = sys.modules["slimkit.quantization.api"]  # the module (the package exports a function of that name)
 _REPLAY = api.sequential_inputs

@@ -1,8 +1,9 @@
 """``slimkit demo``: train or load the reference models, apply every technique, measure, report.
 
-Each technique adds its variants to ``VARIANTS`` below (a row suffix, a label and the technique's
-config) and teaches ``apply_variant`` its config type. Variants are cached like the reference models, so a
-repeat run only measures. Each variant row is compared with its base model's row.
+Each technique adds its variants to ``VARIANTS`` below: a row suffix, a label, the technique's config
+and what the registered technique needs to run (its training, a student). ``apply_variant`` applies
+them through ``slimkit.registry``. Variants are cached like the reference models, so a repeat run only
+measures. Each variant row is compared with its base model's row.
 """
 
 from __future__ import annotations
@@ -19,185 +20,127 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from slimkit.adapters import LoRAConfig, lora
+from slimkit import registry
+from slimkit.adapters import LoRAConfig
 from slimkit.data import digits
 from slimkit.data.minilm import minilm
-from slimkit.distillation import DistillConfig, distill
+from slimkit.distillation import DistillConfig
 from slimkit.errors import MissingDependencyError
 from slimkit.evaluation import EvalRecord
 from slimkit.evaluation.report import write_report
 from slimkit.io import load, save
 from slimkit.machine import machine_line
-from slimkit.lowrank import LowRankConfig, factorize
+from slimkit.lowrank import LowRankConfig
 from slimkit.models import zoo
-from slimkit.models.spec import from_spec
 from slimkit.models.tasks import evaluate, get_task, infer_task
-from slimkit.privacy import DPConfig, FederatedConfig, federated_average, make_private
+from slimkit.privacy import DPConfig, FederatedConfig
 from slimkit.progress import progress
 from slimkit.pruning import PruneConfig
-from slimkit.quantization import (ActivationQuantConfig, QATSchedule, WeightQuantConfig, convert, prepare_qat,
-                                  quantize)
-from slimkit.quantization.paths import choose_paths
-from slimkit.recipes import Recipe, parse_recipe, run_pipeline
-from slimkit.recipes.prune import PruneRecipe, run_recipe
-from slimkit.training import TrainConfig, train
+from slimkit.quantization import ActivationQuantConfig, WeightQuantConfig
+from slimkit.recipes import Recipe, Step, parse_recipe, run_pipeline
+from slimkit.recipes.steps import student_model
+from slimkit.training import TrainConfig
 
 BASES = ("mlp", "cnn", "gpt", "minilm")
-# GPTQ/AWQ calibration batches per base. MiniLM's GPTQ row took 33 s of a cold run with 16 (the
-# first run must stay under 5 minutes); docs/benchmarks.md measures it with 16.
-CALIBRATION_BATCHES = {"minilm": 8}
 
 
 @dataclass(frozen=True)
 class Variant:
+    """One demo row: ``config`` applied by the registered technique ``step`` (default: the only one
+    registered for the config's type), or a Recipe's steps in order.
+
+    train / batch_size / student: what a technique that trains takes (registry.Inputs).
+    scratch: start from the base architecture's fresh random weights (a row trained from scratch).
+    """
+
     suffix: str  # row name is "<base>-<suffix>"
     technique: str  # the label in the report
-    config: object  # a technique config (has to_dict); apply_variant knows what to do with it
-
-
-@dataclass(frozen=True)
-class Training:
-    """A row made by training: the base retrained from scratch, or fine-tuned (optionally with LoRA/QLoRA)."""
-
-    train: TrainConfig
-    batch_size: int
-    lora: LoRAConfig | None = None
+    config: object  # a technique config or a Recipe
+    step: str | None = None
+    train: TrainConfig | None = None
+    batch_size: int = 64
+    student: str | None = None
     scratch: bool = False
 
     def to_dict(self) -> dict:
-        return {"train": self.train.to_dict(), "batch_size": self.batch_size, "scratch": self.scratch,
-                "lora": self.lora.to_dict() if self.lora else None}
+        return {"step": self.step, "config": self.config.to_dict(), "scratch": self.scratch,
+                "train": self.train.to_dict() if self.train else None, "batch_size": self.batch_size,
+                "student": self.student}
 
 
-@dataclass(frozen=True)
-class Distilled:
-    """A row made by distilling the trained base (the teacher) into a new, smaller architecture."""
-
-    student: str  # a models.spec string, e.g. "mlp:hidden=64-32"
-    distill: DistillConfig
-    train: TrainConfig
-    batch_size: int
-
-    def to_dict(self) -> dict:
-        return {"student": self.student, "distill": self.distill.to_dict(), "train": self.train.to_dict(),
-                "batch_size": self.batch_size}
-
-
-def apply_variant(model: nn.Module, config, base: str) -> nn.Module:
-    """Apply one technique config to ``model`` (a copy of the trained ``base``); returns the resulting model."""
+def apply_variant(model: nn.Module, variant: Variant, base: str) -> nn.Module:
+    """``variant`` applied to ``model`` (a copy of the trained ``base``); returns the resulting model."""
     task = get_task(infer_task(model))
-    if isinstance(config, Distilled):
-        student = from_spec(config.student, seed=config.train.seed)
-        distill(model, student, task.training_batches(student, config.batch_size, config.train.seed),
-                config.distill, config.train)
-        return student
-    if isinstance(config, LowRankConfig):
-        factorize(model, config)
-    elif isinstance(config, WeightQuantConfig):
-        batches = CALIBRATION_BATCHES.get(base, 16)
-        quantize(model, config, calib=task.calibration(batches) if config.method != "rtn" else None)
-        choose_paths(model)
-    elif isinstance(config, Training):
-        if config.scratch:
-            model.load_state_dict(zoo.build(base).state_dict())
-        if config.lora:
-            lora.inject(model, config.lora)
-        train(model, task.training_batches(model, config.batch_size, config.train.seed), config.train)
-        choose_paths(model)  # a QLoRA base is a QuantLinear: measure its fastest execution path too
-    elif isinstance(config, PruneRecipe):
-        run_recipe(model, config)
-    elif isinstance(config, DPTraining):  # from scratch: the reference saw these digits without privacy
+    if variant.scratch:  # e.g. DP-SGD: the reference saw these digits without privacy
         model.load_state_dict(zoo.build(base).state_dict())
-        make_private(model, None, digits().train, config.dp).train(config.train)
-    elif isinstance(config, ActivationQuantConfig):
-        quantize(model, config, calib=task.calibration(16) if config.needs_calibration else None)
-    elif isinstance(config, QATTraining):
-        prepare_qat(model, config.quant)
-        train(model, task.training_batches(model, config.batch_size, config.train.seed), config.train,
-              callbacks=[QATSchedule(config.quant)])
-        convert(model)
-    elif isinstance(config, FederatedConfig):
-        model.load_state_dict(zoo.build(base).state_dict())
-        federated_average(model, digits().train, config)
-    elif isinstance(config, Recipe):
-        model = run_pipeline(model, config, measure=False).model
-    else:
-        raise TypeError(f"the demo does not know how to apply a {type(config).__name__}")
-    return model
+    if isinstance(variant.config, Recipe):
+        return run_pipeline(model, variant.config, measure=False).model
+    seed = (variant.train or TrainConfig()).seed
+    student = None if variant.student is None else lambda teacher: student_model(teacher, variant.student, seed)
+    inputs = registry.Inputs(data=task, train=variant.train, batch_size=variant.batch_size, student=student,
+                             examples=digits().train if task.name == "digits" else None)
+    return registry.apply(model, variant.step or registry.for_config(variant.config).name, variant.config,
+                          inputs).model
 
 
+# GPTQ/AWQ calibration: 16 batches; MiniLM 8 (its GPTQ row took 33 s of a cold run with 16, and the first
+# run must stay under 5 minutes; docs/benchmarks.md measures it with 16).
 _QUANT = [
-    Variant("int8", "weight-only rtn", WeightQuantConfig("int8", group_size=None)),
-    Variant("int4-rtn", "weight-only rtn", WeightQuantConfig("int4", group_size=128)),
-    Variant("int4-gptq", "weight-only gptq", WeightQuantConfig("int4", group_size=128, method="gptq")),
-    Variant("int4-awq", "weight-only awq", WeightQuantConfig("int4", group_size=128, method="awq")),
-    Variant("nf4-dq", "weight-only rtn", WeightQuantConfig("nf4", group_size=64, double_quant=True)),
-    Variant("fp8", "weight-only rtn", WeightQuantConfig("fp8_e4m3", group_size=None)),
+    Variant("int8", "weight-only rtn", WeightQuantConfig("int8", group_size=None, calibration_batches=16)),
+    Variant("int4-rtn", "weight-only rtn", WeightQuantConfig("int4", group_size=128, calibration_batches=16)),
+    Variant("int4-gptq", "weight-only gptq", WeightQuantConfig("int4", group_size=128, method="gptq",
+                                                                calibration_batches=16)),
+    Variant("int4-awq", "weight-only awq", WeightQuantConfig("int4", group_size=128, method="awq",
+                                                              calibration_batches=16)),
+    Variant("nf4-dq", "weight-only rtn", WeightQuantConfig("nf4", group_size=64, double_quant=True,
+                                                           calibration_batches=16)),
+    Variant("fp8", "weight-only rtn", WeightQuantConfig("fp8_e4m3", group_size=None, calibration_batches=16)),
 ]
 _MLP_RECIPE = zoo.RECIPES["mlp"]
 _MLP_TRAINING = TrainConfig(steps=_MLP_RECIPE.steps, lr=_MLP_RECIPE.lr, weight_decay=_MLP_RECIPE.weight_decay,
                             warmup=_MLP_RECIPE.warmup, threads=2)
 _MLP = [
-    Variant("adamw8bit", "trained with 8-bit AdamW", Training(
-        dataclasses.replace(_MLP_TRAINING, optimizer="adamw8bit"), _MLP_RECIPE.batch_size, scratch=True)),
-    Variant("student-kd", "distilled into a 0.13x MLP", Distilled(
-        "mlp:hidden=64-32", DistillConfig(temperature=4.0, alpha=0.9), _MLP_TRAINING, _MLP_RECIPE.batch_size)),
+    Variant("adamw8bit", "trained with 8-bit AdamW", dataclasses.replace(_MLP_TRAINING, optimizer="adamw8bit"),
+            step="train", batch_size=_MLP_RECIPE.batch_size, scratch=True),
+    Variant("student-kd", "distilled into a 0.13x MLP", DistillConfig(temperature=4.0, alpha=0.9),
+            train=_MLP_TRAINING, batch_size=_MLP_RECIPE.batch_size, student="mlp:hidden=64-32"),
 ]
 _GPT_TRAINING = [
-    Variant("qlora", "QLoRA fine-tune (NF4 base + r=8 adapters)", Training(
-        TrainConfig(steps=40, lr=2e-3, warmup=5, threads=2), batch_size=16,
-        lora=LoRAConfig(rank=8, alpha=16, targets=("blocks.*",), base="nf4"))),
+    Variant("qlora", "QLoRA fine-tune (NF4 base + r=8 adapters)",
+            LoRAConfig(rank=8, alpha=16, include=("blocks.*",), base="nf4"),
+            train=TrainConfig(steps=40, lr=2e-3, warmup=5, threads=2), batch_size=16),
 ]
-
-
-@dataclass(frozen=True)
-class DPTraining:
-    """A row trained from scratch with DP-SGD (slimkit.privacy) on the digits."""
-
-    dp: DPConfig
-    train: TrainConfig
-
-    def to_dict(self) -> dict:
-        return {"dp": self.dp.to_dict(), "train": self.train.to_dict()}
-
-
 _PRIVACY = [
-    Variant("dp-eps3", "DP-SGD from scratch, (3, 1e-5)-DP", DPTraining(
-        DPConfig(target_epsilon=3.0, delta=1e-5, steps=100, batch_size=512),
-        TrainConfig(steps=100, lr=2e-2, clip_grad_norm=None, threads=2))),
+    Variant("dp-eps3", "DP-SGD from scratch, (3, 1e-5)-DP", DPConfig(target_epsilon=3.0, delta=1e-5, steps=100,
+                                                                      batch_size=512),
+            train=TrainConfig(steps=100, lr=2e-2, clip_grad_norm=None, threads=2), scratch=True),
     Variant("fedavg", "FedAvg from scratch, 10 non-IID clients (alpha 0.3), 10 rounds of 2 local epochs",
-            FederatedConfig(clients=10, alpha=0.3, rounds=10, local_epochs=2, lr=0.3)),
+            FederatedConfig(clients=10, alpha=0.3, rounds=10, local_epochs=2, lr=0.3), scratch=True),
 ]
-
-
-@dataclass(frozen=True)
-class QATTraining:
-    """A row fine-tuned with quantization-aware training from the trained base, then converted to int8."""
-
-    quant: ActivationQuantConfig
-    train: TrainConfig
-    batch_size: int
-
-    def to_dict(self) -> dict:
-        return {"quant": self.quant.to_dict(), "train": self.train.to_dict(), "batch_size": self.batch_size}
-
-
 _ACTIVATION_QUANT = {
     "mlp": [Variant("int8-dynamic", "activation int8 dynamic (W8A8)", ActivationQuantConfig())],
     "cnn": [Variant("int8-static", "activation int8 static (W8A8, fused)", ActivationQuantConfig(mode="static")),
-            Variant("w4a8-qat", "QAT W4A8, 30 steps", QATTraining(
-                ActivationQuantConfig(mode="qat", weight_bits=4, observer="moving_average", freeze_observers_step=15),
-                TrainConfig(steps=30, lr=1e-3, warmup=5, threads=2), batch_size=64))],
+            Variant("w4a8-qat", "QAT W4A8, 30 steps",
+                    ActivationQuantConfig(mode="qat", weight_bits=4, observer="moving_average",
+                                          freeze_observers_step=15),
+                    train=TrainConfig(steps=30, lr=1e-3, warmup=5, threads=2), batch_size=64)],
 }
 _RECIPES = [Variant("recipe-w4-mixed", "recipe: int4 weights (groups of 32), first layer int8", parse_recipe(
     "steps:\n  - quantize: {format: int4, group_size: 32}\n"
     "    overrides: {'net.1': {format: int8, group_size: null}}\n", "demo recipe"))]
+
+
+def _pruned(prune: PruneConfig, finetune: TrainConfig) -> Recipe:
+    """Prune, then fine-tune with the masks kept (batches of 64)."""
+    return Recipe((Step("prune", prune, "prune"), Step("finetune", finetune, "finetune", batch_size=64)))
+
+
 VARIANTS: dict[str, list[Variant]] = {
     "mlp": _MLP + _PRIVACY + _ACTIVATION_QUANT["mlp"] + _RECIPES,
     "cnn": [Variant("tucker2", "low-rank (Tucker-2, 90% energy)", LowRankConfig(energy=0.9)),
-            Variant("sparse90", "pruned 90% (global magnitude) + 50 fine-tuning steps", PruneRecipe(
+            Variant("sparse90", "pruned 90% (global magnitude) + 50 fine-tuning steps", _pruned(
                 PruneConfig(sparsity=0.9, scope="global"), TrainConfig(steps=50, lr=1e-3, threads=2))),
-            Variant("channels50", "half the channels removed (L1) + 100 fine-tuning steps", PruneRecipe(
+            Variant("channels50", "half the channels removed (L1) + 100 fine-tuning steps", _pruned(
                 PruneConfig(structured=True, ratio=0.5), TrainConfig(steps=100, lr=1e-3, threads=2)))]
     + _ACTIVATION_QUANT["cnn"],
     "gpt": _QUANT + _GPT_TRAINING + [
@@ -207,7 +150,8 @@ VARIANTS: dict[str, list[Variant]] = {
     # docs/benchmarks.md): its AWQ row alone took 50 s of a first run that must stay under 5 minutes.
     # int8 on MiniLM is shown with its embeddings quantized too (int8-all); Linear-only int8 is in
     # docs/benchmarks.md.
-    "minilm": [v for v in _QUANT if v.suffix in ("int4-gptq", "nf4-dq")] + [
+    "minilm": [dataclasses.replace(v, config=dataclasses.replace(v.config, calibration_batches=8))
+               for v in _QUANT if v.suffix in ("int4-gptq", "nf4-dq")] + [
         Variant("int8-all", "weight-only rtn (+ embeddings)", WeightQuantConfig("int8", group_size=None,
                                                                                 embeddings=True))],
 }
@@ -259,8 +203,8 @@ def _variant_artifact(base: str, base_model: nn.Module, variant: Variant, rebuil
     if rebuild or not cached.exists():
         model = copy.deepcopy(base_model)
         start = time.perf_counter()
-        model = apply_variant(model, variant.config, base)
-        save(model, cached, metrics={"config": variant.config.to_dict(),
+        model = apply_variant(model, variant, base)
+        save(model, cached, metrics={"config": variant.to_dict(),
                                      "transform_seconds": round(time.perf_counter() - start, 2)})
     return cached
 
@@ -270,6 +214,6 @@ def _variant_cache(base: str, variant: Variant) -> Path:
     base_key = zoo.cache_path(base).name if base in zoo.NAMES else f"minilm-torch{torch.__version__}"
     from slimkit import __version__
 
-    described = json.dumps([base_key, variant.suffix, variant.config.to_dict(), __version__], sort_keys=True)
+    described = json.dumps([base_key, variant.suffix, variant.to_dict(), __version__], sort_keys=True)
     digest = hashlib.sha256(described.encode()).hexdigest()[:12]
     return zoo.cache_root() / "variants" / f"{base}-{variant.suffix}-{digest}"

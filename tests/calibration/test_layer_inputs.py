@@ -6,7 +6,7 @@ from torch import nn
 
 from slimkit.models import GPT, GPTConfig
 from slimkit.quantization import WeightQuantConfig, quantize
-from slimkit.quantization.layer_inputs import sequential_inputs
+from slimkit.calibration.layer_inputs import sequential_inputs
 from tests.reference.calibrate import naive_layer_inputs
 
 
@@ -89,7 +89,7 @@ def test_a_decoder_with_a_key_value_cache_replays_each_block_from_a_fresh_copy()
 
 
 def test_the_module_and_the_activation_calibrate_function_have_distinct_names():
-    import slimkit.quantization.layer_inputs as module
+    import slimkit.calibration.layer_inputs as module
     from slimkit.quantization import calibrate
     from slimkit.quantization.activation.static import calibrate as activation_calibrate
 

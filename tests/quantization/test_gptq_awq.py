@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from slimkit.formats import fake_quantize, qparams
+from slimkit.formats import PerGroup, fake_quantize, qparams
 from slimkit.quantization.awq import awq_input_scale
 from slimkit.quantization.gptq import gptq
 from tests.reference.gptq import brute_force_clip_error, naive_gptq
@@ -29,7 +29,7 @@ def output_error(W, Q, X):
 def test_gptq_matches_the_naive_column_by_column_reference():
     X, W = correlated_inputs(), torch.randn(24, 64)
     H = X.T.double() @ X.double()
-    fast, _, _ = gptq(W, H, "int4", group_size=16, block_size=32)
+    fast, _, _ = gptq(W, H, "int4", granularity=PerGroup(16), block_size=32)
     naive = naive_gptq(W, H, "int4", group_size=16)
     # same rounding decisions; the values differ only by float32 vs float64 scale arithmetic
     torch.testing.assert_close(fast, naive, rtol=1e-4, atol=1e-5)
@@ -38,8 +38,8 @@ def test_gptq_matches_the_naive_column_by_column_reference():
 def test_gptq_lazy_blocks_do_not_change_the_result():
     X, W = correlated_inputs(seed=1), torch.randn(16, 64)
     H = X.T.double() @ X.double()
-    a, _, _ = gptq(W, H, "int3", group_size=16, block_size=16)
-    b, _, _ = gptq(W, H, "int3", group_size=16, block_size=64)
+    a, _, _ = gptq(W, H, "int3", granularity=PerGroup(16), block_size=16)
+    b, _, _ = gptq(W, H, "int3", granularity=PerGroup(16), block_size=64)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -47,7 +47,7 @@ def test_gptq_beats_rtn_on_the_layer_output_and_scales_reproduce_codes():
     X, W = correlated_inputs(seed=2), torch.randn(32, 64)
     H = X.T.double() @ X.double()
     for act_order in (False, True):
-        Q, scales, zeros = gptq(W, H, "int4", group_size=16, act_order=act_order)
+        Q, scales, zeros = gptq(W, H, "int4", granularity=PerGroup(16), act_order=act_order)
         # measured 0.71x (natural order) and 0.39x (act order) of RTN's error on these inputs
         assert output_error(W, Q, X) < 0.8 * output_error(W, rtn(W, "int4", 16), X)
         assert scales.shape == (32, 4) and zeros is None
@@ -58,7 +58,7 @@ def test_gptq_beats_rtn_on_the_layer_output_and_scales_reproduce_codes():
 
 def test_awq_never_worse_than_plain_rounding():
     X, W = correlated_inputs(seed=3), torch.randn(32, 64)
-    scale, alpha = awq_input_scale(W, X, "int3", group_size=16, grid=10)
+    scale, alpha = awq_input_scale(W, X, "int3", granularity=PerGroup(16), grid=10)
     assert scale.shape == (64,) and (alpha is None or 0 <= alpha < 1)
     from slimkit.formats import quantize
 
@@ -70,7 +70,7 @@ def test_awq_clip_never_raises_a_groups_output_error():
     from slimkit.quantization.awq import awq_clip
 
     X, W = correlated_inputs(seed=4), torch.randn(32, 64)
-    scales, zeros = awq_clip(W, X, "int4", group_size=16, grid=10)
+    scales, zeros = awq_clip(W, X, "int4", granularity=PerGroup(16), grid=10)
     assert scales.shape == (32, 4) and zeros is None
     clipped = fake_quantize(W, "int4", scales.repeat_interleave(16, dim=1), None)
     for g in range(4):
@@ -102,7 +102,7 @@ def test_static_groups_fix_scales_from_the_original_weights():
     X, W = correlated_inputs(seed=5), torch.randn(16, 64)
     H = X.T.double() @ X.double()
     for mse_clip in (False, True):
-        Q, scales, _ = gptq(W, H, "int4", group_size=16, static_groups=True, mse_clip=mse_clip)
+        Q, scales, _ = gptq(W, H, "int4", granularity=PerGroup(16), static_groups=True, mse_clip=mse_clip)
         for g in range(4):
             block = W[:, 16 * g:16 * g + 16]
             expected = clip_qparams(block, "int4")[0] if mse_clip else qparams(block, "int4", dim=1)[0]
@@ -114,8 +114,8 @@ def test_mse_clip_lowers_the_layer_output_error_of_gptq_here():
     X, W = correlated_inputs(seed=6), torch.randn(32, 64)
     W[:, 10] *= 6  # heavy columns: each group's absmax is set by a few weights
     H = X.T.double() @ X.double()
-    plain, _, _ = gptq(W, H, "int3", group_size=32)
-    clipped, _, _ = gptq(W, H, "int3", group_size=32, mse_clip=True)
+    plain, _, _ = gptq(W, H, "int3", granularity=PerGroup(32))
+    clipped, _, _ = gptq(W, H, "int3", granularity=PerGroup(32), mse_clip=True)
     assert output_error(W, clipped, X) < output_error(W, plain, X)
 
 

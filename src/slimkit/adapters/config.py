@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
+from typing import ClassVar
 
-from slimkit.configs import build_config
+from slimkit.configs import Config, field_names
 from slimkit.errors import UserInputError
 from slimkit.selection import as_patterns
 
@@ -13,17 +14,18 @@ INITS = ("default", "gaussian")
 BASES = ("float", "nf4")
 DTYPES = ("float32", "bfloat16")
 # --lora keys that are spelled differently from the field they set
-_ALIASES = {"r": "rank"}
+_ALIASES = {"r": "rank", "targets": "include"}
 
 
 @dataclass(frozen=True)
-class LoRAConfig:
+class LoRAConfig(Config):
     """Low-rank adapters ``W x + (alpha / rank) * B A x`` on chosen Linear layers.
 
     rank: inner dimension r of the adapters (A is (r, in), B is (out, r)).
     alpha: the update is scaled by alpha / rank, so changing the rank keeps its size comparable.
     dropout: dropout probability on the adapters' input (training only).
-    targets: fnmatch patterns over module names; empty means every Linear layer.
+    include: fnmatch patterns over module names; empty means every Linear layer (``targets`` before
+        config version 1, still accepted).
     exclude: fnmatch patterns of Linear layers to leave alone.
     init: "default" (A kaiming-uniform as peft, B zeros) or "gaussian" (A normal, std 1/rank; B zeros);
         either way the adapted model starts equal to the base.
@@ -32,22 +34,28 @@ class LoRAConfig:
     double_quant: NF4 base only: quantize the scales to 8 bits too (QLoRA's ~4.127 bits per weight).
     dtype: adapter dtype, "float32" or "bfloat16".
 
-    >>> LoRAConfig.parse("r=8,alpha=16,targets=*.qkv|*.proj").targets
+    >>> LoRAConfig.parse("r=8,alpha=16,targets=*.qkv|*.proj").include
     ('*.qkv', '*.proj')
     """
+
+    WHAT: ClassVar[str] = "LoRA"
+    ALIASES: ClassVar[dict] = {"targets": "include"}
 
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
-    targets: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     init: str = "default"
     base: str = "float"
     group_size: int = 64
     double_quant: bool = True
     dtype: str = "float32"
+    targets: InitVar[tuple[str, ...] | None] = None  # the old name of include, still accepted
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, targets: tuple[str, ...] | None) -> None:
+        if targets is not None:
+            object.__setattr__(self, "include", targets)
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
             raise UserInputError(f"LoRA rank={self.rank!r}: must be a positive whole number (8 or 16 are usual)")
         if not self.alpha > 0:
@@ -60,19 +68,12 @@ class LoRAConfig:
                 raise UserInputError(f"LoRA {name}={value!r}: choose one of {', '.join(allowed)}")
         if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1:
             raise UserInputError(f"LoRA group_size={self.group_size!r}: must be a positive whole number (64 in QLoRA)")
-        for name in ("targets", "exclude"):
+        for name in ("include", "exclude"):
             object.__setattr__(self, name, as_patterns(getattr(self, name)))
 
     @property
     def scale(self) -> float:
         return self.alpha / self.rank
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> LoRAConfig:
-        return build_config(cls, data, "LoRA")
 
     @classmethod
     def parse(cls, text: str) -> LoRAConfig:
@@ -81,7 +82,7 @@ class LoRAConfig:
         >>> LoRAConfig.parse("r=16,alpha=32,dropout=0.05,base=nf4,dtype=bfloat16").rank
         16
         """
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "version"}
         values = {}
         for item in filter(None, (part.strip() for part in text.split(","))):
             key, sep, raw = item.partition("=")
@@ -110,4 +111,4 @@ def _convert(key: str, raw: str, default):
 
 
 def _known_keys() -> str:
-    return ", ".join(["r"] + [f.name for f in dataclasses.fields(LoRAConfig)])
+    return ", ".join(["r"] + [n for n in field_names(LoRAConfig) if n != "version"] + ["targets"])

@@ -202,7 +202,7 @@ def load_adapters(model: nn.Module, directory: str | Path) -> list[str]:
 
 def _select(model: nn.Module, config: LoRAConfig) -> tuple[list[tuple[str, nn.Linear]], dict[str, str]]:
     """Linear layers matched by targets and not by exclude, and {name: reason} for the others."""
-    chosen, skipped = select_layers(model, config.targets, config.exclude, (nn.Linear,), action="for LoRA to adapt",
+    chosen, skipped = select_layers(model, config.include, config.exclude, (nn.Linear,), action="for LoRA to adapt",
                                     include_name="targets", tied="merging an adapter would change that too "
                                     "(and an NF4 base would store the weight twice)")
     return chosen, skipped

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import ClassVar
 
-from slimkit.configs import build_config
+from slimkit.configs import Config
 from slimkit.errors import UserInputError
 
 MODES = ("offline", "online", "self")
@@ -14,11 +15,13 @@ OUTPUT_LOSSES = ("kd", "cosine", "mse")
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(Config):
     """How ``slimkit.distill`` trains the student.
 
     >>> DistillConfig(temperature=2.0, alpha=0.9, features=(("blocks.1", "blocks.3"),))  # doctest: +SKIP
     """
+
+    WHAT: ClassVar[str] = "distillation"
 
     temperature: float = 2.0
     """Softens both distributions: T^2 * KL(softmax(z_t/T) || softmax(z_s/T))."""
@@ -72,9 +75,3 @@ class DistillConfig:
         if self.relation != "none" and not self.relation_weight:
             raise UserInputError(f"relation={self.relation!r} needs relation_weight > 0")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> DistillConfig:
-        return build_config(cls, data, "distillation")

@@ -15,7 +15,7 @@ Example:
 from slimkit.formats.codec import decode, encode, fake_quantize, qparams, round_float
 from slimkit.formats.doublequant import double_quant_bits
 from slimkit.formats.encoded import EncodedTensor
-from slimkit.formats.layout import GRANULARITIES
+from slimkit.formats.layout import GRANULARITIES, Granularity, PerChannel, PerGroup, PerTensor, as_granularity
 from slimkit.formats.minifloat import MINIFLOATS, MiniFloat
 from slimkit.formats.nf4 import NF4_CODE
 from slimkit.formats.packing import pack, unpack
@@ -29,6 +29,11 @@ __all__ = [
     "MINIFLOATS",
     "NF4_CODE",
     "EncodedTensor",
+    "Granularity",
+    "PerChannel",
+    "PerGroup",
+    "PerTensor",
+    "as_granularity",
     "MiniFloat",
     "check_format",
     "decode",

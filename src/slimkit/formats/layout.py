@@ -15,6 +15,7 @@ Scales and zero points have shape (rows, groups); codes are stored in row order.
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,78 @@ from slimkit.errors import UserInputError
 from slimkit.formats.codec import qparams
 
 GRANULARITIES = ("tensor", "channel", "group")
+
+
+@dataclass(frozen=True)
+class _Ungrouped:
+    """A granularity without groups: a whole row (or the whole tensor) shares one scale."""
+
+    kind: ClassVar[str]
+    group_size: ClassVar[None] = None
+
+    def group_len(self, row_len: int) -> int:
+        """Elements sharing one scale in a row of ``row_len``: the whole row."""
+        return row_len
+
+    def to_plain(self) -> str:
+        return self.kind
+
+
+@dataclass(frozen=True)
+class PerTensor(_Ungrouped):
+    """One scale for the whole tensor."""
+
+    kind: ClassVar[str] = "tensor"
+
+
+@dataclass(frozen=True)
+class PerChannel(_Ungrouped):
+    """One scale per output channel (row)."""
+
+    kind: ClassVar[str] = "channel"
+
+
+@dataclass(frozen=True)
+class PerGroup:
+    """One scale per ``group_size`` consecutive elements of a row (input features of a Linear weight)."""
+
+    group_size: int
+    kind: ClassVar[str] = "group"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1:
+            raise UserInputError(f"group_size must be a positive whole number, got {self.group_size!r}; "
+                                 "64 or 128 are usual")
+
+    def group_len(self, row_len: int) -> int:
+        return self.group_size
+
+    def to_plain(self) -> str:
+        return f"group:{self.group_size}"
+
+
+Granularity = PerTensor | PerChannel | PerGroup
+
+
+def as_granularity(value) -> Granularity:
+    """A Granularity from itself, its plain form ("tensor", "channel", "group:128"), or an old group size
+    (an int: groups of that size; None: per channel).
+
+    >>> as_granularity(128), as_granularity(None), as_granularity("group:64")
+    (PerGroup(group_size=128), PerChannel(), PerGroup(group_size=64))
+    """
+    if isinstance(value, (PerTensor, PerChannel, PerGroup)):
+        return value
+    if value is None or value == "channel":
+        return PerChannel()
+    if value == "tensor":
+        return PerTensor()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return PerGroup(value)
+    if isinstance(value, str) and value.startswith("group:") and value[6:].isdigit():
+        return PerGroup(int(value[6:]))
+    raise UserInputError(f"granularity {value!r}: give 'tensor', 'channel', 'group:N' (e.g. group:128), "
+                         "or PerTensor()/PerChannel()/PerGroup(n)")
 
 
 @dataclass(frozen=True)

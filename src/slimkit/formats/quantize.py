@@ -7,7 +7,8 @@ from slimkit.errors import UserInputError
 from slimkit.formats.codec import encode
 from slimkit.formats.doublequant import quantize_scales
 from slimkit.formats.encoded import EncodedTensor
-from slimkit.formats.layout import Grid, block_qparams, check_layout, from_blocks, make_grid, to_blocks, to_rows
+from slimkit.formats.layout import (Grid, Granularity, block_qparams, check_layout, from_blocks, make_grid, to_blocks,
+                                    to_rows)
 from slimkit.formats.packing import store_codes
 from slimkit.formats.reduce import safe_scale
 from slimkit.formats.registry import check_format, format_bits, is_scaled
@@ -17,7 +18,7 @@ def quantize(
     x: Tensor,
     fmt: str,
     *,
-    granularity: str = "group",
+    granularity: str | Granularity = "group",
     axis: int = 0,
     group_size: int = 128,
     symmetric: bool = True,
@@ -27,6 +28,9 @@ def quantize(
     scale_dtype: torch.dtype = torch.float32,
 ) -> EncodedTensor:
     """Quantize `x` to `fmt` with one scale per tensor, channel (index along `axis`) or group.
+
+    `granularity` is "tensor", "channel" or "group" (with `group_size`), or a value PerTensor(),
+    PerChannel(), PerGroup(n) that carries its group size (then `group_size` is not used).
 
     fp16/bf16/tf32 are stored unscaled: the layout arguments are ignored and recorded as "tensor".
     `scale` (and `zero_point` when asymmetric), shaped (rows, groups) like `EncodedTensor.scale`,
@@ -42,6 +46,8 @@ def quantize(
     _check_input(x, fmt, double_quant)
     if zero_point is not None and scale is None:
         raise UserInputError("zero_point was given without scale; pass both, or neither to compute them")
+    if not isinstance(granularity, str):
+        granularity, group_size = granularity.kind, granularity.group_size
     x = x.detach().float()
     shape = tuple(x.shape)
     if not is_scaled(fmt):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
-from slimkit.configs import build_config
+from slimkit.configs import Config
 from slimkit.errors import UserInputError
 from slimkit.selection import as_patterns
 
@@ -13,7 +13,7 @@ CONV_METHODS = ("tucker2", "spatial", "skip")
 
 
 @dataclass(frozen=True)
-class LowRankConfig:
+class LowRankConfig(Config):
     """Truncated SVD of Linear layers and Tucker-2 / spatial SVD of Conv2d layers.
 
     Exactly one of ``rank``, ``energy`` and ``param_budget`` says how each layer's rank is chosen.
@@ -21,6 +21,8 @@ class LowRankConfig:
     >>> LowRankConfig(param_budget=0.5, include=("*.mlp.*",)).rule
     'param_budget=0.5'
     """
+
+    WHAT: ClassVar[str] = "low-rank"
 
     rank: int | None = None
     """The same rank for every layer (Tucker-2: for both channel modes, capped at each mode's size)."""
@@ -60,9 +62,3 @@ class LowRankConfig:
         name = next(n for n in ("rank", "energy", "param_budget") if getattr(self, n) is not None)
         return f"{name}={getattr(self, name)}"
 
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> LowRankConfig:
-        return build_config(cls, data, "low-rank")

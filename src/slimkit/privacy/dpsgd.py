@@ -13,14 +13,14 @@ epsilon in the progress bar, the guarantee in the model's manifest).
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from slimkit.configs import build_config
+from slimkit.configs import Config
 from slimkit.errors import UserInputError
 from slimkit.manifest import add_entry
 from slimkit.privacy.accountant import RDPAccountant, noise_for_epsilon
@@ -31,12 +31,14 @@ ENGINES = ("auto", "ghost", "vmap")
 
 
 @dataclass(frozen=True)
-class DPConfig:
+class DPConfig(Config):
     """How DP-SGD trains; give exactly one of ``noise_multiplier`` and ``target_epsilon``.
 
     >>> DPConfig(target_epsilon=3.0, steps=300, batch_size=256).max_grad_norm
     1.0
     """
+
+    WHAT: ClassVar[str] = "DP-SGD"
 
     noise_multiplier: float | None = None
     """sigma: the noise's standard deviation is sigma * max_grad_norm on the summed gradient."""
@@ -77,12 +79,6 @@ class DPConfig:
         if self.engine not in ENGINES:
             raise UserInputError(f"engine={self.engine!r} is not one of {', '.join(ENGINES)}")
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> DPConfig:
-        return build_config(cls, data, "DP-SGD")
 
 
 class PrivateBatches:

@@ -13,10 +13,10 @@ Secure aggregation masks every update so that the server only learns their sum.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.utils import parameters_to_vector
 
-from slimkit.configs import build_config
+from slimkit.configs import Config
 from slimkit.errors import UserInputError
 from slimkit.manifest import add_entry
 from slimkit.privacy.accountant import RDPAccountant
@@ -34,12 +34,14 @@ from slimkit.training import GeneratorBatches, TrainConfig, train
 
 
 @dataclass(frozen=True)
-class FederatedConfig:
+class FederatedConfig(Config):
     """Clients, their data split, the rounds, and the optional privacy mechanisms.
 
     >>> FederatedConfig(clients=10, alpha=0.3, rounds=50).per_round
     10
     """
+
+    WHAT: ClassVar[str] = "federated"
 
     clients: int = 10
     """Simulated clients the training examples are split over."""
@@ -95,12 +97,6 @@ class FederatedConfig:
         """Clients taking part in each round."""
         return self.clients_per_round or self.clients
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> FederatedConfig:
-        return build_config(cls, data, "federated")
 
 
 def dirichlet_split(labels: Tensor, clients: int, alpha: float | None, seed: int = 0,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
-from slimkit.configs import build_config
+from slimkit.configs import Config
 from slimkit.errors import UserInputError
 from slimkit.selection import as_patterns
 
@@ -16,12 +16,14 @@ NEEDS_DATA = ("taylor", "wanda", "sparsegpt")
 
 
 @dataclass(frozen=True)
-class PruneConfig:
+class PruneConfig(Config):
     """Unstructured (``sparsity``), N:M (``nm``) and/or structured (``structured`` + ``ratio``) pruning.
 
     >>> PruneConfig(sparsity=0.9, method="magnitude", scope="global")  # doctest: +SKIP
     >>> PruneConfig(structured=True, ratio=0.5, method="l1")  # doctest: +SKIP
     """
+
+    WHAT: ClassVar[str] = "pruning"
 
     sparsity: float = 0.0
     """In [0, 1): the fraction of the selected weights set to zero (unstructured)."""
@@ -59,6 +61,9 @@ class PruneConfig:
                 raise UserInputError(f"layer_sparsity[{pattern!r}]={value!r} must lie in [0, 1)")
         if self.scope not in SCOPES:
             raise UserInputError(f"scope={self.scope!r}: choose one of {', '.join(SCOPES)}")
+        if self.scope == "global" and self.layer_sparsity:
+            raise UserInputError("layer_sparsity sets per-layer targets, which one global threshold would ignore; "
+                                 "use scope='layer' with layer_sparsity, or leave layer_sparsity out")
         if not 0 <= self.ratio < 1:
             raise UserInputError(f"ratio={self.ratio!r} must lie in [0, 1); 0.5 removes half of the channels")
         if self.structured and self.ratio == 0:
@@ -80,14 +85,8 @@ class PruneConfig:
             object.__setattr__(self, name, as_patterns(getattr(self, name)))
 
     @property
-    def needs_data(self) -> bool:
+    def needs_calibration(self) -> bool:
         return self.method in NEEDS_DATA
 
     def to_dict(self) -> dict:
-        data = dataclasses.asdict(self)
-        data["layer_sparsity"] = dict(self.layer_sparsity)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> PruneConfig:
-        return build_config(cls, data, "pruning")
+        return {**super().to_dict(), "layer_sparsity": dict(self.layer_sparsity)}

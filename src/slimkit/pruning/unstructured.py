@@ -9,12 +9,13 @@ import torch
 from torch import nn
 
 from slimkit.errors import UserInputError
+from slimkit.losses import cross_entropy_loss
 from slimkit.progress import progress
 from slimkit.pruning import masks as M
 from slimkit.pruning.config import PruneConfig
 from slimkit.pruning.importance import accumulated_grads, input_norms, model_inputs, weight_scores
 from slimkit.pruning.sparsegpt import sparsegpt
-from slimkit.quantization.layer_inputs import sequential_inputs
+from slimkit.calibration.layer_inputs import sequential_inputs
 
 
 @dataclass
@@ -39,7 +40,8 @@ def target_sparsity(name: str, config: PruneConfig) -> float:
     return next((s for pattern, s in config.layer_sparsity if fnmatchcase(name, pattern)), config.sparsity)
 
 
-def prune_weights(model: nn.Module, config: PruneConfig, data: list | None) -> list[LayerReport]:
+def prune_weights(model: nn.Module, config: PruneConfig, data: list | None, loss_fn=cross_entropy_loss
+                  ) -> list[LayerReport]:
     """Mask the selected layers' weights as ``config`` says (in place, masks attached); one report per layer."""
     chosen, skipped = M.select_layers(model, config.include, config.exclude)
     for name, layer in chosen:
@@ -50,19 +52,20 @@ def prune_weights(model: nn.Module, config: PruneConfig, data: list | None) -> l
     chosen = [(name, layer) for name, layer in chosen if name not in skipped]
     reports = [LayerReport(name, "weights", m.weight.numel(), m.weight.numel(), config.method, skipped=reason)
                for name, m in model.named_modules() if (reason := skipped.get(name))]
-    if config.needs_data and not data:
+    if config.needs_calibration and not data:
         raise UserInputError(f"method={config.method!r} needs calibration data: pass data= (batches of model "
                              "inputs, or (inputs, targets) for taylor)")
     data = list(data or [])[:config.calibration_batches]
-    keeps = _keep_masks(model, chosen, config, data)
+    keeps = _keep_masks(model, chosen, config, data, loss_fn)
     for name, layer in chosen:
         M.attach_mask(layer, keeps[name])
         reports.append(LayerReport(name, "weights", layer.weight.numel(), int(keeps[name].sum()), config.method))
     return reports
 
 
-def _keep_masks(model: nn.Module, chosen: list, config: PruneConfig, data: list) -> dict[str, torch.Tensor]:
-    grads = accumulated_grads(model, chosen, data) if config.method == "taylor" else {}
+def _keep_masks(model: nn.Module, chosen: list, config: PruneConfig, data: list, loss_fn
+                ) -> dict[str, torch.Tensor]:
+    grads = accumulated_grads(model, chosen, data, loss_fn) if config.method == "taylor" else {}
     # Wanda scores every layer from one calibration pass over the dense model (its one-shot form)
     norms = input_norms(model, chosen, data) if config.method == "wanda" else {}
     generator = torch.Generator().manual_seed(config.seed)

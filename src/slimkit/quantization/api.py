@@ -11,7 +11,7 @@ from slimkit.manifest import add_entry
 from slimkit.progress import progress
 from slimkit.quantization.activation import ActivationQuantConfig, quantize_activations
 from slimkit.quantization.awq import awq_clip, awq_input_scale
-from slimkit.quantization.layer_inputs import LayerInputs, sequential_inputs
+from slimkit.calibration.layer_inputs import LayerInputs, sequential_inputs
 from slimkit.quantization.config import WeightQuantConfig
 from slimkit.quantization.embedding import QuantEmbedding
 from slimkit.quantization.gptq import gptq
@@ -61,7 +61,7 @@ def quantize(model: nn.Module, config: WeightQuantConfig | ActivationQuantConfig
 
 def _entry(name: str, config: WeightQuantConfig, encoded: EncodedTensor, notes: dict) -> dict:
     return {"layer": name, "technique": f"weight-only {config.method}", "format": config.format,
-            "group_size": config.group_size, "symmetric": config.symmetric, "double_quant": config.double_quant,
+            "group_size": config.granularity.group_size, "symmetric": config.symmetric, "double_quant": config.double_quant,
             "bits_per_weight": round(encoded.bits_per_element(), 4), "path": "dequant", **notes}
 
 
@@ -70,7 +70,7 @@ def _quantize_layer(layer: nn.Linear, config: WeightQuantConfig, stats: LayerInp
     weight = layer.weight.detach().float()
     if config.method == "rtn":
         return _encode(weight, config), None, {}
-    awq_options = {"group_size": config.group_size, "symmetric": config.symmetric, "grid": config.awq_grid}
+    awq_options = {"granularity": config.granularity, "symmetric": config.symmetric, "grid": config.awq_grid}
     if config.method == "awq":
         scale, alpha = awq_input_scale(weight, stats.sample, config.format, **awq_options)
         clip_scale, clip_zero = awq_clip(weight * scale, stats.sample / scale, config.format, **awq_options)
@@ -82,7 +82,7 @@ def _quantize_layer(layer: nn.Linear, config: WeightQuantConfig, stats: LayerInp
         if notes["awq_alpha"] is not None:
             input_scale, weight = scale, weight * scale
             hessian = hessian / (scale.double()[:, None] * scale.double()[None, :])
-    q, scales, zeros = gptq(weight, hessian, config.format, group_size=config.group_size,
+    q, scales, zeros = gptq(weight, hessian, config.format, granularity=config.granularity,
                             symmetric=config.symmetric, damp=config.damp, block_size=config.block_size,
                             act_order=config.act_order, static_groups=config.static_groups,
                             mse_clip=config.mse_clip)
@@ -90,20 +90,18 @@ def _quantize_layer(layer: nn.Linear, config: WeightQuantConfig, stats: LayerInp
 
 
 def _encode(weight: torch.Tensor, config: WeightQuantConfig, scale=None, zero_point=None) -> EncodedTensor:
-    granularity = "group" if config.group_size else "channel"
-    return quantize_tensor(weight, config.format, granularity=granularity, axis=0,
-                           group_size=config.group_size or weight.shape[1], symmetric=config.symmetric,
+    return quantize_tensor(weight, config.format, granularity=config.granularity, axis=0, symmetric=config.symmetric,
                            double_quant=config.double_quant, scale=scale, zero_point=zero_point,
                            scale_dtype=getattr(torch, config.scale_dtype))
 
 
 def _check_calibration(config: WeightQuantConfig, calib) -> list | None:
-    if config.method == "rtn":
+    if not config.needs_calibration:
         return None
     if calib is None:
         raise UserInputError(f"method {config.method!r} needs calibration data: pass calib=[inputs, ...] "
                              "(on the command line, --calib pycorpus or --calib minilm)")
-    calib = list(calib)[: config.calib_samples]
+    calib = list(calib)[: config.calibration_batches]
     if not calib:
         raise UserInputError(f"the calibration set for {config.method!r} is empty; pass at least one batch")
     return calib

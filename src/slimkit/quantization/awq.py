@@ -18,10 +18,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from slimkit.formats import fake_quantize, qparams
+from slimkit.formats import Granularity, fake_quantize, qparams
 
 
-def awq_input_scale(weight: Tensor, inputs: Tensor, fmt: str, *, group_size: int | None, symmetric: bool = True,
+def awq_input_scale(weight: Tensor, inputs: Tensor, fmt: str, *, granularity: Granularity, symmetric: bool = True,
                     grid: int = 20) -> tuple[Tensor, float | None]:
     """Best per-input-channel scale (in,) and the alpha that gave it (None: no scaling won).
 
@@ -31,24 +31,24 @@ def awq_input_scale(weight: Tensor, inputs: Tensor, fmt: str, *, group_size: int
     x = inputs.float()  # (n, in)
     reference = x @ W.T  # (n, out)
     x_mean = x.abs().mean(0).clamp_min(1e-8)  # (in,)
-    w_mean = _relative_weight_magnitude(W, group_size).clamp_min(1e-8)  # (in,)
+    w_mean = _relative_weight_magnitude(W, granularity).clamp_min(1e-8)  # (in,)
     # no scaling at all is the first candidate, so the search never does worse than plain rounding
-    plain = (x @ _round_trip(W, fmt, group_size, symmetric).T - reference).pow(2).mean().item()
+    plain = (x @ _round_trip(W, fmt, granularity, symmetric).T - reference).pow(2).mean().item()
     best_error, best_scale, best_alpha = plain, torch.ones_like(x_mean), None
     for k in range(grid):
         alpha = k / grid
         s = (x_mean.pow(alpha) / w_mean.pow(1 - alpha)).clamp_min(1e-4)
         s = s / (s.max() * s.min()).sqrt()
-        Wq = _round_trip(W * s, fmt, group_size, symmetric) / s
+        Wq = _round_trip(W * s, fmt, granularity, symmetric) / s
         error = (x @ Wq.T - reference).pow(2).mean().item()
         if error < best_error:
             best_error, best_scale, best_alpha = error, s, alpha
     return best_scale, best_alpha
 
 
-def _relative_weight_magnitude(W: Tensor, group_size: int | None) -> Tensor:
+def _relative_weight_magnitude(W: Tensor, granularity: Granularity) -> Tensor:
     """Mean over output rows of |w| relative to its group's absmax, per input channel (in,)."""
-    g = group_size or W.shape[1]
+    g = granularity.group_len(W.shape[1])
     relative = torch.empty_like(W)
     for start in range(0, W.shape[1], g):
         block = W[:, start:start + g].abs()
@@ -56,11 +56,11 @@ def _relative_weight_magnitude(W: Tensor, group_size: int | None) -> Tensor:
     return relative.mean(0)
 
 
-def awq_clip(weight: Tensor, inputs: Tensor, fmt: str, *, group_size: int | None, symmetric: bool = True,
+def awq_clip(weight: Tensor, inputs: Tensor, fmt: str, *, granularity: Granularity, symmetric: bool = True,
              grid: int = 20, max_shrink: float = 0.5) -> tuple[Tensor, Tensor | None]:
     """Scales and zero points (out, n_groups) of the clipped ranges that minimise each group's output error."""
     W, x = weight.detach().float(), inputs.float()  # (out, in), (n, in)
-    g = group_size or W.shape[1]
+    g = granularity.group_len(W.shape[1])
     scales, zeros = [], []
     for start in range(0, W.shape[1], g):
         Wg, xg = W[:, start:start + g], x[:, start:start + g]  # (out, g), (n, g)
@@ -81,9 +81,9 @@ def awq_clip(weight: Tensor, inputs: Tensor, fmt: str, *, group_size: int | None
     return torch.cat(scales, 1), None if zeros[0] is None else torch.cat(zeros, 1)
 
 
-def _round_trip(W: Tensor, fmt: str, group_size: int | None, symmetric: bool) -> Tensor:
+def _round_trip(W: Tensor, fmt: str, granularity: Granularity, symmetric: bool) -> Tensor:
     """W rounded onto its own group grids (no packing: this runs once per alpha)."""
-    g = group_size or W.shape[1]
+    g = granularity.group_len(W.shape[1])
     out = torch.empty_like(W)
     for start in range(0, W.shape[1], g):
         block = W[:, start:start + g]

@@ -17,29 +17,27 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from slimkit.formats import fake_quantize, qparams
+from slimkit.calibration.obs import inverse_hessian_factor, obs_sweep, without_dead_inputs
+from slimkit.formats import Granularity, PerChannel, fake_quantize, qparams
 
 CLIP_GRID, CLIP_MAX_SHRINK, CLIP_NORM = 100, 0.8, 2.4  # the reference GPTQ Quantizer's defaults
 
 
-def gptq(weight: Tensor, hessian: Tensor, fmt: str, *, group_size: int | None, symmetric: bool = True,
+def gptq(weight: Tensor, hessian: Tensor, fmt: str, *, granularity: Granularity, symmetric: bool = True,
          damp: float = 0.01, block_size: int = 128, act_order: bool = False, static_groups: bool = False,
          mse_clip: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
     """Quantized weight (out, in) float32 plus its scales and zero points (out, n_groups).
 
-    ``hessian`` is X^T X (in, in) summed over the calibration tokens (any positive factor).
+    ``hessian`` is X^T X (in, in) summed over the calibration tokens (any positive factor);
+    ``granularity`` is PerGroup(n) or PerChannel().
 
-    >>> q, scales, zeros = gptq(torch.randn(8, 32), torch.eye(32), "int4", group_size=16)
+    >>> q, scales, zeros = gptq(torch.randn(8, 32), torch.eye(32), "int4", granularity=PerGroup(16))
     """
-    W = weight.detach().float().clone()  # (out, in)
-    H = hessian.detach().double().clone()  # (in, in); float64 keeps the Cholesky factorisation stable
+    W, H = without_dead_inputs(weight, hessian)
     cols = W.shape[1]
-    dead = H.diagonal() == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
-    g = group_size or cols
+    g = granularity.group_len(cols)
     starts = list(range(0, cols, g))
-    static = act_order or static_groups or group_size is None
+    static = act_order or static_groups or isinstance(granularity, PerChannel)
 
     def group_params(w: Tensor) -> tuple[Tensor, Tensor | None]:
         return clip_qparams(w, fmt, symmetric=symmetric) if mse_clip else qparams(w, fmt, symmetric=symmetric, dim=1)
@@ -47,27 +45,16 @@ def gptq(weight: Tensor, hessian: Tensor, fmt: str, *, group_size: int | None, s
     params = [group_params(W[:, s:s + g]) for s in starts] if static else [None] * len(starts)
     perm = torch.argsort(H.diagonal(), descending=True) if act_order else torch.arange(cols)
     W, H = W[:, perm], H[perm][:, perm]
-    H.diagonal().add_(damp * H.diagonal().mean())
-    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).float()
+
+    def rounded(block: Tensor, i: int, col: int) -> Tensor:
+        if not static and col % g == 0:  # a new group starts here, inside this block
+            params[col // g] = group_params(block[:, i:i + g])
+        scale, zero = params[int(perm[col]) // g]  # (out, 1) each
+        return fake_quantize(block[:, i:i + 1], fmt, scale, zero)
+
+    # blocks are whole groups, so each group's scale comes from fully updated weights
     step = block_size if static else max(g, block_size // g * g)
-    Q = torch.zeros_like(W)
-    for i1 in range(0, cols, step):
-        i2 = min(i1 + step, cols)
-        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
-        Err1 = torch.zeros_like(W1)
-        for i in range(i2 - i1):
-            col = i1 + i
-            if not static and col % g == 0:  # a new group starts here, inside this block
-                params[col // g] = group_params(W1[:, i:i + g])
-            scale, zero = params[int(perm[col]) // g]  # (out, 1) each
-            w = W1[:, i:i + 1]  # (out, 1)
-            q = fake_quantize(w, fmt, scale, zero)
-            Q[:, col] = q[:, 0]
-            err = (w - q) / Hinv1[i, i]  # (out, 1)
-            W1[:, i:] -= err @ Hinv1[i:i + 1, i:]
-            Err1[:, i] = err[:, 0]
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-    Q = Q[:, torch.argsort(perm)]
+    Q = obs_sweep(W, inverse_hessian_factor(H, damp), step, rounded)[:, torch.argsort(perm)]
     scales = torch.cat([p[0] for p in params], dim=1)
     zeros = None if params[0][1] is None else torch.cat([p[1] for p in params], dim=1)
     return Q, scales, zeros

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from slimkit.pruning.api import PruneReport, prune
+from slimkit import registry
+from slimkit.pruning.api import PruneReport
 from slimkit.pruning.config import PruneConfig
 from slimkit.training import TrainConfig
-from slimkit.training.finetune import finetune_masked
 
 
 @dataclass(frozen=True)
@@ -29,26 +29,21 @@ class PruneRecipe:
 
 
 def task_calibration(model: nn.Module, config: PruneConfig, task: str | None = None) -> list | None:
-    """Calibration batches from the task's training split: (inputs, targets) for taylor, inputs otherwise."""
-    if not config.needs_calibration:
-        return None
+    """Calibration batches from the task's training split, as the registered prune technique draws them:
+    (inputs, targets) for taylor, inputs for the other data-driven importances, None for the rest."""
     from slimkit.models.tasks import get_task, infer_task
+    from slimkit.techniques import prune_calibration
 
-    task_obj = get_task(task or infer_task(model))
-    if config.method == "taylor":
-        source = task_obj.training_batches(model, 64, seed=config.seed)
-        return [source.next() for _ in range(config.calibration_batches)]
-    return task_obj.calibration(config.calibration_batches)
+    return prune_calibration(model, config, registry.Inputs(data=get_task(task or infer_task(model))))
 
 
 def run_recipe(model: nn.Module, recipe: PruneRecipe, task: str | None = None) -> PruneReport:
-    """Prune ``model`` in place as ``recipe`` says and fine-tune it (pruned weights stay zero)."""
+    """Prune ``model`` in place as ``recipe`` says and fine-tune it (pruned weights stay zero), through the
+    registered prune and finetune techniques."""
     from slimkit.models.tasks import get_task, infer_task
 
-    report = prune(model, recipe.prune, task_calibration(model, recipe.prune, task))
+    inputs = registry.Inputs(data=get_task(task or infer_task(model)), batch_size=recipe.batch_size)
+    report = registry.apply(model, "prune", recipe.prune, inputs).report
     if recipe.finetune is not None:
-        batches = get_task(task or infer_task(model)).training_batches(model, recipe.batch_size,
-                                                                        recipe.finetune.seed)
-        finetune_masked(model, batches, recipe.finetune)
+        registry.apply(model, "finetune", recipe.finetune, inputs)
     return report
-

@@ -26,17 +26,12 @@ from pathlib import Path
 
 import yaml
 
-from slimkit.distillation import DistillConfig
+from slimkit import registry
+from slimkit.configs import accepted_keys, canonical, field_names, plain
 from slimkit.errors import UserInputError
-from slimkit.lowrank import LowRankConfig
-from slimkit.pruning import PruneConfig
-from slimkit.quantization import ActivationQuantConfig, WeightQuantConfig
 from slimkit.recipes.yaml_errors import RecipeError, error_at, load_yaml
 from slimkit.training import TrainConfig
 
-TECHNIQUES = {"prune": PruneConfig, "finetune": TrainConfig, "distill": DistillConfig, "factorize": LowRankConfig,
-              "quantize": WeightQuantConfig, "quantize_activations": ActivationQuantConfig}
-PATTERNED = ("prune", "factorize", "quantize", "quantize_activations")  # configs with include/exclude
 STEP_KEYS = ("name", "overrides", "batch_size", "train", "student")
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 
@@ -71,7 +66,7 @@ class Step:
     def to_dict(self) -> dict:
         data: dict = {"name": self.name, self.technique: changed_fields(self.config)}
         if self.overrides:
-            data["overrides"] = {p: ("skip" if c is None else _plain(c)) for p, c in self.overrides}
+            data["overrides"] = {p: ("skip" if c is None else plain(c)) for p, c in self.overrides}
         if self.train is not None:
             data["train"] = changed_fields(self.train)
         if self.technique in ("finetune", "distill") or self.train is not None:
@@ -144,19 +139,22 @@ def parse_recipe(text: str, source: str = "recipe") -> Recipe:
 def _parse_step(raw, path: tuple, source: str, lines: dict) -> Step:
     if not isinstance(raw, dict):
         raise error_at(source, lines, path, f"a step is a mapping like '- prune: {{sparsity: 0.9}}', not {raw!r}")
-    kinds = [k for k in raw if k in TECHNIQUES]
-    others = [k for k in raw if k not in TECHNIQUES and k not in STEP_KEYS]
+    techniques = registry.techniques(recipe=True)
+    kinds = [k for k in raw if k in techniques]
+    others = [k for k in raw if k not in techniques and k not in STEP_KEYS]
     if others:
-        raise error_at(source, lines, path + (others[0],), f"unknown step key; techniques: {', '.join(TECHNIQUES)}; "
+        raise error_at(source, lines, path + (others[0],), f"unknown step key; techniques: {', '.join(techniques)}; "
                        f"step settings: {', '.join(STEP_KEYS)}")
     if len(kinds) != 1:
-        raise error_at(source, lines, path, f"a step names exactly one technique of {', '.join(TECHNIQUES)} "
+        raise error_at(source, lines, path, f"a step names exactly one technique of {', '.join(techniques)} "
                        f"(found {', '.join(kinds) or 'none'})")
     kind = kinds[0]
-    config = build_checked(TECHNIQUES[kind], raw[kind] or {}, path + (kind,), source, lines)
+    technique = techniques[kind]
+    config = build_checked(technique.config, raw[kind] or {}, path + (kind,), source, lines)
     train = raw.get("train")
     if train is not None:
-        if not (kind == "distill" or (kind == "quantize_activations" and config.mode == "qat")):
+        # a step whose config is itself a TrainConfig (finetune) trains by it; others take train: if they train
+        if not technique.needs_training(config) or technique.config is TrainConfig:
             raise error_at(source, lines, path + ("train",), "only distill and QAT steps train; use a finetune step")
         train = build_checked(TrainConfig, train, path + ("train",), source, lines)
     batch_size = raw.get("batch_size", 64)
@@ -179,9 +177,10 @@ def _parse_step(raw, path: tuple, source: str, lines: dict) -> Step:
 def _parse_overrides(raw, kind: str, config, path: tuple, source: str, lines: dict) -> tuple:
     if raw is None:
         return ()
-    if kind not in PATTERNED:
+    patterned = [n for n, t in registry.techniques(recipe=True).items() if t.patterned]
+    if kind not in patterned:
         raise error_at(source, lines, path, f"{kind} steps apply to the whole model; overrides work for "
-                       f"{', '.join(PATTERNED)}")
+                       f"{', '.join(patterned)}")
     if not isinstance(raw, dict) or not raw:
         raise error_at(source, lines, path, "give a mapping of layer pattern -> settings (or 'skip')")
     result = []
@@ -195,8 +194,8 @@ def _parse_overrides(raw, kind: str, config, path: tuple, source: str, lines: di
         for key in ("include", "exclude"):
             if key in changes:
                 raise error_at(source, lines, path + (pattern, key), "the pattern itself selects the layers here")
-        build_checked(type(config), {**_plain(config.to_dict()), **changes}, path + (pattern,), source, lines,
-                      given=changes)
+        build_checked(type(config), {**config.to_dict(), **canonical(type(config), changes)}, path + (pattern,),
+                      source, lines, given=changes)
         result.append((str(pattern), dict(changes)))
     return tuple(result)
 
@@ -205,12 +204,12 @@ def build_checked(cls, data, path: tuple, source: str, lines: dict, given: dict 
     """``cls(**data)``; an unknown field or a bad value is a RecipeError at that field's line."""
     if not isinstance(data, dict):
         raise error_at(source, lines, path, f"expected a mapping of {cls.__name__} settings, got {data!r}")
-    fields = [f.name for f in dataclasses.fields(cls)]
+    fields = field_names(cls)
     for key in data:
-        if key not in fields:
+        if key not in accepted_keys(cls):  # old names (calib_samples, group_size) still read
             raise error_at(source, lines, path + (key,), f"unknown {cls.__name__} setting; known: {', '.join(fields)}")
     try:
-        return cls(**data)
+        return cls(**canonical(cls, data))
     except (UserInputError, TypeError, ValueError) as exc:
         named = [k for k in (given if given is not None else data) if re.search(rf"\b{re.escape(k)}\b", str(exc))]
         field = named[0] if named else None
@@ -222,18 +221,9 @@ def build_checked(cls, data, path: tuple, source: str, lines: dict, given: dict 
 def changed_fields(config) -> dict:
     """The fields of a config dataclass that differ from their defaults, as plain YAML values."""
     defaults = {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
-    data = _plain(config.to_dict())
+    data = plain(config.to_dict())
     return {k: v for k, v in data.items()
-            if k not in defaults or not (v == _plain(defaults[k]) or (v in ({}, []) and defaults[k] in ((), None)))}
+            if k not in defaults or not (v == plain(defaults[k]) or (v in ({}, []) and defaults[k] in ((), None)))}
 
 
-def _plain(value):
-    """Tuples as lists, so that yaml.safe_dump writes plain YAML."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-__all__ = ["PATTERNED", "Recipe", "RecipeError", "Step", "TECHNIQUES", "builtin_recipes", "load_recipe", "parse_recipe"]
+__all__ = ["Recipe", "RecipeError", "Step", "builtin_recipes", "load_recipe", "parse_recipe"]

@@ -131,7 +131,8 @@ def apply_proxy(model: nn.Module, choice: dict[str, str], space: LayerSpace) -> 
     for name, option in choice.items():
         weight = modules[name].weight if option in BITS or option in SPARSITIES else None
         if option in BITS:
-            encoded = quantize(weight.detach().reshape(weight.shape[0], -1), option, **_layout(space, option),
+            encoded = quantize(weight.detach().reshape(weight.shape[0], -1), option,
+                               granularity=_granularity(space, option),
                                scale_dtype=torch.float32 if space.conv else torch.float16)
             if not gptq:
                 with torch.no_grad():
@@ -141,12 +142,13 @@ def apply_proxy(model: nn.Module, choice: dict[str, str], space: LayerSpace) -> 
             compact = encode_sparse(weight.detach())
             saved += weight.numel() * 4 - sum(t.nbytes for t in compact[1].values()) if compact else 0
     if gptq:  # error compensation cannot be simulated weight by weight: the real transform, as the recipe runs it
-        from slimkit.quantization import quantize as quantize_model
+        from slimkit import registry
 
+        inputs = registry.Inputs(calib=registry.Batches(space.calib), paths=None)
         for option in BITS:
             layers = tuple(sorted(n for n, o in choice.items() if o == option))
             if layers:
-                quantize_model(result, _weight_config(option, layers, space), calib=list(space.calib))
+                registry.apply(result, "quantize", _weight_config(option, layers, space), inputs)
     return result, stored - saved
 
 
@@ -174,16 +176,16 @@ def _structure_steps(choice: dict[str, str]) -> list:
 def _weight_config(option: str, layers: tuple[str, ...], space: LayerSpace):
     from slimkit.quantization import WeightQuantConfig
 
-    return WeightQuantConfig(option, group_size=None if option == "int8" else space.group, include=layers,
-                             method=space.method, calib_samples=CALIB,
+    return WeightQuantConfig(option, granularity=_granularity(space, option), include=layers,
+                             method=space.method, calibration_batches=CALIB,
                              embeddings=any(n in space.embeddings for n in layers))
 
 
-def _layout(space: LayerSpace, option: str) -> dict:
+def _granularity(space: LayerSpace, option: str):
     """The real step's layout: per output channel for int8 activations and for int8 weights, else groups."""
-    if space.conv or option == "int8":
-        return {"granularity": "channel"}
-    return {"granularity": "group", "group_size": space.group}
+    from slimkit.formats import PerChannel, PerGroup
+
+    return PerChannel() if space.conv or option == "int8" else PerGroup(space.group)
 
 
 def float_bytes(model: nn.Module) -> int:
@@ -231,7 +233,7 @@ def choice_recipe(choice: dict[str, str], space: LayerSpace, name: str = "auto",
         layers = tuple(sorted(n for n, o in choice.items() if o == option))
         if not layers:
             continue
-        config = (ActivationQuantConfig(mode="static", weight_bits=bits, include=layers, calib_batches=CALIB)
+        config = (ActivationQuantConfig(mode="static", weight_bits=bits, include=layers, calibration_batches=CALIB)
                   if space.conv else _weight_config(option, layers, space))
         steps.append(Step("quantize_activations" if space.conv else "quantize", config, option))
     if not steps:

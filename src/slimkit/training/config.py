@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import ClassVar
 
-from slimkit.configs import build_config
+from slimkit.configs import Config
 from slimkit.errors import UserInputError
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
@@ -13,11 +14,13 @@ SCHEDULES = ("cosine", "constant")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Config):
     """How ``slimkit.train`` trains.
 
     >>> TrainConfig(steps=200, lr=1e-3, precision="bf16", accumulate=4, checkpointing="blocks")  # doctest: +SKIP
     """
+
+    WHAT: ClassVar[str] = "training"
 
     steps: int = 100
     """Optimizer steps (each made of ``accumulate`` micro-batches)."""
@@ -87,12 +90,6 @@ class TrainConfig:
             object.__setattr__(self, "checkpointing", tuple(self.checkpointing))
         object.__setattr__(self, "betas", tuple(self.betas))
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        return build_config(cls, data, "training")
 
 
 def _positive(name: str, value: int) -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
+from typing import ClassVar
 
-from slimkit.configs import build_config
+from slimkit.configs import Config
 from slimkit.errors import UserInputError
 from slimkit.selection import as_patterns
 
@@ -15,7 +15,7 @@ GRANULARITIES = ("token", "tensor")
 
 
 @dataclass(frozen=True)
-class ActivationQuantConfig:
+class ActivationQuantConfig(Config):
     """What to quantize and how; activations are always int8, weights int8 down to int2.
 
     mode: "dynamic" (activation scales computed at run time), "static" (scales calibrated once
@@ -30,7 +30,8 @@ class ActivationQuantConfig:
         stay in float; None leaves it out (needs calibration).
     fuse: fold BatchNorm into the preceding conv and ReLU into the preceding Linear/conv first.
     include / exclude: fnmatch patterns of module names; empty include means every Linear/Conv2d.
-    calib_batches: calibration batches used (static, smoothquant, outliers).
+    calibration_batches: calibration batches used (static, smoothquant, outliers); ``calib_batches`` before
+        config version 1.
     lsq: QAT learns the activation and weight scales (LSQ, Esser et al. 2020) instead of observing them.
     freeze_observers_step: QAT step after which the activation ranges stay fixed (None: never).
     fold_bn_step: QAT step at which BatchNorm is folded into its conv (0: before training; None: at convert).
@@ -47,12 +48,18 @@ class ActivationQuantConfig:
     fuse: bool = True
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
-    calib_batches: int = 16
+    calibration_batches: int = 16
     lsq: bool = False
     freeze_observers_step: int | None = None
     fold_bn_step: int | None = 0
+    calib_batches: InitVar[int | None] = None  # the old name of calibration_batches, still accepted
 
-    def __post_init__(self) -> None:
+    WHAT: ClassVar[str] = "activation quantization"
+    ALIASES: ClassVar[dict] = {"calib_batches": "calibration_batches"}
+
+    def __post_init__(self, calib_batches: int | None) -> None:
+        if calib_batches is not None:
+            object.__setattr__(self, "calibration_batches", calib_batches)
         for name in ("include", "exclude"):
             object.__setattr__(self, name, as_patterns(getattr(self, name)))
         for name, value, choices in (("mode", self.mode, MODES), ("observer", self.observer, OBSERVERS),
@@ -71,8 +78,8 @@ class ActivationQuantConfig:
             raise UserInputError(f"smoothquant alpha={self.smoothquant}: must be in [0, 1], e.g. 0.5")
         if self.outlier_threshold is not None and self.outlier_threshold <= 0:
             raise UserInputError(f"outlier_threshold={self.outlier_threshold}: must be > 0, e.g. 6.0")
-        if self.calib_batches < 1:
-            raise UserInputError(f"calib_batches={self.calib_batches}: needs at least one batch")
+        if self.calibration_batches < 1:
+            raise UserInputError(f"calibration_batches={self.calibration_batches}: needs at least one batch")
         for name in ("freeze_observers_step", "fold_bn_step"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise UserInputError(f"{name}={getattr(self, name)}: a step number >= 0, or None")
@@ -80,10 +87,3 @@ class ActivationQuantConfig:
     @property
     def needs_calibration(self) -> bool:
         return self.mode == "static" or self.smoothquant is not None or self.outlier_threshold is not None
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ActivationQuantConfig:
-        return build_config(cls, data, "activation quantization")

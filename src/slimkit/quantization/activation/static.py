@@ -102,7 +102,7 @@ def calibrate(model: nn.Module, batches: Iterable) -> nn.Module:
     for batch in progress(batches, desc="calibrating activations", unit="batch"):
         model(**batch) if isinstance(batch, Mapping) else model(batch)
         count += 1
-        if count == preparation.config.calib_batches:
+        if count == preparation.config.calibration_batches:
             break
     if count == 0:
         raise UserInputError("calibration got zero batches; pass at least one model input, "
