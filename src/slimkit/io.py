@@ -30,8 +30,9 @@ from slimkit.atomic import locked, replacing_dir
 from slimkit.description import (ALGORITHM, build_config, check_description, check_hf_config, check_integrity,
                                  check_spec, digest)
 from slimkit.errors import ArtifactError, UserInputError
-from slimkit.formats.sparse import decode_sparse, encode_sparse
+from slimkit.formats.sparse import decode_sparse, encode_sparse, nonzero_bits
 from slimkit.manifest import get_manifest, set_manifest
+from slimkit.pruning.masks import attach_mask, masks
 from slimkit.untrusted import build_budget, parse_json, safetensors_header
 
 FORMAT = "slimkit-artifact"
@@ -72,6 +73,7 @@ def save(model: nn.Module, directory: str | Path, *, metrics: dict | None = None
         "manifest": get_manifest(model),
         # which parameters training leaves alone (e.g. a LoRA model's frozen base), restored by load
         "frozen": sorted(name for name, p in model.named_parameters() if not p.requires_grad),
+        "masks": _masks(model),
         "metrics": metrics or {},
         "weights": {"file": WEIGHTS_FILE, "bytes": len(weights), "sha256": hashlib.sha256(weights).hexdigest()},
     }
@@ -96,6 +98,11 @@ def load(directory: str | Path, *, check_integrity: bool = True) -> nn.Module:
     to save it again); every other check still applies.
     """
     directory = Path(directory)
+    from slimkit.deployment.imports import importer_for  # GGUF files, compressed-tensors folders
+
+    importer = importer_for(directory)
+    if importer is not None:
+        return importer(directory)
     if not directory.is_dir():
         raise ArtifactError(f"{directory}: no such directory; pass the folder that slimkit.save wrote")
     if not (directory / META_FILE).exists():
@@ -124,6 +131,7 @@ def load(directory: str | Path, *, check_integrity: bool = True) -> nn.Module:
     frozen = set(meta.get("frozen", []))
     for name, param in model.named_parameters():
         param.requires_grad_(name not in frozen)
+    _attach_masks(model, meta.get("masks", {}), path)
     set_manifest(model, meta.get("manifest", []))
     return model.eval()
 
@@ -262,6 +270,31 @@ def _rebuild_replaced_modules(model: nn.Module, records: dict[str, dict], source
             model.set_submodule(name, module)
         except (AttributeError, TypeError) as exc:
             raise ArtifactError(f"{source}: replaced_modules names {name!r}, which the model lacks ({exc})") from None
+
+
+def _masks(model: nn.Module) -> dict[str, list[int]]:
+    """Pruning masks still attached (training after this load must keep the zeros), as {module: exceptions}.
+
+    A mask is the weight's non-zero pattern, so only the flat indices of kept weights that are exactly
+    +0.0 need recording (almost never any): the artifact grows by nothing.
+    """
+    records = {}
+    for name, keep in masks(model).items():
+        weight = model.get_submodule(name).weight.detach().masked_fill(~keep, 0)
+        records[name] = (keep & ~nonzero_bits(weight)).flatten().nonzero().flatten().tolist()
+    return records
+
+
+def _attach_masks(model: nn.Module, records: dict[str, list[int]], path: Path) -> None:
+    for name, exceptions in records.items():
+        try:
+            weight = model.get_submodule(name).weight
+            keep = nonzero_bits(weight.detach())
+            keep.view(-1)[torch.tensor(exceptions, dtype=torch.long)] = True
+            attach_mask(model.get_submodule(name), keep)
+        except (AttributeError, IndexError, KeyError, TypeError, RuntimeError) as exc:
+            raise ArtifactError(f"{path}: masks.{name} does not fit the model ({type(exc).__name__}: "
+                                f"{' '.join(str(exc).split())[:150]})") from None
 
 
 def _unique_tensors(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:

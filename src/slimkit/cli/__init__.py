@@ -58,6 +58,16 @@ def layer_patterns(p: argparse.ArgumentParser) -> None:
                    help="leave out layers whose name matches (fnmatch; repeatable)")
 
 
+def task_arguments(p: argparse.ArgumentParser, purpose: str = "task to evaluate on") -> None:
+    """--task and --data, the same for every verb that measures a model."""
+    p.add_argument("--task", choices=["digits", "pycorpus", "minilm", "causal-lm", "encoder", "classifier"],
+                   help=f"{purpose} (default: inferred; a Hugging Face folder's from its config's architecture: "
+                        "causal-lm perplexity, encoder embedding cosine, classifier agreement with the float model)")
+    p.add_argument("--data", metavar="FILE", help="Hugging Face models: your own data for calibration and evaluation "
+                   "(plain text for causal LMs, one sentence per line for encoders, JSON lines with text and label "
+                   "for classifiers; the last 20%% held out for evaluation)")
+
+
 def _verb_module(verb: str):
     import importlib
 
@@ -98,3 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 141  # what a shell reports for a process killed by SIGPIPE (128 + 13)
+    finally:
+        from slimkit.cli.output import release
+
+        release()  # the --out locks the verb took

@@ -5,6 +5,11 @@ from __future__ import annotations
 import json
 
 from slimkit.cli import positive_int
+from slimkit.cli.output import add_force, claim_out
+
+# what compress writes in --out: step artifacts, the final artifact, the report, a search's files
+OUT_FILES = ("model/*", "steps/*", "report.json", "report.md", "recipe.yaml", "search.json", "search.db",
+             "pareto.png")
 
 HELP = ("Compress a model with a recipe (YAML steps: prune, finetune, distill, factorize, quantize, "
         "quantize_activations; per-layer overrides by name pattern), resumable after an interruption; or search "
@@ -20,6 +25,7 @@ EXAMPLE = ("example:\n  slimkit compress --list\n  slimkit compress ~/.cache/sli
 def add_arguments(p) -> None:
     p.add_argument("model_dir", metavar="MODEL_DIR", nargs="?")
     p.add_argument("--out", help="folder for the steps, the final artifact (DIR/model) and the report")
+    add_force(p)
     p.add_argument("--list", action="store_true", help="list the built-in recipes and exit")
     p.add_argument("--recipe", help="a recipe YAML file or the name of a built-in recipe")
     p.add_argument("--max-drop", metavar="DROP", help="search: largest quality loss allowed, e.g. 1%% (of the "
@@ -43,6 +49,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    claim_out(args, args.model_dir, owned=OUT_FILES, reuse=True)  # a re-run resumes in --out
     from slimkit.errors import UserInputError
     from slimkit.recipes import builtin_recipes
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from slimkit.cli import positive_int
+from slimkit.cli.output import add_force, claim_out
 
 HELP = ("Knowledge distillation: train a student (a new architecture from a spec, or a saved model to recover "
         "after pruning/quantization) to mimic a teacher, and print teacher, student-before and student-after "
@@ -42,10 +43,12 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the student's init and the batches (default 0)")
     p.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
     p.add_argument("--out", help="save the trained student as a slimkit artifact here")
+    add_force(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 def run(args) -> int:
+    claim_out(args, args.teacher, args.student)
     from slimkit.distillation import DistillConfig, distill
     from slimkit.errors import UserInputError
     from slimkit.models.tasks import get_task, infer_task

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from slimkit.cli import layer_patterns, positive_int
+from slimkit.cli.output import add_force, claim_out
 
 HELP = ("Low-rank factorization: truncated SVD of Linear layers, Tucker-2 (or spatial SVD) of Conv2d layers, "
         "the rank chosen by --energy, --rank or --param-budget; optionally fine-tunes on the task's training "
@@ -19,6 +20,7 @@ def add_arguments(p) -> None:
 
     p.add_argument("model_dir", metavar="MODEL_DIR")
     p.add_argument("--out", required=True, help="folder for the factorized artifact")
+    add_force(p)
     rule = p.add_mutually_exclusive_group(required=True)
     rule.add_argument("--energy", type=float, help="keep this fraction of each layer's squared singular values")
     rule.add_argument("--rank", type=positive_int, help="the same rank for every layer")
@@ -37,6 +39,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    claim_out(args, args.model_dir)
     from slimkit.errors import UserInputError
     from slimkit.models.tasks import evaluate
     from slimkit.evaluation.report import markdown_table

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from slimkit.cli import positive_int
+from slimkit.cli.output import add_force, claim_out
 
 HELP = ("Federated averaging on the digits: the training split divided over simulated clients (non-IID by a "
         "Dirichlet(alpha) split of each class, or IID), local SGD epochs per round, client sampling, weighted "
@@ -37,10 +38,12 @@ def add_arguments(p) -> None:
                    "torch.distributed (torchrun, gloo): each trains its share of every round's clients (default 1)")
     p.add_argument("--eval-every", type=positive_int, default=10, help="rounds between test accuracies (default 10)")
     p.add_argument("--out", help="save the global model as a slimkit artifact here")
+    add_force(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def run(args) -> int:
+    claim_out(args)
     import torch
 
     from slimkit.data import digits

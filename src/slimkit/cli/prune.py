@@ -6,6 +6,7 @@ import argparse
 import json
 
 from slimkit.cli import layer_patterns, positive_int
+from slimkit.cli.output import add_force, claim_out
 
 HELP = ("Pruning: unstructured (magnitude, l2, random, taylor, wanda, sparsegpt; per layer or global), N:M, or "
         "structured (--structured --ratio: channels, neurons and heads physically removed through a dependency "
@@ -31,6 +32,7 @@ def add_arguments(p) -> None:
 
     p.add_argument("model_dir", metavar="MODEL_DIR")
     p.add_argument("--out", required=True, help="folder for the pruned artifact")
+    add_force(p)
     p.add_argument("--sparsity", type=float, default=0.0, help="fraction of weights zeroed, in [0, 1)")
     p.add_argument("--method", choices=sorted(set(UNSTRUCTURED_METHODS + STRUCTURED_METHODS)),
                    help="importance (default: magnitude, or l1 with --structured)")
@@ -52,6 +54,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    claim_out(args, args.model_dir)
     from slimkit.errors import UserInputError
     from slimkit.models.tasks import evaluate
     from slimkit.evaluation.report import markdown_table

@@ -6,7 +6,7 @@ import argparse
 import json
 import re
 
-from slimkit.cli import layer_patterns, positive_int
+from slimkit.cli import layer_patterns, positive_int, task_arguments
 
 HELP = ("Weight-only post-training quantization of every Linear layer (RTN, GPTQ or AWQ) into packed "
         "codes, or with --activations int8 weights and activations to int8 (dynamic, static with "
@@ -63,7 +63,7 @@ def add_arguments(p) -> None:
                    help="let faster paths that keep a float or bf16 copy in while the quantized layers' resident "
                         "weights fit: bytes (e.g. 300MB, 1.5GiB) or a fraction of their float32 size (e.g. 0.5x); "
                         "default: one copy of each weight, the stored size")
-    p.add_argument("--task", choices=["digits", "pycorpus", "minilm"], help="task for the table (default: inferred)")
+    task_arguments(p, "task for the table and calibration")
     p.add_argument("--threads", type=positive_int, default=2, help="torch threads for latency (default 2)")
     p.add_argument("--json", action="store_true", help="print both records and the manifest as JSON")
 
@@ -82,19 +82,19 @@ def memory_budget(text: str) -> int | float:
 
 
 def run(args) -> int:
+    from slimkit.models.hf_tasks import cli_task
     from slimkit.models.tasks import evaluate
-    from slimkit.models.tasks import infer_task
     from slimkit.io import load
 
     model = load(args.model_dir)
-    task = args.task or infer_task(model)
+    task = cli_task(model, args.model_dir, args.task, args.data)
     before = evaluate(model, task, name="before", threads=args.threads)
     quantize_model = _quantize_activations if args.activations else _quantize_weights
     config, label = quantize_model(model, task, args)
     return _report(model, task, before, config, label, args)
 
 
-def _quantize_weights(model, task: str, args):
+def _quantize_weights(model, task, args):
     from slimkit.models.tasks import get_task
     from slimkit.quantization import WeightQuantConfig, quantize
     from slimkit.quantization.paths import choose_paths
@@ -106,14 +106,15 @@ def _quantize_weights(model, task: str, args):
         static_groups=args.static_groups, mse_clip=args.mse_clip, awq_scale=args.awq_scale,
         scale_dtype="float32" if args.fp32_scales else "float16",
         calib_samples=args.calib_batches)
-    calib = get_task(args.calib or task).calibration(args.calib_batches) if args.method != "rtn" else None
+    calib_task = get_task(args.calib) if args.calib else task
+    calib = calib_task.calibration(args.calib_batches) if args.method != "rtn" else None
     quantize(model, config, calib=calib)
     if not args.keep_dequant:
         choose_paths(model, memory_budget=args.memory_budget, threads=args.threads)
     return config, (f"after ({args.method} {config.format})", f"weight-only {args.method}")
 
 
-def _quantize_activations(model, task: str, args):
+def _quantize_activations(model, task, args):
     from slimkit.errors import UserInputError
     from slimkit.models.tasks import get_task
     from slimkit.quantization import ActivationQuantConfig, QATSchedule, convert, prepare_qat, quantize
@@ -129,24 +130,27 @@ def _quantize_activations(model, task: str, args):
         freeze_observers_step=args.qat_steps // 2 if args.mode == "qat" else None)
     if args.mode == "qat":
         prepare_qat(model, config)
-        task_ = get_task(task)
-        train(model, task_.training_batches(model, 64), TrainConfig(steps=args.qat_steps, lr=1e-3, warmup=10,
+        train(model, task.training_batches(model, 64), TrainConfig(steps=args.qat_steps, lr=1e-3, warmup=10,
                                                                     threads=args.threads),
               callbacks=[QATSchedule(config)])
         convert(model)
     else:
-        calib = get_task(args.calib or task).calibration(args.calib_batches) if config.needs_calibration else None
+        calib_task = get_task(args.calib) if args.calib else task
+        calib = calib_task.calibration(args.calib_batches) if config.needs_calibration else None
         quantize(model, config, calib=calib)
     return config, (f"after (w{config.weight_bits}a8 {args.mode})", f"activation int8 {args.mode}")
 
 
-def _report(model, task: str, before, config, label: tuple[str, str], args) -> int:
+def _report(model, task, before, config, label: tuple[str, str], args) -> int:
     from slimkit.models.tasks import evaluate
     from slimkit.evaluation.report import markdown_table
+    from slimkit.hf import float_source
     from slimkit.io import save
     from slimkit.manifest import get_manifest
 
-    save(model, args.out, metrics={"quantize": config.to_dict()})
+    source = float_source(args.model_dir)  # a Hugging Face model's float folder, beside which it is measured
+    save(model, args.out, metrics={"quantize": config.to_dict(), **({"source": source} if source else {})},
+         companions=args.model_dir)
     after = evaluate(model, task, name=label[0], technique=label[1], baseline="before", artifact_dir=args.out,
                      threads=args.threads)
     manifest = get_manifest(model)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from slimkit.cli import positive_int
+from slimkit.cli.output import add_force, claim_out
 
 HELP = ("Train or fine-tune a model with slimkit's training loop: precision (fp32/tf32/bf16/fp16), gradient "
         "accumulation, activation checkpointing, 8-bit AdamW, LoRA/QLoRA adapters, resumable checkpoints. "
@@ -48,6 +49,7 @@ def add_arguments(p) -> None:
     p.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (default: end only)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
     p.add_argument("--out", help="save the trained model as a slimkit artifact here")
+    add_force(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--dp-epsilon", type=float, help="DP-SGD (digits): noise calibrated to spend this epsilon over "
                    "--steps; per-sample clipping replaces --clip; the logical batch is --batch-size x --accumulate")
@@ -57,6 +59,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    claim_out(args, args.model)
     from slimkit import lora
     from slimkit.evaluation import parameter_counts
     from slimkit.models.tasks import get_task, infer_task

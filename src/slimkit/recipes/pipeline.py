@@ -20,11 +20,13 @@ from pathlib import Path
 
 from torch import nn
 
+from slimkit.atomic import check_replaceable, write_file
 from slimkit.errors import SlimkitError
 from slimkit.recipes.recipe import Recipe, Step
 from slimkit.recipes.steps import apply_step
 
 STEPS_DIR, MODEL_DIR = "steps", "model"
+ARTIFACT_FILES = ("model.safetensors", "slimkit.json")
 
 
 class StepFailed(SlimkitError):
@@ -104,9 +106,10 @@ def _run_step(model: nn.Module, step: Step, index: int, task: str, calib: str, o
         reason = f"{type(exc).__name__}: {exc}"
         where = ""
         if out is not None:
-            (out / "report.json").write_text(json.dumps(
+            out.mkdir(parents=True, exist_ok=True)
+            write_file(out / "report.json", (json.dumps(
                 {"status": "failed", "failed_step": index + 1, "step": step.name, "reason": reason,
-                 "steps": result.steps}, indent=2) + "\n")
+                 "steps": result.steps}, indent=2) + "\n").encode())
             where = (f"; steps 1-{index} are saved under {out / STEPS_DIR} and a re-run resumes after them"
                      if index else f"; nothing was changed (report in {out / 'report.json'})")
         raise StepFailed(f"step {index + 1} ({step.name}, {step.technique}) failed: {reason}{where}") from exc
@@ -124,19 +127,17 @@ def _resume(folder: Path | None, digest: str) -> nn.Module | None:
     except SlimkitError:
         pass  # interrupted while saving, or a different recipe: redo the step
     for later in sorted(folder.parent.iterdir()):
-        if later.name >= folder.name:
-            shutil.rmtree(later)  # what came after a changed step is stale too
+        if later.name >= folder.name:  # what came after a changed step is stale too
+            check_replaceable(later, ARTIFACT_FILES)  # a folder holding anything else is not ours to delete
+            shutil.rmtree(later)
     return None
 
 
 def _save_step(model: nn.Module, folder: Path, digest: str, step: Step) -> None:
     from slimkit.io import save
 
-    partial = folder.with_name(folder.name + ".partial")  # renamed when complete: a kill never leaves half a step
-    if partial.exists():
-        shutil.rmtree(partial)
-    save(model, partial, metrics={"recipe_digest": digest, "recipe_step": step.to_dict()})
-    partial.rename(folder)
+    # save swaps a complete folder into place: a kill never leaves half a step; pruning masks are kept
+    save(model, folder, metrics={"recipe_digest": digest, "recipe_step": step.to_dict()})
 
 
 def _finish(result: PipelineResult, recipe: Recipe, out: Path, task: str, measure: bool, threads: int) -> None:
@@ -144,15 +145,13 @@ def _finish(result: PipelineResult, recipe: Recipe, out: Path, task: str, measur
     from slimkit.io import save
 
     final = out / MODEL_DIR
-    if final.exists():
-        shutil.rmtree(final)
     save(result.model, final, metrics={"recipe": recipe.to_dict()})
-    (out / "recipe.yaml").write_text(recipe.to_yaml())
+    write_file(out / "recipe.yaml", recipe.to_yaml().encode())
     if measure:
         result.after = evaluate(result.model, task, name=f"after {recipe.name}", technique=f"recipe {recipe.name}",
                                 baseline="before", artifact_dir=final, threads=threads)
-    (out / "report.json").write_text(json.dumps({"status": "done", **result.to_dict()}, indent=2) + "\n")
-    (out / "report.md").write_text(report_markdown(result, recipe))
+    write_file(out / "report.json", (json.dumps({"status": "done", **result.to_dict()}, indent=2) + "\n").encode())
+    write_file(out / "report.md", report_markdown(result, recipe).encode())
 
 
 def report_markdown(result: PipelineResult, recipe: Recipe) -> str:
