@@ -27,7 +27,8 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from slimkit.deployment import ExportRefused
-from slimkit.formats import unpack
+from slimkit.errors import ArtifactError
+from slimkit.formats import EncodedTensor, pack, unpack
 from slimkit.formats.registry import INT_BITS
 from slimkit.quantization.activation.modules import Int8Linear, weight_codes
 from slimkit.quantization.modules import QuantLinear
@@ -187,3 +188,104 @@ def _exact(values: Tensor, dtype: torch.dtype, name: str) -> Tensor:
         raise ExportRefused(f"layer {name!r}: its scales do not fit the model's {dtype} exactly; convert the model "
                             "to float32 before exporting (model.float())")
     return converted.contiguous()
+
+
+def unpack_int32(words: Tensor, bits: int, cols: int) -> Tensor:
+    """Inverse of ``pack_int32``: unsigned uint8 codes (rows, cols).
+
+    >>> unpack_int32(torch.tensor([[-2023406815]], dtype=torch.int32), 4, 8)
+    tensor([[1, 2, 3, 4, 5, 6, 7, 8]], dtype=torch.uint8)
+    """
+    rows = words.shape[0]
+    groups = math.ceil(cols / 32)
+    padded = torch.nn.functional.pad(words.to(torch.int64) & 0xFFFFFFFF, (0, groups * bits - words.shape[1]))
+    padded = padded.reshape(rows, groups, bits)
+    values = torch.zeros(rows, groups, 32, dtype=torch.int64)
+    for i in range(32):
+        word, shift = divmod(i * bits, 32)
+        value = padded[..., word] >> shift
+        if shift + bits > 32:
+            value = value | (padded[..., word + 1] << (32 - shift))
+        values[..., i] = value & (2**bits - 1)
+    return values.reshape(rows, -1)[:, :cols].to(torch.uint8)
+
+
+def load_folder(directory: Path) -> nn.Module:
+    """A transformers model from a compressed-tensors folder; its quantized Linear layers become QuantLinear
+    holding the folder's own codes and scales."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from slimkit.files import read_safetensors
+
+    data = json.loads((directory / "config.json").read_text())
+    quant = data.pop("quantization_config")
+    config = AutoConfig.for_model(**data)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    tensors = read_safetensors(directory / "model.safetensors", "the compressed-tensors folder is incomplete")
+    schemes = _schemes_by_layer(model, quant, directory)
+    for name, scheme in schemes.items():
+        parts = {key.removeprefix(f"{name}."): tensors.pop(key) for key in list(tensors) if key.startswith(f"{name}.")}
+        layer = model.get_submodule(name)
+        enc = _encoded_from(parts, scheme, layer, f"{directory}: layer {name!r}")
+        model.set_submodule(name, QuantLinear(layer.in_features, layer.out_features, enc, parts.get("bias")))
+    try:
+        result = model.load_state_dict(tensors, strict=False, assign=True)
+    except RuntimeError as exc:
+        raise ArtifactError(f"{directory / 'model.safetensors'}: tensors do not fit the configured model: {exc}") from None
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    missing = [k for k in result.missing_keys if k not in tied and k.rpartition(".")[0] not in schemes]
+    if missing or result.unexpected_keys:
+        raise ArtifactError(f"{directory / 'model.safetensors'}: tensors missing {missing[:3]} or unexpected "
+                            f"{result.unexpected_keys[:3]} for the model config.json describes")
+    model.tie_weights()
+    return model
+
+
+def _schemes_by_layer(model: nn.Module, quant: dict, directory: Path) -> dict[str, dict]:
+    ignored = set(quant.get("ignore") or [])
+    out = {}
+    for group in (quant.get("config_groups") or {}).values():
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Linear) and name not in ignored and (
+                    "Linear" in group["targets"] or name in group["targets"]):
+                out[name] = group
+    if not out:
+        raise ArtifactError(f"{directory}/config.json: quantization_config targets no Linear layer of the model")
+    return out
+
+
+def _encoded_from(parts: dict[str, Tensor], scheme: dict, layer: nn.Linear, where: str) -> EncodedTensor:
+    weights = scheme.get("weights") or {}
+    fmt, grouped = scheme.get("format"), weights.get("strategy") == "group"
+    if weights.get("strategy") not in ("group", "channel") or scheme.get("input_activations") is not None:
+        raise ArtifactError(f"{where}: scheme {fmt!r} with {weights.get('strategy')!r} weights and activations "
+                            f"{scheme.get('input_activations')} is not imported; slimkit imports weight-only "
+                            "group or channel schemes")
+    out_features, in_features = layer.out_features, layer.in_features
+    group = weights["group_size"] if grouped else in_features
+    scale = parts.get("weight_scale")
+    if scale is None or tuple(scale.shape) != (out_features, in_features // group):
+        raise ArtifactError(f"{where}: weight_scale {None if scale is None else tuple(scale.shape)} disagrees with "
+                            f"quantization_config ({weights.get('strategy')}, group {group}) for a "
+                            f"({out_features}, {in_features}) layer")
+    if "weight_g_idx" in parts and not torch.equal(parts["weight_g_idx"].long(), torch.arange(in_features) // group):
+        raise ArtifactError(f"{where}: an act-order weight_g_idx puts columns outside their contiguous group, "
+                            "which slimkit's group layout cannot hold")
+    scale = scale.float() if scale.dtype == torch.bfloat16 else scale
+    layout = dict(shape=(out_features, in_features), granularity="group" if grouped else "channel", axis=0,
+                  group_size=group if grouped else None, scale=scale.contiguous())
+    if fmt == "pack-quantized" and weights.get("type") == "int":
+        bits = weights["num_bits"]
+        if "weight_packed" not in parts or parts["weight_packed"].shape[0] != out_features:
+            raise ArtifactError(f"{where}: weight_packed is missing or has the wrong number of rows")
+        codes = unpack_int32(parts["weight_packed"], bits, in_features)
+        zero = None
+        if not weights.get("symmetric", True):
+            zero = unpack_int32(parts["weight_zero_point"].T, bits, out_features).T.contiguous()
+        return EncodedTensor(fmt=f"int{bits}", symmetric=zero is None, codes=pack(codes.reshape(-1), bits),
+                             zero_point=zero, **layout)
+    if fmt in ("naive-quantized", "float-quantized") and weights.get("type") == "float" and weights["num_bits"] == 8:
+        codes = parts["weight"].view(torch.uint8).reshape(-1)
+        return EncodedTensor(fmt="fp8_e4m3", symmetric=True, codes=codes.clone(), zero_point=None, **layout)
+    raise ArtifactError(f"{where}: format {fmt!r} with {weights.get('type')} {weights.get('num_bits')}-bit weights "
+                        "is not imported; slimkit imports pack-quantized int and fp8 weight-only layers")

@@ -63,7 +63,7 @@ def gguf_tensors(model: nn.Module) -> dict[str, tuple[Tensor, tuple[int, ...], i
     out = {}
     seen: set[int] = set()
     for name, module in model.named_modules():
-        gguf_name = _gguf_name(name)
+        gguf_name = gguf_name_of(name)
         if gguf_name is None:
             continue
         weight = module.weight if not isinstance(module, QuantLinear) else None
@@ -86,7 +86,8 @@ def gguf_tensors(model: nn.Module) -> dict[str, tuple[Tensor, tuple[int, ...], i
     return out
 
 
-def _gguf_name(name: str) -> str | None:
+def gguf_name_of(name: str) -> str | None:
+    """The GGUF tensor name of a Llama module name (None for modules without a GGUF tensor)."""
     if name == "model.embed_tokens":
         return "token_embd.weight"
     if name == "model.norm":

@@ -1,0 +1,89 @@
+"""slimkit.load of foreign checkpoints (GGUF, compressed-tensors) into QuantLinear layers without
+dequantizing: the same logits, and exporting again gives back the same bytes. Corrupt GGUF headers
+are one clear error, never a hang or a huge allocation."""
+
+import struct
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import slimkit
+from slimkit.cli import main
+from slimkit.errors import ArtifactError
+from slimkit.quantization import WeightQuantConfig
+from slimkit.quantization.modules import QuantLinear
+
+pytest.importorskip("transformers")
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits
+
+
+@pytest.mark.parametrize("fmt", ["int4", "int8"])
+def test_gguf_round_trip_keeps_codes_and_bytes(tiny_llama, token_ids, tmp_path, fmt):
+    slimkit.quantize(tiny_llama, WeightQuantConfig(fmt, group_size=32))
+    first = slimkit.export(tiny_llama, tmp_path / "a", to="gguf") / "model.gguf"
+    imported = slimkit.load(first)
+    layer = imported.model.layers[0].self_attn.q_proj
+    assert isinstance(layer, QuantLinear) and layer.encoded().fmt == fmt  # codes kept, not float weights
+    assert torch.equal(_logits(imported, token_ids), _logits(tiny_llama, token_ids))
+    second = slimkit.export(imported, tmp_path / "b", to="gguf") / "model.gguf"
+    assert first.read_bytes() == second.read_bytes()
+
+
+@pytest.mark.parametrize("config", [WeightQuantConfig("int4", group_size=32),
+                                    WeightQuantConfig("int3", group_size=32, symmetric=False),
+                                    WeightQuantConfig("fp8_e4m3", group_size=None)], ids=["int4", "int3-asym", "fp8"])
+def test_compressed_tensors_round_trip_keeps_codes_and_bytes(tiny_llama, token_ids, tmp_path, config):
+    slimkit.quantize(tiny_llama, config)
+    slimkit.export(tiny_llama, tmp_path / "a", to="compressed-tensors")
+    imported = slimkit.load(tmp_path / "a")
+    assert isinstance(imported.model.layers[1].mlp.down_proj, QuantLinear)
+    assert torch.equal(_logits(imported, token_ids), _logits(tiny_llama, token_ids))
+    slimkit.export(imported, tmp_path / "b", to="compressed-tensors")
+    a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert sorted(a) == sorted(b) and all(a[k].view(torch.uint8).equal(b[k].view(torch.uint8)) for k in a)
+    assert (tmp_path / "a" / "config.json").read_text() == (tmp_path / "b" / "config.json").read_text()
+
+
+def test_config_that_disagrees_with_tensors_is_refused(tiny_llama, tmp_path):
+    slimkit.quantize(tiny_llama, WeightQuantConfig("int4", group_size=32))
+    folder = slimkit.export(tiny_llama, tmp_path / "a", to="compressed-tensors")
+    text = (folder / "config.json").read_text().replace('"group_size": 32', '"group_size": 16')
+    (folder / "config.json").write_text(text)
+    with pytest.raises(ArtifactError, match="weight_scale .* disagrees with quantization_config"):
+        slimkit.load(folder)
+
+
+def _header(tensors: int, kvs: int) -> bytes:
+    return b"GGUF" + struct.pack("<IQQ", 3, tensors, kvs)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"GGML" + bytes(20), "no 'GGUF' magic"),
+    (b"GGUF" + struct.pack("<IQQ", 7, 0, 0), "version 7"),
+    (_header(2**62, 0), "more than its .* bytes can hold"),  # a huge count is refused before any loop
+    (_header(0, 1) + struct.pack("<Q", 2**40) + b"key", "runs past the end"),  # a string longer than the file
+    (_header(0, 0)[:12], "runs past the end"),  # truncated inside the header
+])
+def test_corrupt_gguf_header_is_one_clear_error(tmp_path, content, message):
+    path = tmp_path / "bad.gguf"
+    path.write_bytes(content)
+    with pytest.raises(ArtifactError, match=message):
+        slimkit.load(path)
+
+
+def test_gguf_of_another_architecture_is_refused_on_the_command_line(tiny_llama, tmp_path, capsys):
+    slimkit.quantize(tiny_llama, WeightQuantConfig("int4", group_size=32))
+    path = slimkit.export(tiny_llama, tmp_path / "a", to="gguf") / "model.gguf"
+    data = bytearray(path.read_bytes())
+    at = data.index(b"llama", data.index(b"general.architecture"))
+    data[at:at + 5] = b"gpt2x"
+    (tmp_path / "other.gguf").write_bytes(bytes(data))
+    capsys.readouterr()  # the quantization's progress lines
+    assert main(["export", str(tmp_path / "other.gguf"), "--to", "onnx", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "architecture 'gpt2x'; slimkit imports the llama family only" in err
