@@ -58,7 +58,7 @@ def run(args) -> int:
     from slimkit.errors import UserInputError
     from slimkit.models.tasks import evaluate
     from slimkit.evaluation.report import markdown_table
-    from slimkit.models.tasks import infer_task
+    from slimkit.models.tasks import get_task, infer_task
     from slimkit.io import load, save
     from slimkit.manifest import get_manifest
     from slimkit.pruning import PruneConfig
@@ -78,7 +78,7 @@ def run(args) -> int:
     model = load(args.model_dir)
     task = args.task or infer_task(model)
     before = evaluate(model, task, name="before", threads=args.threads)
-    swept = sensitivity(model) if args.sensitivity else None
+    swept = sensitivity(model, get_task(task)) if args.sensitivity else None
     report = run_recipe(model, PruneRecipe(config, finetune, args.batch_size), task)
     save(model, args.out, metrics={"prune": config.to_dict(), "finetune_steps": args.finetune_steps})
     label = f"{'structured ' if config.structured else ''}{method}" + (f" + {args.finetune_steps} steps"

@@ -87,3 +87,7 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.lm_head(self.ln_f(x))
+
+    def example_input(self) -> Tensor:
+        """A small batch of the shape ``forward`` takes (what structured pruning traces the model with)."""
+        return torch.zeros(2, self.config.block_size, dtype=torch.long)

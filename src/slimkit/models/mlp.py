@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 
@@ -33,3 +34,7 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+    def example_input(self) -> Tensor:
+        """A small batch of the shape ``forward`` takes (what structured pruning traces the model with)."""
+        return torch.zeros(2, self.config.in_features)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -62,3 +63,7 @@ class ResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         features = self.blocks(self.stem(x))  # (B, C, H, W)
         return self.head(features.mean(dim=(2, 3)))
+
+    def example_input(self) -> Tensor:
+        """A small batch of the shape ``forward`` takes (what structured pruning traces the model with)."""
+        return torch.zeros(2, self.config.in_channels, 8, 8)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from slimkit.errors import UserInputError
+from slimkit.losses import cross_entropy_loss
 from slimkit.manifest import add_entry
 from slimkit.pruning.config import PruneConfig
 from slimkit.pruning.importance import model_inputs
@@ -48,14 +49,16 @@ class PruneReport:
         return "\n".join(rows)
 
 
-def prune(model: nn.Module, config: PruneConfig, data=None, *, example_inputs=None) -> PruneReport:
+def prune(model: nn.Module, config: PruneConfig, data=None, *, example_inputs=None, loss_fn=cross_entropy_loss
+          ) -> PruneReport:
     """Prune ``model`` in place as ``config`` says; return the report (also appended to the manifest).
 
     Structured pruning (``config.structured``) runs first and replaces layers by smaller ones; then
     N:M or unstructured masks are attached (they stay applied through training; see masks.py).
     ``data``: calibration batches (model inputs, or (inputs, targets) pairs: taylor needs targets);
     ``example_inputs``: a model input for tracing (default: the first batch of ``data``, else the
-    task's calibration data for the reference models and MiniLM).
+    model's ``example_input()`` where it has one, as the zoo's models do); ``loss_fn(model, batch) ->
+    (summed loss, count)``: the loss taylor differentiates (``slimkit.train``'s signature).
 
     >>> report = prune(cnn, PruneConfig(sparsity=0.9, scope="global"))  # doctest: +SKIP
     >>> report = prune(cnn, PruneConfig(structured=True, ratio=0.5), data=batches)  # doctest: +SKIP
@@ -64,10 +67,10 @@ def prune(model: nn.Module, config: PruneConfig, data=None, *, example_inputs=No
     reports, notes = [], []
     if config.structured:
         example = example_inputs if example_inputs is not None else _example(model, data)
-        structured, notes = prune_structure(model, config, (example,), data)
+        structured, notes = prune_structure(model, config, (example,), data, loss_fn)
         reports += structured
     if config.sparsity > 0 or config.layer_sparsity or config.nm:
-        reports += prune_weights(model, config, data)
+        reports += prune_weights(model, config, data, loss_fn)
     for r in reports:
         entry = {"layer": r.layer, "technique": TECHNIQUE, "method": r.method, "unit": r.unit}
         if r.skipped:
@@ -83,12 +86,11 @@ def prune(model: nn.Module, config: PruneConfig, data=None, *, example_inputs=No
 
 
 def _example(model: nn.Module, data):
+    """The tracing input: the first calibration batch, else the model's own ``example_input()`` (the zoo's
+    models have one)."""
     if data:
         return model_inputs(data[:1])[0]
-    from slimkit.models.tasks import get_task, infer_task
-
-    try:
-        return get_task(infer_task(model)).calibration(1)[0]
-    except UserInputError:
-        raise UserInputError(f"structured pruning traces the model on an example input: pass example_inputs= "
-                             f"or data= for a {type(model).__name__}") from None
+    if callable(getattr(model, "example_input", None)):
+        return model.example_input()
+    raise UserInputError(f"structured pruning traces the model on an example input: pass example_inputs= "
+                         f"or data= for a {type(model).__name__}")

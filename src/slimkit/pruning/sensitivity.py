@@ -1,6 +1,6 @@
 """Sensitivity analysis: quality when one layer at a time is pruned to each sparsity, the rest left dense.
 
->>> result = sensitivity(cnn, levels=(0.5, 0.9))  # doctest: +SKIP
+>>> result = sensitivity(cnn, get_task("digits"), levels=(0.5, 0.9))  # doctest: +SKIP
 >>> print(result.table()); result.plot("sensitivity.png")  # doctest: +SKIP
 """
 
@@ -55,22 +55,20 @@ class SensitivityResult:
 
 
 @torch.no_grad()
-def sensitivity(model: nn.Module, quality=None, *, levels=(0.25, 0.5, 0.75, 0.9), method: str = "magnitude",
+def sensitivity(model: nn.Module, quality, *, levels=(0.25, 0.5, 0.75, 0.9), method: str = "magnitude",
                 include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> SensitivityResult:
     """Sweep each selected layer over ``levels`` (magnitude or random importance); the model is left unchanged.
 
-    ``quality``: a function model -> float (default: the primary metric of the model's task).
+    ``quality``: a function model -> float, or a task object (its primary metric; the zoo's tasks are in
+    ``slimkit.models.tasks``).
     """
     if method not in ("magnitude", "l2", "random"):
         raise UserInputError(f"method={method!r}: the sweep needs no data, choose magnitude, l2 or random")
     if any(not 0 <= s < 1 for s in levels):
         raise UserInputError(f"levels={levels!r}: every sparsity must lie in [0, 1)")
-    metric = "quality"
-    if quality is None:
-        from slimkit.models.tasks import get_task, infer_task
-
-        task = get_task(infer_task(model))
-        metric = task.metric
+    metric = getattr(quality, "metric", "quality")
+    if hasattr(quality, "quality"):
+        task = quality
         quality = lambda m: task.quality(m)[task.metric]  # noqa: E731 - one short closure
     model.eval()
     layers, _ = select_layers(model, include, exclude)

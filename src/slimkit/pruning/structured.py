@@ -15,6 +15,7 @@ from fnmatch import fnmatchcase
 import torch
 from torch import Tensor, nn
 
+from slimkit.losses import cross_entropy_loss
 from slimkit.pruning.config import PruneConfig
 from slimkit.pruning.graph import Space, dependency_groups
 from slimkit.pruning.importance import accumulated_grads
@@ -24,8 +25,8 @@ from slimkit.pruning.units import update_config
 from slimkit.selection import linear_like
 
 
-def prune_structure(model: nn.Module, config: PruneConfig, example_args: tuple, data: list | None
-                    ) -> tuple[list[LayerReport], list[str]]:
+def prune_structure(model: nn.Module, config: PruneConfig, example_args: tuple, data: list | None,
+                    loss_fn=cross_entropy_loss) -> tuple[list[LayerReport], list[str]]:
     """Shrink ``model`` in place; returns one report per channel group / attention unit and tracing notes."""
     linear_like(model)  # GPT-2's Conv1D projections become the Linear layers the graph knows
     groups, units, notes = dependency_groups(model, example_args)
@@ -41,7 +42,7 @@ def prune_structure(model: nn.Module, config: PruneConfig, example_args: tuple, 
         reports.append(LayerReport(unit.name, "heads", unit.n_head, unit.n_head, config.method,
                                    skipped=_excluded_unit(unit, config)))
     units = [u for u in units if not _excluded_unit(u, config)]
-    grads = _grads(model, live, units, config, data)
+    grads = _grads(model, live, units, config, data, loss_fn)
     scores = [_group_scores(model, g, config, grads) for g in live]
     head_scores = [_head_scores(model, u, config, grads) for u in units]
     keeps = _keep(scores, config)
@@ -78,7 +79,7 @@ def _excluded_unit(unit, config: PruneConfig) -> str | None:
     return None
 
 
-def _grads(model, groups, units, config, data) -> dict[str, Tensor]:
+def _grads(model, groups, units, config, data, loss_fn) -> dict[str, Tensor]:
     if config.method != "taylor":
         return {}
     from slimkit.errors import UserInputError
@@ -87,7 +88,7 @@ def _grads(model, groups, units, config, data) -> dict[str, Tensor]:
         raise UserInputError("method='taylor' needs data= (inputs, targets) batches for the gradients")
     names = {p for g in groups for p in g.producers} | {n for u in units for n in u.input_layers + [u.output_layer]}
     layers = [(n, model.get_submodule(n)) for n in sorted(names)]
-    return accumulated_grads(model, layers, list(data)[:config.calibration_batches])
+    return accumulated_grads(model, layers, list(data)[:config.calibration_batches], loss_fn)
 
 
 def _rows(method: str, weight: Tensor, grad: Tensor | None, dim: int = 0) -> Tensor:
