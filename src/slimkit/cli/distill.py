@@ -49,21 +49,13 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     claim_out(args, args.teacher, args.student)
-    from slimkit.distillation import DistillConfig, distill
+    from slimkit import registry
     from slimkit.errors import UserInputError
-    from slimkit.models.tasks import get_task, infer_task
     from slimkit.io import save
+    from slimkit.models.tasks import get_task, infer_task
     from slimkit.training import TrainConfig
 
-    pairs = []
-    for item in args.features:
-        student_name, sep, teacher_name = item.partition(":")
-        if not sep:
-            raise UserInputError(f"--features {item!r}: write STUDENT_MODULE:TEACHER_MODULE")
-        pairs.append((student_name, teacher_name))
-    config = DistillConfig(temperature=args.temperature, alpha=args.alpha, mode=args.mode, features=tuple(pairs),
-                           feature_loss=args.feature_loss, feature_weight=args.feature_weight, relation=args.relation,
-                           relation_weight=args.relation_weight, attention_weight=args.attention_weight)
+    config = registry.config_from_args("distill", args)
     warmup = min(20, args.steps // 10) if args.warmup is None else args.warmup
     train_config = TrainConfig(steps=args.steps, lr=args.lr, warmup=warmup, precision=args.precision,
                                seed=args.seed, threads=args.threads)
@@ -75,8 +67,8 @@ def run(args) -> int:
                              f"the {task.name} task of the teacher ({type(teacher).__name__}); pick a student of the "
                              "same kind")
     teacher_quality, before = task.quality(teacher), task.quality(student)
-    result = distill(None if args.mode == "self" else teacher, student,
-                     task.training_batches(student, args.batch_size, args.seed), config, train_config)
+    inputs = registry.Inputs(data=task, train=train_config, batch_size=args.batch_size, student=student)
+    result = registry.apply(teacher, "distill", config, inputs).report
     summary = {"teacher": args.teacher, "student": args.student, "task": task.name,
                "teacher_quality": teacher_quality, "student_before": before, "student_after": task.quality(student),
                "teacher_parameters": _params(teacher), "student_parameters": _params(student),

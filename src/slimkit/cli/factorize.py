@@ -40,30 +40,28 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     claim_out(args, args.model_dir)
+    from slimkit import registry
     from slimkit.errors import UserInputError
-    from slimkit.models.tasks import evaluate
     from slimkit.evaluation.report import markdown_table
-    from slimkit.models.tasks import get_task, infer_task
     from slimkit.io import load, save
-    from slimkit.lowrank import LowRankConfig, factorize
     from slimkit.manifest import get_manifest
-    from slimkit.training import TrainConfig, train
+    from slimkit.models.tasks import evaluate, get_task, infer_task
+    from slimkit.training import TrainConfig
 
-    config = LowRankConfig(rank=args.rank, energy=args.energy, param_budget=args.param_budget,
-                           include=tuple(args.include), exclude=tuple(args.exclude), conv=args.conv)
+    config = registry.config_from_args("factorize", args)
     if args.finetune < 0:
         raise UserInputError(f"--finetune {args.finetune}: the number of steps cannot be negative")
     model = load(args.model_dir)
     task = args.task or infer_task(model)
-    batches = get_task(task).training_batches(model, args.batch_size) if args.finetune else None
     before = evaluate(model, task, name="before", threads=args.threads)
-    report = factorize(model, config)
+    inputs = registry.Inputs(data=get_task(task), batch_size=args.batch_size, paths=None)
+    report = registry.apply(model, "factorize", config, inputs).report
     records = [before]
     label = f"low-rank ({config.rule})"
     if args.finetune:
         records.append(evaluate(model, task, name=f"after {label}", technique="low-rank", baseline="before",
                                 threads=args.threads))
-        train(model, batches, TrainConfig(steps=args.finetune, lr=args.lr, threads=args.threads))
+        registry.apply(model, "train", TrainConfig(steps=args.finetune, lr=args.lr, threads=args.threads), inputs)
         label += f" + {args.finetune} fine-tuning steps"
     save(model, args.out, metrics={"factorize": config.to_dict(), "finetune_steps": args.finetune})
     records.append(evaluate(model, task, name=f"after {label}", technique="low-rank", baseline="before",

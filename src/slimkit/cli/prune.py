@@ -55,23 +55,20 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     claim_out(args, args.model_dir)
+    from slimkit import registry
     from slimkit.errors import UserInputError
-    from slimkit.models.tasks import evaluate
     from slimkit.evaluation.report import markdown_table
-    from slimkit.models.tasks import get_task, infer_task
     from slimkit.io import load, save
     from slimkit.manifest import get_manifest
-    from slimkit.pruning import PruneConfig
-    from slimkit.recipes.prune import PruneRecipe, run_recipe
+    from slimkit.models.tasks import evaluate, infer_task
     from slimkit.pruning.sensitivity import sensitivity
+    from slimkit.recipes.prune import PruneRecipe, run_recipe
     from slimkit.training import TrainConfig
 
     if args.finetune_steps < 0:
         raise UserInputError(f"--finetune-steps {args.finetune_steps}: the number of steps cannot be negative")
-    method = args.method or ("l1" if args.structured else "magnitude")
-    config = PruneConfig(sparsity=args.sparsity, method=method, scope=args.scope, nm=args.nm,
-                         structured=args.structured, ratio=args.ratio, include=tuple(args.include),
-                         exclude=tuple(args.exclude), calibration_batches=args.calib_batches)
+    config = registry.config_from_args("prune", args)
+    method = config.method
     if not (config.sparsity or config.nm or config.structured):
         raise UserInputError("nothing to prune: give --sparsity, --nm N:M or --structured --ratio")
     finetune = TrainConfig(steps=args.finetune_steps, lr=args.lr, threads=args.threads) if args.finetune_steps else None

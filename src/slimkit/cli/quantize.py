@@ -7,6 +7,7 @@ import json
 import re
 
 from slimkit.cli import layer_patterns, positive_int, task_arguments
+from slimkit.cli.output import add_force, claim_out
 
 HELP = ("Weight-only post-training quantization of every Linear layer (RTN, GPTQ or AWQ) into packed "
         "codes, or with --activations int8 weights and activations to int8 (dynamic, static with "
@@ -26,6 +27,7 @@ def add_arguments(p) -> None:
 
     p.add_argument("model_dir", metavar="MODEL_DIR")
     p.add_argument("--out", required=True, help="folder for the quantized artifact")
+    add_force(p)
     p.add_argument("--weights", choices=WEIGHT_FORMATS,
                    help="weight format (default int4; int8 with --activations, which takes int2..int8)")
     p.add_argument("--activations", choices=["int8"], help="also quantize activations (Linear and Conv2d layers)")
@@ -82,63 +84,27 @@ def memory_budget(text: str) -> int | float:
 
 
 def run(args) -> int:
-    from slimkit.models.hf_tasks import cli_task
-    from slimkit.models.tasks import evaluate
+    claim_out(args, args.model_dir)
+    from slimkit import registry
     from slimkit.io import load
+    from slimkit.models.hf_tasks import cli_task
+    from slimkit.models.tasks import evaluate, get_task
+    from slimkit.training import TrainConfig
 
+    technique = "quantize_activations" if args.activations else "quantize"
+    config = registry.config_from_args(technique, args)
     model = load(args.model_dir)
     task = cli_task(model, args.model_dir, args.task, args.data)
     before = evaluate(model, task, name="before", threads=args.threads)
-    quantize_model = _quantize_activations if args.activations else _quantize_weights
-    config, label = quantize_model(model, task, args)
-    return _report(model, task, before, config, label, args)
-
-
-def _quantize_weights(model, task, args):
-    from slimkit.models.tasks import get_task
-    from slimkit.quantization import WeightQuantConfig, quantize
-    from slimkit.quantization.paths import choose_paths
-
-    config = WeightQuantConfig(
-        format=args.weights or "int4", group_size=None if args.per_channel else args.group_size,
-        symmetric=not args.asymmetric, method=args.method, double_quant=args.double_quant,
-        include=tuple(args.include), exclude=tuple(args.exclude), act_order=args.act_order, embeddings=args.embeddings,
-        static_groups=args.static_groups, mse_clip=args.mse_clip, awq_scale=args.awq_scale,
-        scale_dtype="float32" if args.fp32_scales else "float16",
-        calib_samples=args.calib_batches)
-    calib_task = get_task(args.calib) if args.calib else task
-    calib = calib_task.calibration(args.calib_batches) if args.method != "rtn" else None
-    quantize(model, config, calib=calib)
-    if not args.keep_dequant:
-        choose_paths(model, memory_budget=args.memory_budget, threads=args.threads)
-    return config, (f"after ({args.method} {config.format})", f"weight-only {args.method}")
-
-
-def _quantize_activations(model, task, args):
-    from slimkit.errors import UserInputError
-    from slimkit.models.tasks import get_task
-    from slimkit.quantization import ActivationQuantConfig, QATSchedule, convert, prepare_qat, quantize
-    from slimkit.training import TrainConfig, train
-
-    weights = args.weights or "int8"
-    if not weights.startswith("int"):
-        raise UserInputError(f"--activations int8 runs int2..int8 weights, not {weights}; pass --weights int8 or int4")
-    config = ActivationQuantConfig(
-        mode=args.mode, weight_bits=int(weights.removeprefix("int")), observer=args.observer,
-        smoothquant=args.smoothquant, outlier_threshold=args.outlier_threshold, include=tuple(args.include),
-        exclude=tuple(args.exclude), calib_batches=args.calib_batches,
-        freeze_observers_step=args.qat_steps // 2 if args.mode == "qat" else None)
-    if args.mode == "qat":
-        prepare_qat(model, config)
-        train(model, task.training_batches(model, 64), TrainConfig(steps=args.qat_steps, lr=1e-3, warmup=10,
-                                                                    threads=args.threads),
-              callbacks=[QATSchedule(config)])
-        convert(model)
+    paths = None if args.keep_dequant else {"memory_budget": args.memory_budget, "threads": args.threads}
+    inputs = registry.Inputs(data=task, calib=get_task(args.calib) if args.calib else task, batch_size=64, paths=paths,
+                             train=TrainConfig(steps=args.qat_steps, lr=1e-3, warmup=10, threads=args.threads))
+    registry.apply(model, technique, config, inputs)
+    if args.activations:
+        label = (f"after (w{config.weight_bits}a8 {args.mode})", f"activation int8 {args.mode}")
     else:
-        calib_task = get_task(args.calib) if args.calib else task
-        calib = calib_task.calibration(args.calib_batches) if config.needs_calibration else None
-        quantize(model, config, calib=calib)
-    return config, (f"after (w{config.weight_bits}a8 {args.mode})", f"activation int8 {args.mode}")
+        label = (f"after ({args.method} {config.format})", f"weight-only {args.method}")
+    return _report(model, task, before, config, label, args)
 
 
 def _report(model, task, before, config, label: tuple[str, str], args) -> int:

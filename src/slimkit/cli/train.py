@@ -60,7 +60,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     claim_out(args, args.model)
-    from slimkit import lora
+    from slimkit import lora, registry
     from slimkit.evaluation import parameter_counts
     from slimkit.models.tasks import get_task, infer_task
     from slimkit.io import save
@@ -89,7 +89,8 @@ def run(args) -> int:
     task = get_task(task_name)
     before = task.quality(model)
     # a saved LoRA model comes back with its base frozen (slimkit.load restores requires_grad)
-    adapters = lora.inject(model, lora.LoRAConfig.parse(args.lora)) if args.lora else list(lora.adapter_layers(model))
+    adapters = (lora.inject(model, registry.config_from_args("lora", args)) if args.lora
+                else list(lora.adapter_layers(model)))
     with_adapters = task.quality(model) if args.lora else None  # e.g. an NF4 base loses some quality
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = parameter_counts(model)[0]  # weights stored as codes (QLoRA's NF4 base) included
