@@ -138,6 +138,7 @@ def _assert_same_tensors(ours, theirs):
         assert a[key].view(torch.uint8).equal(b[key].view(torch.uint8)), key
 
 
+@pytest.mark.slow  # a calibrated method or a 256-wide model: seconds, not milliseconds
 def test_gptq_act_order_exports_without_g_idx(tiny_llama, token_ids, tmp_path):
     calib = [torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(i)) for i in range(4)]
     slimkit.quantize(tiny_llama, WeightQuantConfig("int4", group_size=32, method="gptq", act_order=True), calib=calib)

@@ -76,3 +76,34 @@ def test_refusals(tiny_llama, tmp_path):
     with pytest.raises(ExportRefused, match="Llama-family"):
         slimkit.export(GPT(GPTConfig()), tmp_path / "gpt", to="gguf")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow  # a calibrated method or a 256-wide model: seconds, not milliseconds
+def test_float_layers_as_q4_k_beat_q4_0_and_load_in_transformers(tmp_path):
+    config = transformers.LlamaConfig(vocab_size=128, hidden_size=256, intermediate_size=512, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                      dtype="float32")
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    path = slimkit.export(model, tmp_path / "q4k", to="gguf", float_layers="q4_k") / "model.gguf"
+    reader = gguf.GGUFReader(path)
+    tensors = {t.name: t for t in reader.tensors}
+    reference = copy.deepcopy(model)
+    for ours, theirs in [("self_attn.q_proj", "attn_q"), ("self_attn.v_proj", "attn_v"), ("mlp.up_proj", "ffn_up")]:
+        tensor = tensors[f"blk.0.{theirs}.weight"]
+        assert tensor.tensor_type.name == "Q4_K"
+        weight = model.get_submodule(f"model.layers.0.{ours}").weight.detach()
+        values = torch.from_numpy(gguf.quants.dequantize(tensor.data, tensor.tensor_type).copy()).float()
+        values = _unpermute(values, 4) if theirs == "attn_q" else values
+        q4_0 = gguf.quants.quantize(weight.numpy(), gguf.GGMLQuantizationType.Q4_0)
+        q4_0 = torch.from_numpy(gguf.quants.dequantize(q4_0, gguf.GGMLQuantizationType.Q4_0).copy())
+        # llama.cpp's weighted search is what makes Q4_K (4.5 bits) beat Q4_0 (4.5 bits); a wrong block layout
+        # would decode to noise with an error near 1
+        assert (values - weight).norm() < 0.9 * (q4_0 - weight).norm()
+        reference.get_submodule(f"model.layers.0.{ours}").weight.data = values
+    assert tensors["blk.0.ffn_down.weight"].tensor_type.name == "Q4_K"  # 512 inputs: two super-blocks a row
+    assert tensors["blk.0.attn_norm.weight"].tensor_type.name == "F32"
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).eval()
+    layer = loaded.model.layers[0]
+    assert torch.equal(layer.self_attn.q_proj.weight, reference.model.layers[0].self_attn.q_proj.weight)
+    assert torch.equal(layer.mlp.up_proj.weight, reference.model.layers[0].mlp.up_proj.weight)

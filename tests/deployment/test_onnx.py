@@ -38,9 +38,10 @@ def test_int4_layers_run_as_matmulnbits_with_slimkits_logits(tiny_llama, token_i
     assert (_run(folder, feeds) - expected).abs().max() < 1e-5
 
 
+@pytest.mark.slow  # a calibrated method or a 256-wide model: seconds, not milliseconds
 def test_awq_input_scale_becomes_a_division(tiny_llama, token_ids, tmp_path):
     calib = [torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(i)) for i in range(4)]
-    slimkit.quantize(tiny_llama, WeightQuantConfig("int4", group_size=32, method="awq"), calib=calib)
+    slimkit.quantize(tiny_llama, WeightQuantConfig("int4", group_size=32, method="awq", awq_grid=4), calib=calib)
     assert any(m.input_scale is not None for m in tiny_llama.modules() if hasattr(m, "input_scale"))
     folder = slimkit.export(tiny_llama, tmp_path / "onnx", to="onnx")
     feeds = {"input_ids": token_ids, "attention_mask": torch.ones_like(token_ids)}

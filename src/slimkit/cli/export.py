@@ -20,6 +20,8 @@ def add_arguments(p) -> None:
     p.add_argument("--to", required=True, choices=TARGETS, help="the format to write")
     p.add_argument("--out", required=True, help="folder to write (refused if it exists, unless --force)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--float-layers", choices=["q4_k"],
+                   help="gguf only: quantize the Linear layers still in float to Q4_K (llama.cpp's search)")
     p.add_argument("--json", action="store_true", help="print the written files and their bytes as JSON")
 
 
@@ -30,7 +32,7 @@ def run(args) -> int:
 
     if Path(args.out).exists() and not args.force:  # before the model loads: a quick one-line refusal
         raise UserInputError(f"{args.out} already exists; choose another --out or pass --force to replace it")
-    out = export(load(args.model_dir), args.out, to=args.to, force=args.force)
+    out = export(load(args.model_dir), args.out, to=args.to, force=args.force, float_layers=args.float_layers)
     files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
     if args.json:
         print(json.dumps({"out": str(out), "to": args.to, "files": files}, indent=2))

@@ -29,11 +29,15 @@ class ExportRefused(UserInputError):
     """The model holds something the target format cannot represent exactly."""
 
 
-def export(model: nn.Module, directory: str | Path, to: str, *, force: bool = False) -> Path:
+def export(model: nn.Module, directory: str | Path, to: str, *, force: bool = False,
+           float_layers: str | None = None) -> Path:
     """Write ``model`` to the folder ``directory`` in the format ``to`` and return the folder.
 
-    An existing ``directory`` is replaced only with ``force=True``.
+    An existing ``directory`` is replaced only with ``force=True``. ``float_layers="q4_k"`` (GGUF only)
+    quantizes the Linear layers still in float to Q4_K at export.
     """
+    if float_layers is not None and to != "gguf":
+        raise UserInputError(f"float_layers={float_layers!r} applies to --to gguf only")
     if to not in TARGETS:
         raise UserInputError(f"unknown export target {to!r}; choose one of {', '.join(TARGETS)}")
     directory = Path(directory)
@@ -42,7 +46,7 @@ def export(model: nn.Module, directory: str | Path, to: str, *, force: bool = Fa
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        _writer(to)(model, staging)
+        _writer(to)(model, staging, **({"float_layers": float_layers} if float_layers else {}))
         if directory.exists():
             shutil.rmtree(directory) if directory.is_dir() else directory.unlink()
         staging.rename(directory)

@@ -20,12 +20,13 @@ import torch
 from torch import Tensor, nn
 
 from slimkit.deployment import ExportRefused
+from slimkit.deployment.q4k import QK_K, quantize_q4_k
 from slimkit.formats import unpack
 from slimkit.quantization.modules import QuantLinear
 
 ALIGNMENT = 32
-F32, F16, Q4_0, Q8_0, BF16 = 0, 1, 2, 8, 30  # ggml_type ids
-FILE_TYPES = {F32: 0, F16: 1, Q4_0: 2, Q8_0: 7, BF16: 32}  # llama_ftype "mostly ..." of the dominant type
+F32, F16, Q4_0, Q8_0, Q4_K, BF16 = 0, 1, 2, 8, 12, 30  # ggml_type ids
+FILE_TYPES = {F32: 0, F16: 1, Q4_0: 2, Q8_0: 7, Q4_K: 14, BF16: 32}  # llama_ftype "mostly ..." of the dominant type
 _FLOAT_TYPES = {torch.float32: F32, torch.float16: F16, torch.bfloat16: BF16}
 _LAYER_NAMES = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
                 "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
@@ -38,13 +39,19 @@ _HYPER = {"context_length": "max_position_embeddings", "embedding_length": "hidd
 FILE_NAME = "model.gguf"
 
 
-def write_gguf(model: nn.Module, directory: Path) -> None:
-    """``directory``/model.gguf from a transformers Llama-family model (quantized or not)."""
+def write_gguf(model: nn.Module, directory: Path, float_layers: str | None = None) -> None:
+    """``directory``/model.gguf from a transformers Llama-family model (quantized or not).
+
+    ``float_layers="q4_k"`` quantizes the Linear layers still in float (input width a multiple of 256)
+    to Q4_K with llama.cpp's weighted search (q4k.py); otherwise they are written as they are.
+    """
+    if float_layers not in (None, "q4_k"):
+        raise ExportRefused(f"float_layers={float_layers!r}: GGUF export can quantize float layers to 'q4_k' only")
     config = getattr(model, "config", None)
     if getattr(config, "model_type", None) not in ("llama", "mistral"):
         raise ExportRefused(f"GGUF export covers Llama-family transformers models; this is a "
                             f"{getattr(config, 'model_type', None) or type(model).__name__}: export it with --to onnx")
-    tensors = gguf_tensors(model)
+    tensors = gguf_tensors(model, float_layers)
     counts: dict[int, int] = {}
     for _, (data, _, kind) in tensors.items():
         counts[kind] = counts.get(kind, 0) + data.numel()
@@ -56,7 +63,7 @@ def write_gguf(model: nn.Module, directory: Path) -> None:
             f.write(raw + bytes(-len(raw) % ALIGNMENT))
 
 
-def gguf_tensors(model: nn.Module) -> dict[str, tuple[Tensor, tuple[int, ...], int]]:
+def gguf_tensors(model: nn.Module, float_layers: str | None = None) -> dict[str, tuple[Tensor, tuple[int, ...], int]]:
     """GGUF name -> (stored bytes or float tensor, logical numpy shape, ggml type), in file order."""
     config = model.config
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
@@ -74,6 +81,9 @@ def gguf_tensors(model: nn.Module) -> dict[str, tuple[Tensor, tuple[int, ...], i
         elif type(module).__module__.startswith("slimkit."):
             raise ExportRefused(f"layer {name!r} is a slimkit {type(module).__name__}, which GGUF cannot hold; "
                                 "quantize with WeightQuantConfig int4/int8, group_size=32, symmetric")
+        elif float_layers and isinstance(module, nn.Linear) and module.in_features % QK_K == 0:
+            seen.add(weight.data_ptr())
+            data, kind = quantize_q4_k(weight), Q4_K
         else:
             seen.add(weight.data_ptr())
             data, kind = _float(name, weight.detach())
