@@ -58,3 +58,30 @@ def test_training_on_no_data_says_so():
 
     with pytest.raises(UserInputError, match="the training data is empty"):
         train(from_spec("mlp:hidden=8"), [])
+
+
+def test_one_seed_seeds_everything_random_in_a_run(monkeypatch, tmp_path):
+    """``--seed`` reaches what the verb does not seed itself, e.g. LoRA adapters injected into a saved
+    model (four runs of ``train --model DIR --lora ...`` gave four results)."""
+    import torch
+
+    from slimkit import lora, save
+    from slimkit.cli import train as train_verb
+    from slimkit.models import from_spec
+
+    save(from_spec("mlp:hidden=16"), tmp_path / "mlp")
+    adapters = []
+
+    def run(args):  # what train does first with a saved folder: load it and inject adapters
+        from slimkit.io import load
+
+        model = load(args.model)
+        lora.inject(model, lora.LoRAConfig(rank=2))  # A drawn at random (B starts at zero)
+        adapters.append(torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad]))
+        return 0
+
+    monkeypatch.setattr(train_verb, "run", run)
+    for seed in (3, 3, 4):
+        torch.manual_seed(len(adapters) + 100)  # whatever state the process was in before
+        assert main(["train", "--model", str(tmp_path / "mlp"), "--seed", str(seed)]) == 0
+    assert torch.equal(adapters[0], adapters[1]) and not torch.equal(adapters[0], adapters[2])

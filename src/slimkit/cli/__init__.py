@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     from slimkit.progress import set_quiet
 
     set_quiet(args.quiet)
+    if getattr(args, "seed", None) is not None:
+        _seed_everything(args.seed)
     try:
         code = _verb_module(args.verb).run(args)
         sys.stdout.flush()  # here, so that a closed pipe is seen inside the try
@@ -112,3 +114,16 @@ def main(argv: list[str] | None = None) -> int:
         from slimkit.cli.output import release
 
         release()  # the --out locks the verb took
+
+
+def _seed_everything(seed: int) -> None:
+    """One ``--seed`` for everything random in the run, not only what a verb seeds itself: LoRA adapters
+    injected into a saved model, dropout, random probes (torch, Python's random, NumPy)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
