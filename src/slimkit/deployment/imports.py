@@ -3,7 +3,8 @@
 - a GGUF file (or a folder holding one .gguf): Llama family; Q4_0 / Q8_0 Linear weights become int4 /
   int8 QuantLinear layers with groups of 32 and float16 scales, F32/F16/BF16 tensors stay as they are;
 - a compressed-tensors folder: pack-quantized intN layers (symmetric or not, group or channel) and
-  naive-quantized fp8_e4m3 layers become QuantLinear layers.
+  naive-quantized fp8_e4m3 layers become QuantLinear layers;
+- a GPTQ or AWQ folder (Hugging Face layout, gptq_import.py).
 
 Exporting an imported model to the same target gives back the same tensor bytes. What slimkit's
 encodings cannot hold without dequantizing (Q4_K's sub-block minimums, an act-order group index) is
@@ -41,6 +42,10 @@ def importer_for(path: Path):
             return None
         if quant.get("quant_method") == "compressed-tensors":
             return load_folder
+        if quant.get("quant_method") in ("gptq", "awq"):
+            from slimkit.deployment.gptq_import import load_folder as load_gptq_folder
+
+            return load_gptq_folder
     return None
 
 
