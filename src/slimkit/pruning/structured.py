@@ -17,9 +17,10 @@ from torch import Tensor, nn
 
 from slimkit.losses import cross_entropy_loss
 from slimkit.pruning.config import PruneConfig
-from slimkit.pruning.graph import Space, dependency_groups
+from slimkit.pruning.graph import dependency_groups
 from slimkit.pruning.importance import accumulated_grads
 from slimkit.pruning.modules import shrink_batchnorm, shrink_conv, shrink_linear
+from slimkit.pruning.spaces import Space
 from slimkit.pruning.unstructured import LayerReport
 from slimkit.pruning.units import update_config
 from slimkit.selection import linear_like
@@ -29,7 +30,7 @@ def prune_structure(model: nn.Module, config: PruneConfig, example_args: tuple, 
                     loss_fn=cross_entropy_loss) -> tuple[list[LayerReport], list[str]]:
     """Shrink ``model`` in place; returns one report per channel group / attention unit and tracing notes."""
     linear_like(model)  # GPT-2's Conv1D projections become the Linear layers the graph knows
-    groups, units, notes = dependency_groups(model, example_args)
+    groups, units, notes = dependency_groups(model, example_args, config.exclude)
     reports, live = [], []
     for g in groups:
         reason = g.blocked or _excluded(g, config)

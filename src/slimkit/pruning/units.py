@@ -1,9 +1,17 @@
 """Attention units: modules whose heads are pruned as wholes (q, k, v rows and the output columns of a head).
 
-- slimkit's GPT ``CausalSelfAttention`` (fused qkv + proj), replaced by a ``PrunedSelfAttention``.
-- A Hugging Face BERT layer (``attention.self.query/key/value``, ``attention.output.dense``,
+A unit kind is found by structure (the projections it holds), and a new kind registers once
+(``register_unit``). Built in:
+
+- ``gpt``: fused ``qkv`` + ``proj`` Linear layers and an ``n_head`` (slimkit's GPT attention),
+  replaced by a ``PrunedSelfAttention``.
+- ``bert``: a Hugging Face BERT layer (``attention.self.query/key/value``, ``attention.output.dense``,
   ``intermediate.dense``, ``output.dense``, e.g. MiniLM): heads, plus its feed-forward neurons as
   one channel group; the layer keeps its classes with smaller Linear layers inside.
+- ``llama``: ``q_proj``/``k_proj``/``v_proj``/``o_proj`` and a ``head_dim`` (Llama, Mistral, Qwen2 and
+  the other Hugging Face Llama-family attentions, grouped-query attention included). The unit's
+  heads are its key/value heads: one is removed with the query heads that share it, so every group
+  keeps its size and ``num_key_value_groups`` stays right.
 
 >>> unit = find_unit(gpt.blocks[0].attn, "blocks.0.attn")  # doctest: +SKIP
 >>> unit.n_head, unit.head_dim  # doctest: +SKIP
@@ -12,88 +20,177 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from slimkit.pruning.modules import PrunedSelfAttention, shrink_linear
-
-
-def _gpt_attention(m: nn.Module) -> bool:
-    return isinstance(m, PrunedSelfAttention) or (type(m).__name__ == "CausalSelfAttention" and hasattr(m, "qkv")
-                                                   and hasattr(m, "proj") and hasattr(m, "n_head"))
-
-
-def _bert_layer(m: nn.Module) -> bool:
-    attention = getattr(m, "attention", None)
-    return (hasattr(getattr(attention, "self", None), "query") and hasattr(getattr(m, "intermediate", None), "dense")
-            and hasattr(getattr(m, "output", None), "dense"))
-
-
-def is_unit(m: nn.Module) -> bool:
-    return _gpt_attention(m) or _bert_layer(m)
+from slimkit.pruning.spaces import Space, Use
 
 
 @dataclass
 class AttentionUnit:
     name: str
-    kind: str  # "gpt" or "bert"
-    n_head: int
+    kind: str  # the registered UnitKind's name
+    n_head: int  # prunable heads (key/value heads where queries share them)
     head_dim: int
     input_layers: list[str]  # read the unit's input
     output_layer: str  # writes the unit's output
     spaces: list = field(default_factory=list)  # extra channel groups inside (BERT feed-forward neurons)
+    group: int = 1  # query heads per prunable head (grouped-query attention)
 
     def head_slices(self, model: nn.Module) -> list[tuple[Tensor, int, Tensor]]:
         """(weight, dim, head index (heads, rows-or-cols per head)) for every weight cut with the heads."""
-        width, idx = self.n_head * self.head_dim, torch.arange(self.n_head * self.head_dim).view(self.n_head, -1)
-        if self.kind == "gpt":
-            unit = model.get_submodule(self.name)
-            q_k_v = torch.cat([idx, idx + width, idx + 2 * width], dim=1)  # (heads, 3 * head_dim)
-            return [(unit.qkv.weight, 0, q_k_v), (unit.proj.weight, 1, idx)]
-        attention = model.get_submodule(self.name).attention
-        rows = [(getattr(attention.self, n).weight, 0, idx) for n in ("query", "key", "value")]
-        return rows + [(attention.output.dense.weight, 1, idx)]
+        return KINDS[self.kind].head_slices(self, model.get_submodule(self.name))
 
     def keep_heads(self, model: nn.Module, heads: Tensor) -> None:
         """Replace the unit's layers so that only ``heads`` (sorted indices) remain."""
-        d = self.head_dim
-        cols = (heads.view(-1, 1) * d + torch.arange(d)).flatten()  # positions within one projection
-        if self.kind == "gpt":
-            old = model.get_submodule(self.name)
-            new = PrunedSelfAttention(old.qkv.in_features, len(heads), d, getattr(old, "dropout", 0.0))
-            width = self.n_head * d
-            new.qkv = shrink_linear(old.qkv, out_keep=torch.cat([cols, cols + width, cols + 2 * width]))
-            new.proj = shrink_linear(old.proj, in_keep=cols)
-            model.set_submodule(self.name, new.to(old.qkv.weight.device).train(old.training))
-        else:
-            attention = model.get_submodule(self.name).attention
-            for n in ("query", "key", "value"):
-                setattr(attention.self, n, shrink_linear(getattr(attention.self, n), out_keep=cols))
-            attention.output.dense = shrink_linear(attention.output.dense, in_keep=cols)
-            attention.self.num_attention_heads, attention.self.all_head_size = len(heads), len(heads) * d
+        replaced = KINDS[self.kind].keep(self, model.get_submodule(self.name), heads)
+        if replaced is not None:
+            model.set_submodule(self.name, replaced)
         self.n_head = len(heads)
+
+    def columns(self, heads: Tensor, per_head: int) -> Tensor:
+        """Positions of ``heads`` within a projection of ``per_head`` rows per head."""
+        return (heads.view(-1, 1) * per_head + torch.arange(per_head)).flatten()
+
+
+@dataclass(frozen=True)
+class UnitKind:
+    """How to recognise a kind of attention block, describe it, score its heads and cut them."""
+
+    name: str
+    matches: Callable[[nn.Module], bool]
+    describe: Callable[[nn.Module, str], AttentionUnit]
+    head_slices: Callable[[AttentionUnit, nn.Module], list]
+    keep: Callable[[AttentionUnit, nn.Module, Tensor], nn.Module | None]  # a replacement, or None if cut in place
+
+
+KINDS: dict[str, UnitKind] = {}
+
+
+def register_unit(kind: UnitKind) -> None:
+    """Teach the dependency graph an attention block; it is then a leaf of the trace."""
+    KINDS[kind.name] = kind
+
+
+def unit_kind(m: nn.Module) -> UnitKind | None:
+    return next((k for k in KINDS.values() if k.matches(m)), None)
 
 
 def find_unit(m: nn.Module, name: str) -> AttentionUnit:
-    """The AttentionUnit of a module ``is_unit`` accepted."""
-    from slimkit.pruning.graph import Space
+    """The AttentionUnit of a module ``unit_kind`` recognises."""
+    return unit_kind(m).describe(m, name)
 
-    if _gpt_attention(m):
-        n_head = m.n_head
-        return AttentionUnit(name, "gpt", n_head, m.proj.in_features // n_head, [f"{name}.qkv"], f"{name}.proj")
+
+def _linear(m: nn.Module, *names: str) -> bool:
+    return all(isinstance(getattr(m, n, None), nn.Linear) for n in names)
+
+
+# --- slimkit's GPT: fused qkv -------------------------------------------------------------------
+
+def _gpt_matches(m: nn.Module) -> bool:
+    return (_linear(m, "qkv", "proj") and isinstance(getattr(m, "n_head", None), int)
+            and m.qkv.out_features == 3 * m.proj.in_features)
+
+
+def _gpt_describe(m: nn.Module, name: str) -> AttentionUnit:
+    return AttentionUnit(name, "gpt", m.n_head, m.proj.in_features // m.n_head, [f"{name}.qkv"], f"{name}.proj")
+
+
+def _gpt_slices(unit: AttentionUnit, m: nn.Module) -> list:
+    width, idx = unit.n_head * unit.head_dim, torch.arange(unit.n_head * unit.head_dim).view(unit.n_head, -1)
+    q_k_v = torch.cat([idx, idx + width, idx + 2 * width], dim=1)  # (heads, 3 * head_dim)
+    return [(m.qkv.weight, 0, q_k_v), (m.proj.weight, 1, idx)]
+
+
+def _gpt_keep(unit: AttentionUnit, old: nn.Module, heads: Tensor) -> nn.Module:
+    d, width = unit.head_dim, unit.n_head * unit.head_dim
+    cols = unit.columns(heads, d)
+    new = PrunedSelfAttention(old.qkv.in_features, len(heads), d, getattr(old, "dropout", 0.0))
+    new.qkv = shrink_linear(old.qkv, out_keep=torch.cat([cols, cols + width, cols + 2 * width]))
+    new.proj = shrink_linear(old.proj, in_keep=cols)
+    return new.to(old.qkv.weight.device).train(old.training)
+
+
+# --- Hugging Face BERT layer --------------------------------------------------------------------
+
+def _bert_matches(m: nn.Module) -> bool:
+    attention = getattr(m, "attention", None)
+    return (hasattr(getattr(attention, "self", None), "query") and hasattr(getattr(m, "intermediate", None), "dense")
+            and hasattr(getattr(m, "output", None), "dense"))
+
+
+def _bert_describe(m: nn.Module, name: str) -> AttentionUnit:
     attention = m.attention.self
-    n_head = getattr(attention, "num_attention_heads")
     inner = m.intermediate.dense.out_features
-    ffn = Space(inner, producers=[f"{name}.intermediate.dense"], consumers=[(f"{name}.output.dense", 0, 0, inner)])
-    return AttentionUnit(name, "bert", n_head, attention.attention_head_size,
+    ffn = Space(inner, producers=[f"{name}.intermediate.dense"], consumers=[Use(f"{name}.output.dense", 0, 0, inner)])
+    return AttentionUnit(name, "bert", attention.num_attention_heads, attention.attention_head_size,
                          [f"{name}.attention.self.{n}" for n in ("query", "key", "value")], f"{name}.output.dense",
                          spaces=[ffn])
 
 
+def _bert_slices(unit: AttentionUnit, m: nn.Module) -> list:
+    idx = torch.arange(unit.n_head * unit.head_dim).view(unit.n_head, -1)
+    rows = [(getattr(m.attention.self, n).weight, 0, idx) for n in ("query", "key", "value")]
+    return rows + [(m.attention.output.dense.weight, 1, idx)]
+
+
+def _bert_keep(unit: AttentionUnit, m: nn.Module, heads: Tensor) -> None:
+    attention, cols = m.attention, unit.columns(heads, unit.head_dim)
+    for n in ("query", "key", "value"):
+        setattr(attention.self, n, shrink_linear(getattr(attention.self, n), out_keep=cols))
+    attention.output.dense = shrink_linear(attention.output.dense, in_keep=cols)
+    attention.self.num_attention_heads, attention.self.all_head_size = len(heads), len(heads) * unit.head_dim
+
+
+# --- Hugging Face Llama-family attention (grouped-query) -------------------------------------------
+
+def _llama_matches(m: nn.Module) -> bool:
+    return _linear(m, "q_proj", "k_proj", "v_proj", "o_proj") and isinstance(getattr(m, "head_dim", None), int)
+
+
+def _llama_describe(m: nn.Module, name: str) -> AttentionUnit:
+    d = m.head_dim
+    n_q, n_kv = m.q_proj.out_features // d, m.k_proj.out_features // d
+    return AttentionUnit(name, "llama", n_kv, d, [f"{name}.{p}_proj" for p in "qkv"], f"{name}.o_proj",
+                         group=n_q // n_kv)
+
+
+def _llama_slices(unit: AttentionUnit, m: nn.Module) -> list:
+    q = torch.arange(unit.n_head * unit.group * unit.head_dim).view(unit.n_head, -1)  # a group's query rows
+    kv = torch.arange(unit.n_head * unit.head_dim).view(unit.n_head, -1)
+    return [(m.q_proj.weight, 0, q), (m.k_proj.weight, 0, kv), (m.v_proj.weight, 0, kv), (m.o_proj.weight, 1, q)]
+
+
+def _llama_keep(unit: AttentionUnit, m: nn.Module, heads: Tensor) -> None:
+    q, kv = unit.columns(heads, unit.group * unit.head_dim), unit.columns(heads, unit.head_dim)
+    m.q_proj = shrink_linear(m.q_proj, out_keep=q)
+    m.k_proj, m.v_proj = shrink_linear(m.k_proj, out_keep=kv), shrink_linear(m.v_proj, out_keep=kv)
+    m.o_proj = shrink_linear(m.o_proj, in_keep=q)
+    for attribute, value in (("num_heads", len(heads) * unit.group), ("num_key_value_heads", len(heads))):
+        if hasattr(m, attribute):  # older transformers keep the counts on the module
+            setattr(m, attribute, value)
+
+
+register_unit(UnitKind("gpt", _gpt_matches, _gpt_describe, _gpt_slices, _gpt_keep))
+register_unit(UnitKind("bert", _bert_matches, _bert_describe, _bert_slices, _bert_keep))
+register_unit(UnitKind("llama", _llama_matches, _llama_describe, _llama_slices, _llama_keep))
+
+
 def update_config(model: nn.Module, units: list[AttentionUnit]) -> None:
-    """Record a uniform new feed-forward width in a Hugging Face config (heads stay per layer, in the layers)."""
+    """Record uniform new widths in a Hugging Face config (feed-forward width; Llama-family head counts),
+    so that the saved config describes the pruned model; non-uniform widths stay in the layers."""
+    config = getattr(model, "config", None)
+    if not hasattr(config, "intermediate_size"):
+        return
     sizes = {model.get_submodule(u.name).intermediate.dense.out_features for u in units if u.kind == "bert"}
-    if len(sizes) == 1 and hasattr(getattr(model, "config", None), "intermediate_size"):
-        model.config.intermediate_size = sizes.pop()
+    sizes |= {m.gate_proj.out_features for m in model.modules() if _linear(m, "gate_proj", "up_proj", "down_proj")}
+    if len(sizes) == 1:
+        config.intermediate_size = sizes.pop()
+    llama = {(u.n_head, u.group, u.head_dim) for u in units if u.kind == "llama"}
+    if len(llama) == 1 and hasattr(config, "num_key_value_heads"):
+        n_kv, group, d = llama.pop()
+        config.num_attention_heads, config.num_key_value_heads, config.head_dim = n_kv * group, n_kv, d

@@ -1,0 +1,121 @@
+"""The dependency graph's extension points and the model families of issue 19: a registered op and
+module type, squeeze-excite with Hardsigmoid, a refusal's exclude= advice, Hugging Face Llama (GQA).
+
+References: a model whose to-be-removed channels are zeroed first computes exactly what the pruned
+model computes (removed channels contribute only zeros), and a Llama's removed heads and channels
+are equivalent to zeroing their o_proj / down_proj input columns in the original."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from slimkit.errors import UserInputError
+from slimkit.pruning import PruneConfig, prune
+from slimkit.pruning import ops
+from tests.pruning.test_structured import Sorter, _randomise_batchnorm, _zero_half
+from tests.reference.vision import MobileNetV3Small
+
+# Removing a zero channel changes only the length of float sums by exact zeros; what differs is the
+# summation order of the remaining terms in the shorter matmuls: a few float32 ulps of values O(1).
+TOLERANCE = dict(atol=1e-5, rtol=1e-5)
+
+
+class Clipped(nn.Module):
+    """Elementwise, but with data-dependent control flow torch.fx cannot trace."""
+
+    def forward(self, x):
+        return x.clamp(-10, 10) if x.abs().max() > 10 else x
+
+
+class WithCustomParts(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.clip, self.fc2 = nn.Linear(4, 8), Clipped(), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.nn.functional.softshrink(self.clip(self.fc1(x))))
+
+
+def test_a_registered_op_and_module_type_are_followed(monkeypatch):
+    model, x = WithCustomParts().eval(), torch.randn(5, 4)
+    untraced = copy.deepcopy(model)  # traced child by child: fc1's channels meet a boundary and stay
+    report = prune(untraced, PruneConfig(structured=True, ratio=0.5), example_inputs=x)
+    assert untraced.fc1.out_features == 8 and "traced child by child" in report.notes[0]
+    monkeypatch.setitem(ops.MODULES, Clipped, ops.pass_module)  # as ops.register_module([Clipped], ...) does
+    with pytest.raises(UserInputError, match="cannot follow op 'softshrink'"):
+        prune(copy.deepcopy(model), PruneConfig(structured=True, ratio=0.5), example_inputs=x)
+    monkeypatch.setitem(ops.FUNCTIONS, "softshrink", ops.passthrough)
+    _zero_half(model, x)
+    expected = model(x)
+    report = prune(model, PruneConfig(structured=True, ratio=0.5), example_inputs=x)
+    assert model.fc1.out_features == model.fc2.in_features == 4
+    assert [r.after for r in report.layers if r.layer == "fc1"] == [4]
+    torch.testing.assert_close(model(x), expected, **TOLERANCE)
+
+
+def test_register_function_and_module_fill_the_tables(monkeypatch):
+    monkeypatch.setattr(ops, "FUNCTIONS", dict(ops.FUNCTIONS))
+    monkeypatch.setattr(ops, "MODULES", dict(ops.MODULES))
+    ops.register_function(["softshrink"], ops.passthrough)
+    ops.register_module([Clipped], ops.pass_module)
+    assert ops.FUNCTIONS["softshrink"] is ops.passthrough and ops.module_rule(Clipped()) is ops.pass_module
+
+
+def test_squeeze_excite_with_hardsigmoid_and_hardswish_is_pruned():
+    model, x = MobileNetV3Small().eval(), torch.randn(2, 3, 32, 32)
+    _randomise_batchnorm(model)
+    _zero_half(model, x)
+    expected = model(x)
+    report = prune(model, PruneConfig(structured=True, ratio=0.5), example_inputs=x)
+    pruned = [r for r in report.layers if r.unit == "channels" and not r.skipped and r.after < r.before]
+    assert any("fc1" in r.layer for r in pruned)  # the squeeze-excite bottleneck itself
+    assert any("fc2" in r.layer for r in pruned)  # the excited channels, united with the block's own
+    torch.testing.assert_close(model(x), expected, **TOLERANCE)
+
+
+def test_a_refusals_exclude_advice_works_when_followed():
+    x = torch.randn(2, 4)
+    with pytest.raises(UserInputError, match=r"cannot follow op 'sort'.*exclude=\('fc1',\)"):
+        prune(Sorter(), PruneConfig(structured=True, ratio=0.5), example_inputs=x)
+    for exclude in (("fc1",), ("*",)):
+        model = Sorter()
+        report = prune(model, PruneConfig(structured=True, ratio=0.5, exclude=exclude), example_inputs=x)
+        assert model.fc1.out_features == 8 and any("sort" in note for note in report.notes)
+
+
+def _kept(original: torch.Tensor, pruned: torch.Tensor, block: int) -> list[int]:
+    """Which row blocks of ``original`` (``block`` rows each) ``pruned`` kept, in order."""
+    blocks = original.split(block)
+    return [next(i for i, b in enumerate(blocks) if torch.equal(b, p)) for p in pruned.split(block)]
+
+
+@pytest.mark.slow  # a transformers model: 2-8 s on 2 shared cores
+@pytest.mark.parametrize("kv_heads", [2, 4], ids=["gqa", "mha"])
+def test_llama_heads_in_gqa_groups_and_mlp_channels(kv_heads):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=kv_heads,
+                                      max_position_embeddings=32)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    original, ids = copy.deepcopy(model), torch.randint(0, 64, (2, 8))
+    report = prune(model, PruneConfig(structured=True, ratio=0.5), example_inputs=ids)
+    assert {r.layer: r.after for r in report.layers if r.unit == "heads"} == {
+        "model.layers.0.self_attn": kv_heads // 2, "model.layers.1.self_attn": kv_heads // 2}
+    d, group = 8, 4 // kv_heads
+    with torch.no_grad():
+        for new, old in zip(model.model.layers, original.model.layers):
+            heads = _kept(old.self_attn.k_proj.weight, new.self_attn.k_proj.weight, d)
+            assert _kept(old.self_attn.q_proj.weight, new.self_attn.q_proj.weight, group * d) == heads
+            dead = [h for h in range(kv_heads) if h not in heads]
+            for h in dead:  # every query head of a removed key/value head goes with it
+                old.self_attn.o_proj.weight[:, h * group * d:(h + 1) * group * d] = 0
+            channels = _kept(old.mlp.gate_proj.weight, new.mlp.gate_proj.weight, 1)
+            assert len(channels) == 24 and _kept(old.mlp.up_proj.weight, new.mlp.up_proj.weight, 1) == channels
+            old.mlp.down_proj.weight[:, [c for c in range(48) if c not in channels]] = 0
+    torch.testing.assert_close(model(ids).logits, original(ids).logits, **TOLERANCE)
+    reloaded = transformers.LlamaForCausalLM(model.config).eval()  # the edited config describes the model
+    reloaded.load_state_dict(model.state_dict())
+    torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, atol=0, rtol=0)
