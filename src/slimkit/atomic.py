@@ -15,6 +15,7 @@ import ctypes
 import errno
 import fcntl
 import fnmatch
+import glob
 import os
 import shutil
 import tempfile
@@ -26,6 +27,7 @@ from slimkit.errors import UserInputError
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
+_held: set[str] = set()  # lock files this process holds
 
 
 def foreign_files(folder: Path, owned: Collection[str]) -> list[str]:
@@ -80,10 +82,15 @@ def check_replaceable(final: Path, owned: Collection[str]) -> None:
 
 @contextmanager
 def locked(final: str | os.PathLike):
-    """Hold ``.<name>.lock`` beside ``final`` for the block; UserInputError at once if another process does."""
+    """Hold ``.<name>.lock`` beside ``final`` for the block; UserInputError at once if another process does.
+    Re-entrant within a process (a verb holds its --out while ``save`` writes into it)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     lock = final.with_name(f".{final.name}.lock")
+    key = str(lock.resolve())
+    if key in _held:
+        yield
+        return
     while True:
         fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
         try:
@@ -95,11 +102,23 @@ def locked(final: str | os.PathLike):
         if lock.exists() and os.stat(lock).st_ino == os.fstat(fd).st_ino:
             break  # the lock file was not removed by the previous holder between our open and flock
         os.close(fd)
+    _held.add(key)
     try:
         yield
     finally:
+        _held.discard(key)
         lock.unlink(missing_ok=True)  # unlinked while held, so no one can lock a stale file
         os.close(fd)
+
+
+def clear_stale(final: str | os.PathLike) -> Path:
+    """Remove temporary siblings that killed writers of ``final`` left (call it holding ``locked(final)``);
+    returns ``final``."""
+    final = Path(final)
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+    return final
 
 
 def write_file(path: Path, data: bytes) -> None:

@@ -25,8 +25,8 @@ _NAME = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 ALGORITHM = "sha256 of the canonical description"
 _FIELDS = {"format": str, "format_version": int, "architecture": dict, "tensors": dict, "aliases": dict,
-           "replaced_modules": dict, "manifest": list, "frozen": list, "metrics": dict, "weights": dict,
-           "integrity": dict}
+           "replaced_modules": dict, "manifest": list, "frozen": list, "masks": dict, "metrics": dict,
+           "weights": dict, "integrity": dict}
 # transformers config keys that choose code to run (remote code, kernels from the Hub, quantizers)
 _HF_REFUSED = {"auto_map", "quantization_config", "attn_implementation", "trust_remote_code", "custom_pipelines"}
 
@@ -110,6 +110,10 @@ def _check_names(meta: dict, tensors: dict, path: Path) -> None:
         if not isinstance(record, dict) or not isinstance(record.get("spec"), dict):
             raise ArtifactError(f"{path}: replaced_modules.{_clip(name)} needs a class and a spec object")
         check_spec(record["spec"], f"{path}: replaced_modules.{_clip(name)}.spec")
+    for name, exceptions in meta.get("masks", {}).items():
+        _check_name(name, f"{path}: masks")
+        if not isinstance(exceptions, list) or not all(isinstance(i, int) and 0 <= i < MAX_DIM for i in exceptions):
+            raise ArtifactError(f"{path}: masks.{_clip(name)} should list weight indices")
     if not all(isinstance(n, str) for n in meta.get("frozen", [])):
         raise ArtifactError(f"{path}: frozen should list parameter names")
 
