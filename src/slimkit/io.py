@@ -53,15 +53,12 @@ def save(model: nn.Module, directory: str | Path, *, metrics: dict | None = None
     transformers model, or a class registered with ``slimkit.register_class``. A registered class
     without a dataclass ``.config`` is rebuilt from ``init_args``: JSON constructor (or factory) arguments.
     ``companions``: a Hugging Face folder (or an artifact made from one) whose config, tokenizer and
-    generation config are copied beside the artifact (``slimkit.hf.COMPANIONS``); by default the one
-    the model was loaded from.
+    generation config are copied beside the artifact (``slimkit.hf.COMPANIONS``).
 
     >>> save(GPT(GPTConfig()), "out/gpt")  # doctest: +SKIP
     """
     directory = Path(directory)
     architecture = describe_architecture(model, init_args)
-    files, source = hf.provenance(model)  # a Hugging Face model's folder travels with it
-    companions = companions if companions is not None else files
     tensors, aliases = _unique_tensors(model.state_dict())
     stored, encodings = _compact(tensors)
     weights = dump_safetensors(stored, metadata={"format": FORMAT})
@@ -77,7 +74,7 @@ def save(model: nn.Module, directory: str | Path, *, metrics: dict | None = None
         # which parameters training leaves alone (e.g. a LoRA model's frozen base), restored by load
         "frozen": sorted(name for name, p in model.named_parameters() if not p.requires_grad),
         "masks": _masks(model),
-        "metrics": {**source, **(metrics or {})},
+        "metrics": metrics or {},
         "weights": {"file": WEIGHTS_FILE, "bytes": len(weights), "sha256": hashlib.sha256(weights).hexdigest()},
     }
     try:
@@ -136,7 +133,6 @@ def load(directory: str | Path, *, check_integrity: bool = True) -> nn.Module:
         param.requires_grad_(name not in frozen)
     _attach_masks(model, meta.get("masks", {}), path)
     set_manifest(model, meta.get("manifest", []))
-    hf.remember_source(model, directory, meta.get("metrics", {}).get("source"))
     return model.eval()
 
 
