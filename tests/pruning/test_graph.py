@@ -15,7 +15,7 @@ from slimkit.errors import UserInputError
 from slimkit.pruning import PruneConfig, prune
 from slimkit.pruning import ops
 from tests.pruning.test_structured import Sorter, _randomise_batchnorm, _zero_half
-from tests.reference.vision import MobileNetV3Small
+from tests.reference.vision import MobileNetV3Small, ViT
 
 # Removing a zero channel changes only the length of float sums by exact zeros; what differs is the
 # summation order of the remaining terms in the shorter matmuls: a few float32 ulps of values O(1).
@@ -72,6 +72,17 @@ def test_squeeze_excite_with_hardsigmoid_and_hardswish_is_pruned():
     pruned = [r for r in report.layers if r.unit == "channels" and not r.skipped and r.after < r.before]
     assert any("fc1" in r.layer for r in pruned)  # the squeeze-excite bottleneck itself
     assert any("fc2" in r.layer for r in pruned)  # the excited channels, united with the block's own
+    torch.testing.assert_close(model(x), expected, **TOLERANCE)
+
+
+def test_vit_mlps_narrow_and_the_class_token_concat_keeps_the_residual_stream():
+    model, x = ViT().eval(), torch.randn(2, 3, 16, 16)
+    _zero_half(model, x)
+    expected = model(x)
+    report = prune(model, PruneConfig(structured=True, ratio=0.5), example_inputs=x)
+    reasons = {r.layer.split(",")[0]: r.skipped for r in report.layers if r.unit == "channels"}
+    assert reasons["patch_embed"] == "combined with fixed values by cat" and reasons["blocks.0.attn.qkv"]
+    assert [block.mlp[0].out_features for block in model.blocks] == [64, 64]
     torch.testing.assert_close(model(x), expected, **TOLERANCE)
 
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import platform
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from slimkit.data import digits, pycorpus, random_windows
-from slimkit.errors import UserInputError
+from slimkit.errors import SlimkitError, UserInputError
 from slimkit.models import smollm2
 from slimkit.models.gpt import GPT, GPTConfig
 from slimkit.models.mlp import MLP, MLPConfig
@@ -82,17 +83,46 @@ def reference(name: str, *, retrain: bool = False) -> nn.Module:
 
     >>> model = reference("cnn")  # trains once (about 15 s), then loads from the cache
     """
-    from slimkit.io import load, save  # io sits above models; imported late to keep layers clean
-
     if name == "smollm2":
         return smollm2.load(hf_folder(name))[0]
     check_name(name)
-    path = cache_path(name)
-    if path.exists() and not retrain:
-        return load(path).eval()
-    model, seconds = train_reference(name)
-    save(model, path, metrics={"train_seconds": round(seconds, 2), "recipe": asdict(RECIPES[name])})
+
+    def make():
+        model, seconds = train_reference(name)
+        return model, {"train_seconds": round(seconds, 2), "recipe": asdict(RECIPES[name])}
+
+    return cached(cache_path(name), make, rebuild=retrain)
+
+
+def cached(path: Path, make, *, rebuild: bool = False) -> nn.Module:
+    """The model in the cache entry ``path``; ``make() -> (model, metrics)`` builds it when the entry is
+    missing or unreadable (said in one line). Entries are written atomically under a lock: a second
+    process waits and then loads what the first one built."""
+    from slimkit.atomic import locked
+    from slimkit.io import save
+
+    model = None if rebuild else _cached_model(path, quiet=True)
+    if model is not None:
+        return model
+    with locked(path, wait=True):
+        model = None if rebuild else _cached_model(path, quiet=False)  # another process may have built it
+        if model is None:
+            model, metrics = make()
+            save(model, path, metrics=metrics)
     return model.eval()
+
+
+def _cached_model(path: Path, *, quiet: bool) -> nn.Module | None:
+    from slimkit.io import load
+
+    if not path.exists():
+        return None
+    try:
+        return load(path).eval()
+    except SlimkitError as exc:
+        if not quiet:
+            print(f"slimkit: the cache entry {path} is unreadable ({exc}); rebuilding it", file=sys.stderr)
+        return None
 
 
 def hf_folder(name: str) -> Path:

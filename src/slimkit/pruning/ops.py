@@ -62,9 +62,9 @@ def no_channels(prop, node: fx.Node, x):
     return None
 
 
-def merge(prop, node: fx.Node, x):
+def merge(prop, node: fx.Node, x, tensors: list | None = None):
     """Elementwise of several tensors: tracked operands along one dimension are united."""
-    tensors = prop.tensor_args(node)
+    tensors = prop.tensor_args(node) if tensors is None else tensors
     out, result = shape(node), None
     for a in tensors:
         a_shape, value = shape(a), prop.value(a)
@@ -125,7 +125,7 @@ def cat(prop, node: fx.Node, x):
     dim = (node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)) % len(shape(node))
     values = [prop.value(p) for p in parts]
     if any(v is not None and v.dim != dim for v in values):
-        return merge(prop, node, x)
+        return merge(prop, node, x, list(parts))
     layout = []
     for p, v in zip(parts, values):
         layout += v.layout if v else [Segment(None, 0, shape(p)[dim])]
