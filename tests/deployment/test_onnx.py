@@ -79,3 +79,18 @@ def test_refusals(tiny_llama, tmp_path):
         slimkit.export(torch.nn.Sequential(torch.nn.Linear(4, 4)), tmp_path / "b", to="onnx")
     assert list(tmp_path.iterdir()) == []
     assert np.isfinite(tiny_llama.model.embed_tokens.weight.detach().numpy()).all()  # the model is left intact
+
+
+def test_slimkit_gpt_exports_with_an_example_input(tmp_path):
+    from slimkit.deployment.onnx import write_onnx
+    from slimkit.models import GPT, GPTConfig
+
+    model = slimkit.quantize(GPT(GPTConfig()).eval(), WeightQuantConfig("int4", group_size=32))
+    idx = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(3))
+    tmp_path.joinpath("onnx").mkdir()
+    write_onnx(model, tmp_path / "onnx", {"idx": idx})
+    assert "MatMulNBits" in _ops(tmp_path / "onnx")
+    with torch.no_grad():
+        expected = model(idx)
+    # the same codes and scales decoded by MatMulNBits; float32 summation order only
+    assert (_run(tmp_path / "onnx", {"idx": idx}) - expected).abs().max() < 1e-5

@@ -51,7 +51,7 @@ def write_onnx(model: nn.Module, directory: Path, example: dict[str, Tensor] | N
 
 
 def _default_example(model: nn.Module) -> dict[str, Tensor]:
-    if hasattr(getattr(model, "config", None), "vocab_size"):
+    if hasattr(getattr(model, "config", None), "to_dict"):
         # with an explicit mask transformers builds it without torch.diff, which the exporter lacks
         return {"input_ids": torch.zeros(1, 8, dtype=torch.long), "attention_mask": torch.ones(1, 8, dtype=torch.long)}
     raise ExportRefused(f"a {type(model).__name__} needs an example input to trace; call "
@@ -66,10 +66,11 @@ class _Positional(nn.Module):
         self.model, self.names = model, names
 
     def forward(self, *inputs: Tensor) -> Tensor:
-        kwargs = dict(zip(self.names, inputs))
-        if hasattr(getattr(self.model, "config", None), "use_cache"):
-            kwargs["use_cache"] = False
-        out = self.model(**kwargs) if len(self.names) > 1 or hasattr(self.model, "config") else self.model(*inputs)
+        config = getattr(self.model, "config", None)
+        if not hasattr(config, "to_dict"):  # not a transformers model: positional inputs
+            out = self.model(*inputs)
+        else:
+            out = self.model(**dict(zip(self.names, inputs)), **({"use_cache": False} if hasattr(config, "use_cache") else {}))
         if isinstance(out, Tensor):
             return out
         return out.logits if hasattr(out, "logits") else out[0]
