@@ -9,9 +9,11 @@ gives back a causal LM with its head, a classifier with its classification head,
 - ``...ForMaskedLM``: "masked-lm" (``AutoModelForMaskedLM``)
 - ``...Model`` (a base model, e.g. ``BertModel``): "encoder" (``AutoModel``)
 
-Any other architecture is refused with one line saying what is supported. The config, tokenizer
-and generation config are copied beside an artifact made from such a folder (``companion_files``),
-so the output folder still carries what the model needs to be used.
+Any other architecture is refused with one line saying what is supported. A model loaded from
+such a folder (or from an artifact made from one) remembers it, and ``slimkit.save`` copies the
+folder's config, tokenizer and generation config beside the artifact and records the float
+folder as ``metrics.source``: whatever verb made it, the output still carries what the model
+needs to be used and measured.
 
 >>> kind_of_architecture("Qwen2ForCausalLM")
 'causal-lm'
@@ -35,6 +37,7 @@ AUTO_CLASSES = {"causal-lm": "AutoModelForCausalLM", "classifier": "AutoModelFor
 COMPANIONS = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
               "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt",
               "tokenizer.model", "chat_template.jinja")
+_SOURCE = "_slimkit_hf_source"  # attribute: (folder with the companion files, float model's folder)
 SUPPORTED = "*ForCausalLM, *LMHeadModel, *ForSequenceClassification, *ForMaskedLM or a base *Model"
 
 
@@ -80,9 +83,23 @@ def load_folder(directory: str | Path) -> nn.Module:
     kind = "encoder" if name == "Model" else kind_of_architecture(name)
     auto = getattr(transformers, AUTO_CLASSES[kind])
     try:
-        return auto.from_pretrained(directory, local_files_only=True).eval()
+        model = auto.from_pretrained(directory, local_files_only=True).eval()
     except (OSError, ValueError, KeyError) as exc:
         raise ArtifactError(f"{directory}: cannot load as a Hugging Face model folder: {exc}") from None
+    remember_source(model, directory, directory.resolve())
+    return model
+
+
+def remember_source(model: nn.Module, files: str | Path, source: str | Path | None) -> None:
+    """Keep on ``model`` where its companion files and its float folder are, for ``slimkit.save`` to carry on."""
+    if source is not None and companion_files(files):
+        object.__setattr__(model, _SOURCE, (str(files), str(source)))
+
+
+def provenance(model: nn.Module) -> tuple[str | None, dict]:
+    """(the folder whose companion files go beside an artifact of ``model``, {"source": float folder} or {})."""
+    files, source = getattr(model, _SOURCE, (None, None))
+    return files, ({"source": source} if source else {})
 
 
 def companion_files(directory: str | Path) -> list[Path]:

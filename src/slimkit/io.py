@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from slimkit import classes, hf
-from slimkit.atomic import clear_stale, locked, replacing_dir
+from slimkit.atomic import locked, replacing_dir
 from slimkit.description import (ALGORITHM, build_config, check_description, check_hf_config, check_integrity,
                                  check_spec, digest)
 from slimkit.errors import ArtifactError, UserInputError
@@ -53,12 +53,15 @@ def save(model: nn.Module, directory: str | Path, *, metrics: dict | None = None
     transformers model, or a class registered with ``slimkit.register_class``. A registered class
     without a dataclass ``.config`` is rebuilt from ``init_args``: JSON constructor (or factory) arguments.
     ``companions``: a Hugging Face folder (or an artifact made from one) whose config, tokenizer and
-    generation config are copied beside the artifact (``slimkit.hf.COMPANIONS``).
+    generation config are copied beside the artifact (``slimkit.hf.COMPANIONS``); by default the one
+    the model was loaded from.
 
     >>> save(GPT(GPTConfig()), "out/gpt")  # doctest: +SKIP
     """
     directory = Path(directory)
     architecture = describe_architecture(model, init_args)
+    files, source = hf.provenance(model)  # a Hugging Face model's folder travels with it
+    companions = companions if companions is not None else files
     tensors, aliases = _unique_tensors(model.state_dict())
     stored, encodings = _compact(tensors)
     weights = dump_safetensors(stored, metadata={"format": FORMAT})
@@ -74,7 +77,7 @@ def save(model: nn.Module, directory: str | Path, *, metrics: dict | None = None
         # which parameters training leaves alone (e.g. a LoRA model's frozen base), restored by load
         "frozen": sorted(name for name, p in model.named_parameters() if not p.requires_grad),
         "masks": _masks(model),
-        "metrics": metrics or {},
+        "metrics": {**source, **(metrics or {})},
         "weights": {"file": WEIGHTS_FILE, "bytes": len(weights), "sha256": hashlib.sha256(weights).hexdigest()},
     }
     try:
@@ -83,7 +86,7 @@ def save(model: nn.Module, directory: str | Path, *, metrics: dict | None = None
         raise UserInputError(f"cannot save to {directory}: metrics and records must be finite JSON values "
                              f"({exc})") from None
     meta["integrity"] = {"algorithm": ALGORITHM, "sha256": digest(meta)}
-    with locked(directory), replacing_dir(clear_stale(directory), owned=ARTIFACT_FILES + hf.COMPANIONS) as tmp:
+    with locked(directory), replacing_dir(directory, owned=ARTIFACT_FILES + hf.COMPANIONS) as tmp:
         (tmp / WEIGHTS_FILE).write_bytes(weights)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if companions is not None:
@@ -133,6 +136,7 @@ def load(directory: str | Path, *, check_integrity: bool = True) -> nn.Module:
         param.requires_grad_(name not in frozen)
     _attach_masks(model, meta.get("masks", {}), path)
     set_manifest(model, meta.get("manifest", []))
+    hf.remember_source(model, directory, meta.get("metrics", {}).get("source"))
     return model.eval()
 
 

@@ -104,3 +104,19 @@ def test_user_data_calibrates_and_evaluates(folders, tmp_path, capsys):
     bad.write_text('{"text": "no label"}\n')
     code, _, err = run_cli(capsys, "eval", str(folders["bert-classifier"]), "--data", str(bad), "--quiet")
     assert code == 2 and f"{bad}:1: expected a JSON object with \"text\" and an integer \"label\"" in err
+
+
+def test_any_verb_output_carries_the_folder_files_and_is_measured_against_its_float_model(folders, tmp_path,
+                                                                                          capsys):
+    from slimkit.pruning import PruneConfig
+
+    model = slimkit.load(folders["llama"])
+    slimkit.prune(model, PruneConfig(sparsity=0.3))
+    out = slimkit.save(model, tmp_path / "pruned")  # the folder's files travel with the model, whichever verb ran
+    assert {"config.json", "generation_config.json", "tokenizer.json"} <= {p.name for p in out.iterdir()}
+    again = slimkit.save(slimkit.load(out), tmp_path / "again")  # and on from an artifact made from the folder
+    assert (again / "tokenizer.json").exists()
+    assert json.loads((again / "slimkit.json").read_text())["metrics"]["source"] == str(folders["llama"].resolve())
+    code, result, err = run_cli(capsys, "eval", str(again), "--json", "--runs", "5", "--quiet")
+    assert code == 0, err
+    assert json.loads(result)["metric"] == "perplexity"
