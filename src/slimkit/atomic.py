@@ -19,6 +19,7 @@ import glob
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Collection
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +28,7 @@ from slimkit.errors import UserInputError
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
-_held: set[str] = set()  # lock files this process holds
+_held = threading.local()  # .paths: the lock files this thread holds
 
 
 def foreign_files(folder: Path, owned: Collection[str]) -> list[str]:
@@ -81,20 +82,21 @@ def check_replaceable(final: Path, owned: Collection[str]) -> None:
 
 
 @contextmanager
-def locked(final: str | os.PathLike):
-    """Hold ``.<name>.lock`` beside ``final`` for the block; UserInputError at once if another process does.
-    Re-entrant within a process (a verb holds its --out while ``save`` writes into it)."""
+def locked(final: str | os.PathLike, *, wait: bool = False):
+    """Hold ``.<name>.lock`` beside ``final`` for the block; if another process holds it, UserInputError at
+    once (or, with ``wait``, wait for it). Re-entrant within a thread (a verb holds its --out while
+    ``save`` writes into it)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     lock = final.with_name(f".{final.name}.lock")
-    key = str(lock.resolve())
-    if key in _held:
+    key, held = str(lock.resolve()), _held.__dict__.setdefault("paths", set())
+    if key in held:
         yield
         return
     while True:
         fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise UserInputError(f"another slimkit process is writing {final} now; wait for it or choose "
@@ -102,11 +104,11 @@ def locked(final: str | os.PathLike):
         if lock.exists() and os.stat(lock).st_ino == os.fstat(fd).st_ino:
             break  # the lock file was not removed by the previous holder between our open and flock
         os.close(fd)
-    _held.add(key)
+    held.add(key)
     try:
         yield
     finally:
-        _held.discard(key)
+        held.discard(key)
         lock.unlink(missing_ok=True)  # unlinked while held, so no one can lock a stale file
         os.close(fd)
 

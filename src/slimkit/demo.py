@@ -200,12 +200,13 @@ def run_demo(out_dir: str | Path = "slimkit-report", *, retrain: bool = False, m
 def _variant_artifact(base: str, base_model: nn.Module, variant: Variant, rebuild: bool) -> Path:
     """The cached artifact of ``variant`` applied to a copy of ``base_model``, built if missing."""
     cached = _variant_cache(base, variant)
-    if rebuild or not cached.exists():
-        model = copy.deepcopy(base_model)
+
+    def make():
         start = time.perf_counter()
-        model = apply_variant(model, variant, base)
-        save(model, cached, metrics={"config": variant.to_dict(),
-                                     "transform_seconds": round(time.perf_counter() - start, 2)})
+        model = apply_variant(copy.deepcopy(base_model), variant, base)
+        return model, {"config": variant.to_dict(), "transform_seconds": round(time.perf_counter() - start, 2)}
+
+    zoo.cached(cached, make, rebuild=rebuild)  # atomic, locked, a bad entry rebuilt
     return cached
 
 
