@@ -189,7 +189,7 @@ def _compiler() -> str | None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(_compiler() is None, reason="torch.compile (inductor) needs a C++ compiler; none on PATH")
-@pytest.mark.parametrize("case", ["int4-int4pack", "w8a8-dynamic"])
+@pytest.mark.parametrize("case", ["w8a8-dynamic"])  # one case: compiling takes 10-25 s each on 2 cores
 def test_torch_compile(case):
     # compiled kernels may fuse and reorder float32 sums: equal to the eager output to float32 rounding
     # (a 64-term dot product: ~sqrt(64) * 6e-8 relative), and within the technique's bound of the float model
