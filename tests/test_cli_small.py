@@ -85,3 +85,34 @@ def test_one_seed_seeds_everything_random_in_a_run(monkeypatch, tmp_path):
         torch.manual_seed(len(adapters) + 100)  # whatever state the process was in before
         assert main(["train", "--model", str(tmp_path / "mlp"), "--seed", str(seed)]) == 0
     assert torch.equal(adapters[0], adapters[1]) and not torch.equal(adapters[0], adapters[2])
+
+
+def _mlp_with_a_nan():
+    import torch
+
+    from slimkit.models import from_spec
+
+    model = from_spec("mlp:hidden=16")
+    linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    with torch.no_grad():
+        linear.weight[0, 1] = float("nan")
+    return model
+
+
+def test_nan_weights_are_refused_by_prune_and_eval_with_the_layer_name():
+    from slimkit import PruneConfig, UserInputError, evaluate, prune
+
+    with pytest.raises(UserInputError, match=r"layer 'net\.\d+': weight has 1 NaN/Inf value"):
+        prune(_mlp_with_a_nan(), PruneConfig(sparsity=0.5))
+    with pytest.raises(UserInputError, match=r"'net\.\d+\.weight' holds 1 NaN/Inf value"):
+        evaluate(_mlp_with_a_nan(), "digits")
+
+
+def test_eval_on_a_task_the_model_cannot_run_is_one_clear_line(tmp_path, capsys):
+    from slimkit import save
+    from slimkit.models import from_spec
+
+    save(from_spec("mlp:hidden=16"), tmp_path / "mlp")
+    assert main(["eval", str(tmp_path / "mlp"), "--task", "pycorpus"]) == 2
+    err = capsys.readouterr().err
+    assert "a MLP cannot run the 'pycorpus' task" in err and "Traceback" not in err

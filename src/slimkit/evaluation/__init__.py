@@ -51,8 +51,14 @@ def evaluate(
     batch = batch_size or task.default_batch
     if batch < 1:
         raise ValueError(f"batch_size={batch}: must be at least 1")
+    _check_finite(model)
     with torch.no_grad():
-        quality = task.quality(model)
+        try:
+            quality = task.quality(model)
+        except (RuntimeError, TypeError, ValueError, IndexError) as exc:  # e.g. token ids fed to the digits MLP
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserInputError(f"a {type(model).__name__} cannot run the {task.name!r} task ({first}); "
+                                 "evaluate it on the task it was made for") from exc
     call = task.example_call(model, batch)
     if artifact_dir is None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -75,6 +81,15 @@ def evaluate(
         latency_batch=batch, latency_runs=runs, threads=threads, peak_memory_bytes=peak_memory_bytes(model, call),
         baseline=baseline, notes=_layer_notes(model, threads, paired=baseline_model is not None), speedup=speedup,
     )
+
+
+def _check_finite(model: nn.Module) -> None:
+    """Refuse NaN/Inf weights, naming the tensor: every figure measured from them would be meaningless."""
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            count = int((~torch.isfinite(tensor)).sum())
+            raise UserInputError(f"{name!r} holds {count} NaN/Inf value(s); the model cannot be measured: "
+                                 "repair or retrain it (its quality would be NaN, its speed meaningless)")
 
 
 def _layer_notes(model: nn.Module, threads: int, paired: bool) -> dict:

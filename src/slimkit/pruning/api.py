@@ -14,6 +14,7 @@ from slimkit.pruning.config import PruneConfig
 from slimkit.pruning.importance import model_inputs
 from slimkit.pruning.structured import prune_structure
 from slimkit.pruning.unstructured import LayerReport, prune_weights
+from slimkit.selection import check_finite_weight
 
 TECHNIQUE = "pruning"
 
@@ -63,6 +64,9 @@ def prune(model: nn.Module, config: PruneConfig, data=None, *, example_inputs=No
     >>> report = prune(cnn, PruneConfig(sparsity=0.9, scope="global"))  # doctest: +SKIP
     >>> report = prune(cnn, PruneConfig(structured=True, ratio=0.5), data=batches)  # doctest: +SKIP
     """
+    for name, layer in model.named_modules():  # a NaN would rank as an arbitrary weight and pass on silently
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            check_finite_weight(name, layer.weight)
     data = list(data) if data is not None else None
     reports, notes = [], []
     if config.structured:
