@@ -116,3 +116,18 @@ def test_eval_on_a_task_the_model_cannot_run_is_one_clear_line(tmp_path, capsys)
     assert main(["eval", str(tmp_path / "mlp"), "--task", "pycorpus"]) == 2
     err = capsys.readouterr().err
     assert "a MLP cannot run the 'pycorpus' task" in err and "Traceback" not in err
+
+
+def test_a_bad_lora_spec_is_refused_before_the_model_is_loaded(capsys):
+    assert main(["train", "--model", "/nonexistent/model", "--lora", "r=0"]) == 2
+    err = capsys.readouterr().err
+    assert "LoRA rank=0" in err and "nonexistent" not in err  # the spec was checked first
+
+
+def test_train_without_out_says_the_result_was_discarded(tmp_path, capsys):
+    from slimkit import save
+    from slimkit.models import from_spec
+
+    save(from_spec("mlp:hidden=8"), tmp_path / "mlp")
+    assert main(["train", "--model", str(tmp_path / "mlp"), "--steps", "1", "--quiet"]) == 0
+    assert "| saved | nowhere: the trained model was discarded (add --out DIR to keep it) |" in capsys.readouterr().out

@@ -69,6 +69,7 @@ def run(args) -> int:
     from slimkit.training import TrainConfig, train
 
     _check_private(args)  # before launching or loading: a refused DP run should not wait for either
+    lora_config = registry.config_from_args("lora", args) if args.lora else None  # nor a bad --lora spec
     if args.nproc > 1:
         from slimkit.distributed.command import launch_or_join
 
@@ -89,8 +90,7 @@ def run(args) -> int:
     task = get_task(task_name)
     before = task.quality(model)
     # a saved LoRA model comes back with its base frozen (slimkit.load restores requires_grad)
-    adapters = (lora.inject(model, registry.config_from_args("lora", args)) if args.lora
-                else list(lora.adapter_layers(model)))
+    adapters = lora.inject(model, lora_config) if lora_config else list(lora.adapter_layers(model))
     with_adapters = task.quality(model) if args.lora else None  # e.g. an NF4 base loses some quality
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = parameter_counts(model)[0]  # weights stored as codes (QLoRA's NF4 base) included
@@ -146,8 +146,7 @@ def _table(s: dict) -> str:
     if s["privacy"]:
         rows.append(("privacy (DP-SGD)", "({epsilon:.3g}, {delta:g})-DP: noise multiplier {noise_multiplier:.3g}, "
                      "C {max_grad_norm:g}, sample rate {sample_rate:.3g}, {steps} steps".format(**s["privacy"])))
-    if s["out"]:
-        rows.append(("saved", s["out"]))
+    rows.append(("saved", s["out"] or "nowhere: the trained model was discarded (add --out DIR to keep it)"))
     return "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
 
 
