@@ -14,7 +14,7 @@ from torch import nn
 from slimkit.errors import UserInputError
 from slimkit.pruning import PruneConfig, prune
 from slimkit.pruning import ops
-from tests.pruning.test_structured import Sorter, _randomise_batchnorm, _zero_half
+from tests.pruning.test_structured import Branching, Sorter, _randomise_batchnorm, _zero_half
 from tests.reference.vision import MobileNetV3Small, ViT
 
 # Removing a zero channel changes only the length of float sums by exact zeros; what differs is the
@@ -94,6 +94,10 @@ def test_a_refusals_exclude_advice_works_when_followed():
         model = Sorter()
         report = prune(model, PruneConfig(structured=True, ratio=0.5, exclude=exclude), example_inputs=x)
         assert model.fc1.out_features == 8 and any("sort" in note for note in report.notes)
+    with pytest.raises(UserInputError, match=r"cannot trace module 'Branching'.*exclude=\('fc1', 'fc2'\)"):
+        prune(Branching(), PruneConfig(structured=True, ratio=0.5), example_inputs=x)
+    report = prune(Branching(), PruneConfig(structured=True, ratio=0.5, exclude=("fc*",)), example_inputs=x)
+    assert "its layers are excluded" in report.notes[0]
 
 
 def _kept(original: torch.Tensor, pruned: torch.Tensor, block: int) -> list[int]:
