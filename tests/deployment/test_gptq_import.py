@@ -65,7 +65,8 @@ def _write_checkpoint(model, folder, method, v1=True):
     (folder / "config.json").write_text(json.dumps(config))
 
 
-@pytest.mark.parametrize("method, v1", [("gptq", True), ("gptq", False), ("awq", False)], ids=["gptq-v1", "gptq-v2", "awq"])
+@pytest.mark.parametrize("method, v1", [("gptq", True), ("gptq", False), ("awq", False)],
+                         ids=["gptq-v1", "gptq-v2", "awq"])
 def test_gptq_and_awq_folders_load_with_their_codes(tiny_llama, token_ids, tmp_path, method, v1):
     slimkit.quantize(tiny_llama, WeightQuantConfig("int4", group_size=32, symmetric=False))
     _write_checkpoint(tiny_llama, tmp_path / "ckpt", method, v1)

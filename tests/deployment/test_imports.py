@@ -87,3 +87,16 @@ def test_gguf_of_another_architecture_is_refused_on_the_command_line(tiny_llama,
     assert main(["export", str(tmp_path / "other.gguf"), "--to", "onnx", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "architecture 'gpt2x'; slimkit imports the llama family only" in err
+
+
+def test_quantized_embeddings_travel_as_q4_0_blocks(tiny_llama, token_ids, tmp_path):
+    slimkit.quantize(tiny_llama, WeightQuantConfig("int4", group_size=32, embeddings=True))
+    first = slimkit.export(tiny_llama, tmp_path / "a", to="gguf") / "model.gguf"
+    gguf = pytest.importorskip("gguf")
+    assert {t.name: t.tensor_type.name for t in gguf.GGUFReader(first).tensors}["token_embd.weight"] == "Q4_0"
+    transformers = pytest.importorskip("transformers")
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(first.parent, gguf_file=first.name).eval()
+    assert torch.equal(_logits(loaded, token_ids), _logits(tiny_llama, token_ids))
+    imported = slimkit.load(first)
+    assert type(imported.model.embed_tokens).__name__ == "QuantEmbedding"
+    assert first.read_bytes() == (slimkit.export(imported, tmp_path / "b", to="gguf") / "model.gguf").read_bytes()

@@ -153,7 +153,8 @@ def _quant_linear(name: str, module: QuantLinear, dtype: torch.dtype) -> tuple[d
         parts = {"weight": codes.view(torch.float8_e4m3fn), "weight_scale": scale}
         return _scheme("naive-quantized", {**weights, "num_bits": 8, "type": "float"}), parts
     raise ExportRefused(f"layer {name!r} is {enc.fmt}, which compressed-tensors cannot store exactly; "
-                        "quantize to int2..int8 or fp8_e4m3 for this target (nf4 has no exact form in any export target)")
+                        "quantize to int2..int8 or fp8_e4m3 for this target "
+                        "(nf4 has no exact form in any export target)")
 
 
 def _int8_linear(name: str, module: Int8Linear, dtype: torch.dtype) -> tuple[dict, dict[str, Tensor]]:
@@ -231,7 +232,8 @@ def load_folder(directory: Path) -> nn.Module:
     try:
         result = model.load_state_dict(tensors, strict=False, assign=True)
     except RuntimeError as exc:
-        raise ArtifactError(f"{directory / 'model.safetensors'}: tensors do not fit the configured model: {exc}") from None
+        raise ArtifactError(f"{directory / 'model.safetensors'}: tensors do not fit the configured model: "
+                            f"{exc}") from None
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     missing = [k for k in result.missing_keys if k not in tied and k.rpartition(".")[0] not in schemes]
     if missing or result.unexpected_keys:

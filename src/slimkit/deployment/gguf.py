@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from slimkit.deployment import ExportRefused
 from slimkit.deployment.q4k import QK_K, quantize_q4_k
 from slimkit.formats import unpack
+from slimkit.quantization.embedding import QuantEmbedding
 from slimkit.quantization.modules import QuantLinear
 
 ALIGNMENT = 32
@@ -73,10 +74,11 @@ def gguf_tensors(model: nn.Module, float_layers: str | None = None) -> dict[str,
         gguf_name = gguf_name_of(name)
         if gguf_name is None:
             continue
-        weight = module.weight if not isinstance(module, QuantLinear) else None
+        coded = isinstance(module, (QuantLinear, QuantEmbedding))  # held as codes: written as Q4_0/Q8_0 blocks
+        weight = None if coded else module.weight
         if weight is not None and weight.data_ptr() in seen:  # a tied output layer: llama.cpp reuses token_embd
             continue
-        if isinstance(module, QuantLinear):
+        if coded:
             data, kind = _quantized_blocks(name, module)
         elif type(module).__module__.startswith("slimkit."):
             raise ExportRefused(f"layer {name!r} is a slimkit {type(module).__name__}, which GGUF cannot hold; "
@@ -87,7 +89,7 @@ def gguf_tensors(model: nn.Module, float_layers: str | None = None) -> dict[str,
         else:
             seen.add(weight.data_ptr())
             data, kind = _float(name, weight.detach())
-        shape = (module.out_features, module.in_features) if isinstance(module, QuantLinear) else tuple(weight.shape)
+        shape = tuple(module.encoded().shape) if coded else tuple(weight.shape)
         if gguf_name.endswith(("attn_q.weight", "attn_k.weight")):
             data = data[_qk_rows(shape[0], heads if "attn_q" in gguf_name else kv_heads)]
         if getattr(module, "bias", None) is not None:
@@ -122,16 +124,17 @@ def _float(name: str, weight: Tensor) -> tuple[Tensor, int]:
     return weight, _FLOAT_TYPES[weight.dtype]
 
 
-def _quantized_blocks(name: str, module: QuantLinear) -> tuple[Tensor, int]:
+def _quantized_blocks(name: str, module: QuantLinear | QuantEmbedding) -> tuple[Tensor, int]:
     """(out, in/32 * block bytes) uint8 rows of Q8_0 or Q4_0 blocks of the layer's own codes."""
     enc = module.encoded()
     out_features, in_features = enc.shape
+    input_scale = getattr(module, "input_scale", None)
     fits = (enc.fmt in ("int8", "int4") and enc.symmetric and enc.granularity == "group" and enc.axis == 0
-            and enc.group_size == 32 and in_features % 32 == 0 and module.input_scale is None)
+            and enc.group_size == 32 and in_features % 32 == 0 and input_scale is None)
     if not fits:
         raise ExportRefused(f"layer {name!r} ({enc.fmt}, {enc.granularity} {enc.group_size}, "
                             f"{'symmetric' if enc.symmetric else 'asymmetric'}"
-                            f"{', AWQ input scale' if module.input_scale is not None else ''}) has no exact GGUF "
+                            f"{', AWQ input scale' if input_scale is not None else ''}) has no exact GGUF "
                             "type; quantize with WeightQuantConfig('int4' or 'int8', group_size=32, symmetric=True, "
                             "method='rtn' or 'gptq') for Q4_0 / Q8_0")
     scale = enc.scales()

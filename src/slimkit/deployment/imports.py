@@ -24,6 +24,7 @@ from slimkit.deployment.gguf import BF16, F16, F32, Q4_0, Q8_0, gguf_name_of
 from slimkit.deployment.gguf_reader import TYPE_NAMES, read_gguf
 from slimkit.errors import ArtifactError, MissingDependencyError
 from slimkit.formats import EncodedTensor, pack
+from slimkit.quantization.embedding import QuantEmbedding
 from slimkit.quantization.modules import QuantLinear
 
 _FLOAT_DTYPES = {F32: torch.float32, F16: torch.float16, BF16: torch.bfloat16}
@@ -58,7 +59,8 @@ def load_gguf(path: Path) -> nn.Module:
     model = _llama(meta, infos, path)
     heads = {"attn_q": model.config.num_attention_heads, "attn_k": model.config.num_key_value_heads}
     names = {gguf_name_of(name): name for name, _ in model.named_modules()}
-    missing = sorted(set(n for n in names if n) - set(infos) - ({"output.weight"} if model.config.tie_word_embeddings else set()))
+    tied = {"output.weight"} if model.config.tie_word_embeddings else set()
+    missing = sorted(set(n for n in names if n) - set(infos) - tied)
     if missing:
         raise ArtifactError(f"{path}: tensors {missing[:3]} are missing for a Llama of this shape")
     for gguf_name, info in infos.items():
@@ -74,9 +76,12 @@ def load_gguf(path: Path) -> nn.Module:
         elif info.ggml_type in (Q4_0, Q8_0) and isinstance(module, nn.Linear):
             model.set_submodule(names[gguf_name], QuantLinear(info.shape[1], info.shape[0],
                                                               _encoded_blocks(raw, info, rows)))
+        elif info.ggml_type in (Q4_0, Q8_0) and gguf_name == "token_embd.weight" and "output.weight" in infos:
+            model.set_submodule(names[gguf_name], QuantEmbedding(*info.shape, _encoded_blocks(raw, info, None)))
         else:
             raise ArtifactError(f"{path}: tensor {gguf_name!r} is {TYPE_NAMES[info.ggml_type]}, which slimkit imports "
-                                "only for Linear weights as Q4_0 / Q8_0 (Q4_K's sub-block minimums have no exact "
+                                "only for Linear weights and untied embeddings as Q4_0 / Q8_0 (Q4_K's "
+                                "sub-block minimums have no exact "
                                 "slimkit encoding); re-quantize the file to Q4_0 or Q8_0 with llama-quantize")
     if model.config.tie_word_embeddings:
         model.tie_weights()

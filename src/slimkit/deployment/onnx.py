@@ -70,7 +70,8 @@ class _Positional(nn.Module):
         if not hasattr(config, "to_dict"):  # not a transformers model: positional inputs
             out = self.model(*inputs)
         else:
-            out = self.model(**dict(zip(self.names, inputs)), **({"use_cache": False} if hasattr(config, "use_cache") else {}))
+            cache = {"use_cache": False} if hasattr(config, "use_cache") else {}
+            out = self.model(**dict(zip(self.names, inputs)), **cache)
         if isinstance(out, Tensor):
             return out
         return out.logits if hasattr(out, "logits") else out[0]
@@ -143,7 +144,8 @@ def _nbits_or_int8(name: str, module: QuantLinear) -> _OnnxLinear:
     bias = None if module.bias is None else module.bias.detach()
     weight = module.dequantized_weight()
     group = enc.group_size
-    if enc.fmt == "int4" and enc.granularity == "group" and group in (16, 32, 64, 128, 256) and in_features % group == 0:
+    nbits_group = group in (16, 32, 64, 128, 256) and in_features % (group or 1) == 0
+    if enc.fmt == "int4" and enc.granularity == "group" and nbits_group:
         blocks = in_features // group
         codes = unpack(enc.codes, 4, enc.numel).reshape(out_features, blocks, group)
         constants = {"B": codes[..., 0::2] | (codes[..., 1::2] << 4),  # (N, K/g, g/2)
