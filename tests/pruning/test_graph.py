@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from slimkit.errors import UserInputError
+from slimkit.io import load, save
 from slimkit.pruning import PruneConfig, prune
 from slimkit.pruning import ops
 from tests.pruning.test_structured import Branching, Sorter, _randomise_batchnorm, _zero_half
@@ -108,7 +109,7 @@ def _kept(original: torch.Tensor, pruned: torch.Tensor, block: int) -> list[int]
 
 @pytest.mark.slow  # a transformers model: 2-8 s on 2 shared cores
 @pytest.mark.parametrize("kv_heads", [2, 4], ids=["gqa", "mha"])
-def test_llama_heads_in_gqa_groups_and_mlp_channels(kv_heads):
+def test_llama_heads_in_gqa_groups_and_mlp_channels(kv_heads, tmp_path):
     transformers = pytest.importorskip("transformers")
     config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=kv_heads,
@@ -134,3 +135,5 @@ def test_llama_heads_in_gqa_groups_and_mlp_channels(kv_heads):
     reloaded = transformers.LlamaForCausalLM(model.config).eval()  # the edited config describes the model
     reloaded.load_state_dict(model.state_dict())
     torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, atol=0, rtol=0)
+    save(model, tmp_path / "llama")
+    torch.testing.assert_close(load(tmp_path / "llama")(ids).logits, model(ids).logits, atol=0, rtol=0)
