@@ -131,3 +131,18 @@ def test_train_without_out_says_the_result_was_discarded(tmp_path, capsys):
     save(from_spec("mlp:hidden=8"), tmp_path / "mlp")
     assert main(["train", "--model", str(tmp_path / "mlp"), "--steps", "1", "--quiet"]) == 0
     assert "| saved | nowhere: the trained model was discarded (add --out DIR to keep it) |" in capsys.readouterr().out
+
+
+def test_a_hugging_face_folder_with_pickle_weights_is_refused(tmp_path):
+    import torch
+
+    from slimkit import ArtifactError, load
+
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2)
+    config.architectures = ["LlamaForCausalLM"]
+    config.save_pretrained(tmp_path)
+    torch.save(transformers.LlamaForCausalLM(config).state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(ArtifactError, match=r"pickle files \(pytorch_model.bin\).*safetensors only"):
+        load(tmp_path)

@@ -71,6 +71,9 @@ def folder_architecture(directory: Path) -> str:
     return names[0]
 
 
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
 def load_folder(directory: str | Path) -> nn.Module:
     """The transformers model saved in a Hugging Face folder, as the class its config names (eval mode)."""
     directory = Path(directory)
@@ -82,8 +85,13 @@ def load_folder(directory: str | Path) -> nn.Module:
     name = folder_architecture(directory)
     kind = "encoder" if name == "Model" else kind_of_architecture(name)
     auto = getattr(transformers, AUTO_CLASSES[kind])
-    try:
-        model = auto.from_pretrained(directory, local_files_only=True).eval()
+    pickles = sorted(p.name for pattern in PICKLE_WEIGHTS for p in directory.glob(pattern))
+    if pickles and not any(directory.glob("*.safetensors")):
+        raise ArtifactError(f"{directory}: its weights are pickle files ({', '.join(pickles)}), which can run code "
+                            "when loaded; slimkit reads safetensors only: convert them where you trust the file, "
+                            "e.g. AutoModel.from_pretrained(folder).save_pretrained(folder) (writes model.safetensors)")
+    try:  # never falls back to a pickle file lying beside the safetensors ones
+        model = auto.from_pretrained(directory, local_files_only=True, use_safetensors=True).eval()
     except (OSError, ValueError, KeyError) as exc:
         raise ArtifactError(f"{directory}: cannot load as a Hugging Face model folder: {exc}") from None
     remember_source(model, directory, directory.resolve())
