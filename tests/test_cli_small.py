@@ -146,3 +146,18 @@ def test_a_hugging_face_folder_with_pickle_weights_is_refused(tmp_path):
     torch.save(transformers.LlamaForCausalLM(config).state_dict(), tmp_path / "pytorch_model.bin")
     with pytest.raises(ArtifactError, match=r"pickle files \(pytorch_model.bin\).*safetensors only"):
         load(tmp_path)
+
+
+@pytest.mark.parametrize("batch, message", [
+    ("nan", "calibration batch 0 holds NaN/Inf values"),
+    ("narrow", r"calibration batch 0 \(shape \(4, 10\)\) does not fit the MLP"),
+])
+def test_gptq_calibration_that_cannot_work_is_one_clear_error(batch, message):
+    import torch
+
+    from slimkit import UserInputError, WeightQuantConfig, quantize
+    from slimkit.models import from_spec
+
+    calib = [torch.full((4, 64), float("nan")) if batch == "nan" else torch.randn(4, 10)]
+    with pytest.raises(UserInputError, match=message):
+        quantize(from_spec("mlp:hidden=32"), WeightQuantConfig("int4", group_size=None, method="gptq"), calib=calib)

@@ -38,6 +38,8 @@ def quantize(model: nn.Module, config: WeightQuantConfig | ActivationQuantConfig
     chosen, skipped = select_layers(model, config.include, config.exclude, types,
                                     action="to quantize", tied=TIED_QUANTIZED)
     calib = _check_calibration(config, calib)
+    if calib is not None:
+        _check_batches(model, calib)
     for name, layer in chosen:  # every layer checked before any is changed
         check_finite_weight(name, layer.weight)
     model.eval()
@@ -93,6 +95,24 @@ def _encode(weight: torch.Tensor, config: WeightQuantConfig, scale=None, zero_po
     return quantize_tensor(weight, config.format, granularity=config.granularity, axis=0, symmetric=config.symmetric,
                            double_quant=config.double_quant, scale=scale, zero_point=zero_point,
                            scale_dtype=getattr(torch, config.scale_dtype))
+
+
+def _check_batches(model: nn.Module, calib: list) -> None:
+    """Refuse NaN/Inf calibration values and a first batch the model cannot run (a wrong feature width,
+    say) before any layer is changed: both surfaced deep inside GPTQ as a Cholesky or indexing error."""
+    for i, batch in enumerate(calib):
+        for tensor in batch.values() if isinstance(batch, dict) else [batch]:
+            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise UserInputError(f"calibration batch {i} holds NaN/Inf values; calibrate on finite inputs")
+    first = calib[0]
+    try:
+        with torch.no_grad():
+            model(**first) if isinstance(first, dict) else model(first)
+    except (RuntimeError, IndexError, TypeError, ValueError) as exc:
+        shape = ({k: tuple(getattr(v, "shape", ())) for k, v in first.items()} if isinstance(first, dict)
+                 else tuple(getattr(first, "shape", ())))
+        raise UserInputError(f"calibration batch 0 (shape {shape}) does not fit the {type(model).__name__}: "
+                             f"{str(exc).splitlines()[0]}; pass inputs the model takes") from None
 
 
 def _check_calibration(config: WeightQuantConfig, calib) -> list | None:
