@@ -30,6 +30,7 @@ from slimkit.errors import UserInputError
 from slimkit.hf import float_source, load_folder, load_tokenizer, model_kind
 from slimkit.models import lm_task
 from slimkit.models.lm_task import CausalLMTask
+from slimkit.models.tasks import TASKS, calibration_sentences, get_task, infer_task, is_minilm
 
 HF_TASKS = ("causal-lm", "encoder", "classifier")
 HELD_OUT = 0.2  # share of a user's data file kept for evaluation (the rest calibrates)
@@ -69,10 +70,8 @@ def cli_task(model: nn.Module, model_dir: str | Path, task: str | None = None, d
 
     slimkit's reference models take the zoo's tasks; a Hugging Face model (a folder, or an artifact
     made from one, which records its float folder as ``metrics.source``) takes ``hf_task``, or the
-    zoo's ``minilm`` task when it is all-MiniLM-L6-v2's architecture.
+    zoo's task that ``infer_task`` recognises it for (all-MiniLM-L6-v2, SmolLM2).
     """
-    from slimkit.models.tasks import TASKS, get_task, infer_task
-
     kind = model_kind(model)
     if kind is None:
         if task in HF_TASKS or data is not None:
@@ -80,11 +79,14 @@ def cli_task(model: nn.Module, model_dir: str | Path, task: str | None = None, d
             raise UserInputError(f"{what} is for Hugging Face models; a {type(model).__name__} takes --task "
                                  f"{infer_task(model)}")
         return get_task(task or infer_task(model))
-    if task == "minilm" or (task is None and data is None and is_minilm(model)):
-        if not is_minilm(model):
-            raise UserInputError(f"task 'minilm' measures all-MiniLM-L6-v2 and does not fit this "
-                                 f"{type(model).__name__}; use --task {_fitting(kind)}")
-        return get_task("minilm")
+    if task is None and data is None:
+        try:
+            return get_task(infer_task(model))  # all-MiniLM-L6-v2 or SmolLM2: the zoo's own tasks
+        except UserInputError:
+            pass
+    if task == "minilm" and not is_minilm(model):
+        raise UserInputError(f"task 'minilm' measures all-MiniLM-L6-v2 and does not fit this "
+                             f"{type(model).__name__}; use --task {_fitting(kind)}")
     if task in TASKS and task not in HF_TASKS:
         if task in ("digits", "pycorpus"):
             raise UserInputError(f"task {task!r} is for slimkit's reference models and does not fit a "
@@ -92,13 +94,6 @@ def cli_task(model: nn.Module, model_dir: str | Path, task: str | None = None, d
         return get_task(task)
     folder, reference = _folders(Path(model_dir))
     return hf_task(model, folder, task, data, reference)
-
-
-def is_minilm(model: nn.Module) -> bool:
-    """Whether a transformers model has all-MiniLM-L6-v2's architecture (a BERT of 6 layers, width 384)."""
-    config = getattr(model, "config", None)
-    return (getattr(config, "model_type", None) == "bert" and config.hidden_size == 384
-            and config.num_hidden_layers == 6 and config.vocab_size == 30522)
 
 
 def _fitting(kind: str) -> str:
@@ -136,8 +131,6 @@ def _causal_lm(tokenizer, float_model, model: nn.Module, data: str | Path | None
 def _sentences(task: str, data: str | Path | None) -> tuple[list[str], list[str], list[int] | None]:
     """(calibration texts, evaluation texts, evaluation labels or None)."""
     if data is None:
-        from slimkit.models.tasks import calibration_sentences
-
         return calibration_sentences(128), list(sentences()[:MAX_SENTENCES]), None
     if task == "encoder":
         rows = [line.strip() for line in _read(data).splitlines() if line.strip()]

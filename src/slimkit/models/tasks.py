@@ -154,18 +154,26 @@ def get_task(name: str) -> Task:
     return TASKS[name]()
 
 
+def is_minilm(model: nn.Module) -> bool:
+    """Whether a transformers model has all-MiniLM-L6-v2's architecture (a BERT of 6 layers, width 384)."""
+    config = getattr(model, "config", None)
+    return (getattr(config, "model_type", None) == "bert" and config.hidden_size == 384
+            and config.num_hidden_layers == 6 and config.vocab_size == 30522)
+
+
 def infer_task(model: nn.Module) -> str:
     """The task a reference model or MiniLM-like encoder belongs to; error if it cannot tell."""
     if isinstance(model, (MLP, ResNet)):
         return "digits"
     if isinstance(model, GPT):
         return "pycorpus"
-    if getattr(getattr(model, "config", None), "model_type", None) == "bert":
+    if is_minilm(model):
         return "minilm"
     if getattr(getattr(model, "config", None), "vocab_size", None) == smollm2.VOCAB_SIZE and hasattr(model, "generate"):
         return "smollm2"  # a causal LM with SmolLM2's tokenizer (pruned or distilled variants included)
     raise UserInputError(
-        f"cannot tell which task fits a {type(model).__name__}; pass task= one of {', '.join(TASKS)}"
+        f"cannot tell which task fits a {type(model).__name__}; pass task= one of {', '.join(TASKS)} (a Hugging "
+        f"Face model of any architecture: slimkit.models.hf_tasks.hf_task(model, folder))"
     )
 
 
