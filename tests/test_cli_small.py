@@ -161,3 +161,13 @@ def test_gptq_calibration_that_cannot_work_is_one_clear_error(batch, message):
     calib = [torch.full((4, 64), float("nan")) if batch == "nan" else torch.randn(4, 10)]
     with pytest.raises(UserInputError, match=message):
         quantize(from_spec("mlp:hidden=32"), WeightQuantConfig("int4", group_size=None, method="gptq"), calib=calib)
+
+
+def test_quantizing_an_already_quantized_model_says_so():
+    from slimkit import UserInputError, WeightQuantConfig, quantize
+    from slimkit.models import from_spec
+
+    config = WeightQuantConfig("int8", group_size=None)
+    model = quantize(from_spec("mlp:hidden=32"), config)
+    with pytest.raises(UserInputError, match=r"it is compressed already \(QuantLinear \(2\)\): start from the float"):
+        quantize(model, config)

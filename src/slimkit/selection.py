@@ -134,7 +134,13 @@ def _as_linear(conv1d: nn.Module) -> Conv1DLinear:
 
 def _weighted_kinds(model: nn.Module) -> str:
     """"its layers with weights are Conv1D (12), Embedding (2)": what a user can aim a transform at instead."""
-    kinds = Counter(type(m).__name__ for m in model.modules() if isinstance(getattr(m, "weight", None), torch.Tensor))
+    # a module a transform swapped in describes itself (slimkit_spec): QuantLinear, Int8Linear, LowRankLinear, ...
+    compressed = Counter(type(m).__name__ for m in model.modules() if hasattr(m, "slimkit_spec"))
+    kinds = Counter(type(m).__name__ for m in model.modules()
+                    if isinstance(getattr(m, "weight", None), torch.Tensor) and not hasattr(m, "slimkit_spec"))
+    if compressed and not kinds:
+        return ("it is compressed already (" + ", ".join(f"{k} ({n})" for k, n in compressed.most_common()) +
+                "): start from the float model it was made from")
     if not kinds:
         return "it has no layer with weights"
     return "its layers with weights are " + ", ".join(f"{k} ({n})" for k, n in kinds.most_common())
