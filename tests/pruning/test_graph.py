@@ -76,15 +76,21 @@ def test_squeeze_excite_with_hardsigmoid_and_hardswish_is_pruned():
     torch.testing.assert_close(model(x), expected, **TOLERANCE)
 
 
-def test_vit_mlps_narrow_and_the_class_token_concat_keeps_the_residual_stream():
+def test_vit_heads_and_mlps_narrow_and_the_class_token_concat_keeps_the_residual_stream():
     model, x = ViT().eval(), torch.randn(2, 3, 16, 16)
     _zero_half(model, x)
-    expected = model(x)
+    original = copy.deepcopy(model)
     report = prune(model, PruneConfig(structured=True, ratio=0.5), example_inputs=x)
     reasons = {r.layer.split(",")[0]: r.skipped for r in report.layers if r.unit == "channels"}
-    assert reasons["patch_embed"] == "combined with fixed values by cat" and reasons["blocks.0.attn.qkv"]
+    assert reasons["patch_embed"] == "combined with fixed values by cat"
     assert [block.mlp[0].out_features for block in model.blocks] == [64, 64]
-    torch.testing.assert_close(model(x), expected, **TOLERANCE)
+    assert [block.attn.n_head for block in model.blocks] == [2, 2]  # the attention checked equal, then cut
+    with torch.no_grad():
+        for new, old in zip(model.blocks, original.blocks):
+            heads = _kept(old.attn.qkv.weight[:32], new.attn.qkv.weight[:16], 8)  # query rows, 8 per head
+            for h in set(range(4)) - set(heads):
+                old.attn.proj.weight[:, h * 8:(h + 1) * 8] = 0
+    torch.testing.assert_close(model(x), original(x), **TOLERANCE)
 
 
 def test_a_refusals_exclude_advice_works_when_followed():

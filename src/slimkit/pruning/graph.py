@@ -49,6 +49,8 @@ def dependency_groups(model: nn.Module, example_args: tuple, exclude: tuple[str,
     model.eval()  # BatchNorm running statistics must not move while shapes are propagated
     try:
         with torch.no_grad():
+            for m in model.modules():  # recognised before tracing: a kind's check may run the module
+                unit_kind(m)
             _walk(model, "", _record_inputs(model, example_args), found)
     finally:
         model.train(was_training)

@@ -47,11 +47,12 @@ class PrunedBatchNorm2d(nn.BatchNorm2d):
 
 
 class PrunedSelfAttention(nn.Module):
-    """slimkit's GPT causal self-attention with fewer heads: qkv (C -> 3 * heads * head_dim), proj back to C."""
+    """Self-attention with fused qkv and fewer heads (slimkit's GPT: causal; a ViT's: not):
+    qkv (C -> 3 * heads * head_dim), proj back to C."""
 
-    def __init__(self, n_embd: int, n_head: int, head_dim: int, dropout: float = 0.0) -> None:
+    def __init__(self, n_embd: int, n_head: int, head_dim: int, dropout: float = 0.0, causal: bool = True) -> None:
         super().__init__()
-        self.n_head, self.head_dim, self.dropout = n_head, head_dim, dropout
+        self.n_head, self.head_dim, self.dropout, self.causal = n_head, head_dim, dropout, causal
         self.qkv = nn.Linear(n_embd, 3 * n_head * head_dim)
         self.proj = nn.Linear(n_head * head_dim, n_embd)
 
@@ -60,12 +61,13 @@ class PrunedSelfAttention(nn.Module):
         width = self.n_head * self.head_dim
         # (B, T, width) -> (B, heads, T, head_dim)
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in self.qkv(x).split(width, dim=2))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, T, width))
 
     def slimkit_spec(self) -> dict:
         return {"n_embd": self.qkv.in_features, "n_head": self.n_head, "head_dim": self.head_dim,
-                "dropout": self.dropout}
+                "dropout": self.dropout, "causal": self.causal}
 
     @classmethod
     def from_slimkit_spec(cls, spec: dict) -> PrunedSelfAttention:

@@ -5,6 +5,8 @@ A unit kind is found by structure (the projections it holds), and a new kind reg
 
 - ``gpt``: fused ``qkv`` + ``proj`` Linear layers and an ``n_head`` (slimkit's GPT attention),
   replaced by a ``PrunedSelfAttention``.
+- ``fused``: fused ``qkv`` + ``proj`` with ``num_heads`` or ``heads`` (a ViT's, timm's attention), taken
+  as a unit only when a ``PrunedSelfAttention`` with its weights computes the same on a random input.
 - ``bert``: a Hugging Face BERT layer (``attention.self.query/key/value``, ``attention.output.dense``,
   ``intermediate.dense``, ``output.dense``, e.g. MiniLM): heads, plus its feed-forward neurons as
   one channel group; the layer keeps its classes with smaller Linear layers inside.
@@ -20,6 +22,7 @@ A unit kind is found by structure (the projections it holds), and a new kind reg
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -115,6 +118,57 @@ def _gpt_keep(unit: AttentionUnit, old: nn.Module, heads: Tensor) -> nn.Module:
     return new.to(old.qkv.weight.device).train(old.training)
 
 
+# --- fused qkv with a head count of another name (ViT, timm): checked against the replacement --------
+
+_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> causal, or None: not this kind
+
+
+def _fused_heads(m: nn.Module) -> int | None:
+    return next((getattr(m, a) for a in ("num_heads", "heads") if isinstance(getattr(m, a, None), int)), None)
+
+
+def _fused_matches(m: nn.Module) -> bool:
+    heads = _fused_heads(m)
+    if not (heads and _linear(m, "qkv", "proj") and m.qkv.out_features == 3 * m.proj.in_features
+            and m.proj.in_features % heads == 0):
+        return False
+    if m not in _CHECKED:
+        _CHECKED[m] = _causality(m, heads)
+    return _CHECKED[m] is not None
+
+
+@torch.no_grad()
+def _causality(m: nn.Module, heads: int) -> bool | None:
+    """Whether ``m`` computes what a (causal or not) PrunedSelfAttention with its weights computes on a
+    random input; None if neither: its forward does more (norms on q/k, masks...), so it is no unit."""
+    x = torch.randn(2, 5, m.qkv.in_features, generator=torch.Generator().manual_seed(0)).to(m.qkv.weight)
+    was_training = m.training
+    try:
+        expected = m.eval()(x)
+        for causal in (False, True):
+            twin = PrunedSelfAttention(m.qkv.in_features, heads, m.proj.in_features // heads, causal=causal)
+            twin.qkv, twin.proj = m.qkv, m.proj
+            if torch.allclose(twin(x), expected, rtol=1e-4, atol=1e-5):  # float32 sums in another order
+                return causal
+    except Exception:  # noqa: BLE001 - a forward that wants other inputs is not this kind
+        return None
+    finally:
+        m.train(was_training)
+    return None
+
+
+def _fused_describe(m: nn.Module, name: str) -> AttentionUnit:
+    heads = _fused_heads(m)
+    return AttentionUnit(name, "fused", heads, m.proj.in_features // heads, [f"{name}.qkv"], f"{name}.proj")
+
+
+def _fused_keep(unit: AttentionUnit, old: nn.Module, heads: Tensor) -> nn.Module:
+    dropout = getattr(getattr(old, "attn_drop", None), "p", 0.0)
+    new = _gpt_keep(unit, old, heads)
+    new.dropout, new.causal = dropout, _CHECKED[old]
+    return new
+
+
 # --- Hugging Face BERT layer --------------------------------------------------------------------
 
 def _bert_matches(m: nn.Module) -> bool:
@@ -176,6 +230,7 @@ def _llama_keep(unit: AttentionUnit, m: nn.Module, heads: Tensor) -> None:
 
 
 register_unit(UnitKind("gpt", _gpt_matches, _gpt_describe, _gpt_slices, _gpt_keep))
+register_unit(UnitKind("fused", _fused_matches, _fused_describe, _gpt_slices, _fused_keep))
 register_unit(UnitKind("bert", _bert_matches, _bert_describe, _bert_slices, _bert_keep))
 register_unit(UnitKind("llama", _llama_matches, _llama_describe, _llama_slices, _llama_keep))
 
