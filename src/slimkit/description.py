@@ -61,7 +61,7 @@ def check_description(meta: dict, header: dict[str, dict], weights_bytes: int, p
         encoding = info.get("encoding", "raw")
         if encoding == "raw":
             expected[name] = {"dtype": info["dtype"], "shape": info["shape"]}
-        elif encoding in SPARSE_PARTS:
+        elif isinstance(encoding, str) and encoding in SPARSE_PARTS:
             expected.update({f"{name}::{part}": None for part in SPARSE_PARTS[encoding]})
             dense_numel += math.prod(info["shape"])
         else:

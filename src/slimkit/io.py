@@ -26,10 +26,10 @@ import torch
 from torch import Tensor, nn
 
 from slimkit import classes, hf
-from slimkit.atomic import locked, replacing_dir
+from slimkit.atomic import clear_stale, locked, replacing_dir
 from slimkit.description import (ALGORITHM, build_config, check_description, check_hf_config, check_integrity,
                                  check_spec, digest)
-from slimkit.errors import ArtifactError, UserInputError
+from slimkit.errors import ArtifactError, SlimkitError, UserInputError
 from slimkit.formats.sparse import decode_sparse, encode_sparse, nonzero_bits
 from slimkit.manifest import get_manifest, set_manifest
 from slimkit.pruning.masks import attach_mask, masks
@@ -86,7 +86,7 @@ def save(model: nn.Module, directory: str | Path, *, metrics: dict | None = None
         raise UserInputError(f"cannot save to {directory}: metrics and records must be finite JSON values "
                              f"({exc})") from None
     meta["integrity"] = {"algorithm": ALGORITHM, "sha256": digest(meta)}
-    with locked(directory), replacing_dir(directory, owned=ARTIFACT_FILES + hf.COMPANIONS) as tmp:
+    with locked(directory), replacing_dir(clear_stale(directory), owned=ARTIFACT_FILES + hf.COMPANIONS) as tmp:
         (tmp / WEIGHTS_FILE).write_bytes(weights)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if companions is not None:
@@ -98,9 +98,19 @@ def load(directory: str | Path, *, check_integrity: bool = True) -> nn.Module:
     """Rebuild the model saved in ``directory`` (a slimkit artifact or a Hugging Face folder).
 
     ``check_integrity=False`` skips the checksum and digest (only for an artifact you changed on purpose,
-    to save it again); every other check still applies.
+    to save it again); every other check still applies. Every failure is an ArtifactError (a SlimkitError).
     """
-    directory = Path(directory)
+    try:
+        return _load(Path(directory), check_integrity)
+    except SlimkitError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a file is untrusted input: whatever slipped past the checks
+        reason = " ".join(str(exc).split())[:200]
+        raise ArtifactError(f"{directory}: cannot be loaded ({type(exc).__name__}: {reason}); the artifact is "
+                            "corrupt or was not written by slimkit") from None
+
+
+def _load(directory: Path, check_integrity: bool) -> nn.Module:
     from slimkit.deployment.imports import importer_for  # GGUF files, compressed-tensors folders
 
     importer = importer_for(directory)

@@ -84,7 +84,7 @@ def safetensors_header(data: bytes, path: Path) -> dict[str, dict]:
     tensors, spans = {}, []
     for name, entry in header.items():
         where = f"{path}: tensor {name[:100]!r}"
-        if not isinstance(entry, dict) or entry.get("dtype") not in DTYPES:
+        if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str) or entry["dtype"] not in DTYPES:
             raise ArtifactError(f"{where}: unknown dtype or malformed entry")
         shape, offsets = entry.get("shape"), entry.get("data_offsets")
         check_shape(shape, where)

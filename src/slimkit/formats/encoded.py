@@ -133,6 +133,11 @@ def _check_parts(meta: dict, tensors: dict[str, Tensor]) -> None:
     unknown = sorted(set(tensors) - set(_TENSOR_KEYS))
     if missing or unknown:
         raise ArtifactError(f"encoded tensor is missing {missing} or has unknown parts {unknown}")
+    if not ((meta["axis"] is None or _is_count(meta["axis"], -8))
+            and (meta["group_size"] is None or _is_count(meta["group_size"], 1))
+            and isinstance(meta["symmetric"], bool) and isinstance(meta["shape"], (list, tuple))
+            and all(_is_count(size) for size in meta["shape"])):
+        raise ArtifactError(f"encoded tensor has a malformed shape, axis, group_size or symmetric ({meta!r:.200})")
     if meta["fmt"] not in FORMAT_NAMES or meta["granularity"] not in GRANULARITIES:
         raise ArtifactError(f"encoded tensor has unknown format '{meta['fmt']}' or granularity '{meta['granularity']}'")
     expected = packed_nbytes(math.prod(meta["shape"]), format_bits(meta["fmt"]))
@@ -142,3 +147,6 @@ def _check_parts(meta: dict, tensors: dict[str, Tensor]) -> None:
             f"found {tensors['codes'].numel()}"
         )
 
+
+def _is_count(value, least: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
