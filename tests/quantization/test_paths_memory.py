@@ -14,7 +14,7 @@ from torch import nn
 from slimkit.formats import quantize as encode
 from slimkit.io import load, save
 from slimkit.models import MLP, MLPConfig
-from slimkit.quantization import cpu, kernels, modules
+from slimkit.quantization import cpu, kernels
 from slimkit.quantization import paths as paths_module
 from slimkit.quantization.modules import QuantLinear
 
@@ -147,7 +147,7 @@ def test_paths_measured_on_another_cpu_are_set_aside_once(tmp_path, monkeypatch)
     assert layers(load(tmp_path))[0].paths == [(None, "cached")]  # same machine: trusted
     here = cpu.signature("cpu")
     monkeypatch.setattr(cpu, "signature", lambda device: {"cpu": "Other CPU", "flags": here["flags"][:1]})
-    monkeypatch.setattr(modules, "_DISTRUSTED", set())
+    monkeypatch.setattr(cpu, "_DISTRUSTED", set())
     with pytest.warns(UserWarning, match="measured on another CPU") as caught:
         loaded = load(tmp_path)
     assert len([w for w in caught if "another CPU" in str(w.message)]) == 1  # said once for both layers

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import platform
+import warnings
 from pathlib import Path
 
 import torch
@@ -57,3 +58,23 @@ def missing_bf16() -> str | None:
     if {"avx512_bf16", "amx_bf16"} & set(flags()):
         return None
     return "no native bf16 on this CPU (avx512_bf16/amx_bf16 flags absent): emulated bf16 is slower than float32"
+
+
+_DISTRUSTED: set[str] = set()  # the CPUs whose choices this process has already said it set aside
+
+
+def measured_elsewhere(measured_on: dict | None) -> bool:
+    """True (said once per CPU and process) when paths recorded with ``measured_on`` were chosen on a
+    CPU of another kind than this one: the caller then keeps its default path."""
+    if not measured_on or "cpu" not in measured_on:
+        return False
+    here = signature("cpu")
+    if measured_on == here:
+        return False
+    if measured_on["cpu"] not in _DISTRUSTED:
+        _DISTRUSTED.add(measured_on["cpu"])
+        warnings.warn(f"execution paths were measured on another CPU ({measured_on['cpu']}, "
+                      f"{' '.join(measured_on.get('flags', []))}) than this one ({here['cpu']}, "
+                      f"{' '.join(here['flags'])}): layers keep their default path; run "
+                      "slimkit.quantization.paths.choose_paths(model) to measure them here", stacklevel=4)
+    return True

@@ -16,8 +16,6 @@ are dropped (``w_codes`` is None) and read back from that layout, exactly, whene
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -49,8 +47,7 @@ class QuantLinear(nn.Module):
             self.register_buffer(name, None, persistent=False)
         self._int4_block: int | None = None  # see kernels.int4pack_block
         self.measured_on: dict | None = None  # cpu.signature() of the machine choose_paths measured on
-        self.register_state_dict_post_hook(_codes_into_state_dict)
-        self.register_load_state_dict_pre_hook(lambda module, *_: module._restore_codes())  # codes to load into
+        stored.codes_replaceable(self)
         self.register_load_state_dict_post_hook(_rebuild_caches)  # the caches must follow loaded codes
 
     @classmethod
@@ -175,7 +172,7 @@ class QuantLinear(nn.Module):
                      torch.ones(spec["in_features"]) if spec["input_scale"] else None)
         module.paths = [tuple(p) for p in spec["paths"]]  # their caches are built once the weights have loaded
         module.measured_on = spec.get("measured_on")
-        if _measured_elsewhere(module.measured_on):
+        if cpu.measured_elsewhere(module.measured_on):
             module.paths, module.measured_on = [(None, "dequant")], None
         return module
 
@@ -185,36 +182,5 @@ class QuantLinear(nn.Module):
                 f"paths={self.paths}")
 
 
-_DISTRUSTED: set[str] = set()  # the CPUs whose choices this process has already said it set aside
-
-
-def _measured_elsewhere(measured_on: dict | None) -> bool:
-    """True (said once per CPU) when the paths were chosen on a CPU of another kind than this one."""
-    if not measured_on or "cpu" not in measured_on:
-        return False
-    here = cpu.signature("cpu")
-    if measured_on == here:
-        return False
-    if measured_on["cpu"] not in _DISTRUSTED:
-        _DISTRUSTED.add(measured_on["cpu"])
-        warnings.warn(f"execution paths were measured on another CPU ({measured_on['cpu']}, "
-                      f"{' '.join(measured_on.get('flags', []))}) than this one ({here['cpu']}, "
-                      f"{' '.join(here['flags'])}): layers dequantize (least memory); run "
-                      "slimkit.quantization.paths.choose_paths(model) to measure them here", stacklevel=3)
-    return True
-
-
 def _rebuild_caches(module: QuantLinear, _incompatible_keys) -> None:
     module.set_paths(module.paths, fallback=True)
-
-
-def _codes_into_state_dict(module: QuantLinear, state_dict: dict, prefix: str, _local_metadata) -> None:
-    """The codes a kernel layout replaced go into the state dict where the buffer would have put them."""
-    if module.w_codes is not None:
-        return
-    own = [name for name, t in (*module._parameters.items(), *module._buffers.items())
-           if t is not None or name == "w_codes"]
-    own = [name for name in own if name not in COPIES]
-    values = {name: state_dict.pop(prefix + name) for name in own if prefix + name in state_dict}
-    values["w_codes"] = module.recovered_codes()
-    state_dict.update((prefix + name, values[name]) for name in own if name in values)

@@ -35,19 +35,23 @@ from slimkit.errors import UserInputError
 from slimkit.manifest import add_entry
 from slimkit.progress import progress
 from slimkit.quantization import cpu, kernels
+from slimkit.quantization.activation.modules import INT8_PATHS, Int8Linear, x86_missing
 from slimkit.quantization.modules import QuantLinear
 from slimkit.timing import latency_ms
 
 PROBE_ROWS = (1, 16, 256)
 TECHNIQUE = "path choice"  # manifest label of the entries choose_paths adds
 AGREEMENT = 3e-2  # bf16 activations and outputs give up to about 5e-3 of the largest output; a bug gives far more
-ONE_COPY = ("dequant", *kernels.KERNELS)  # paths holding the codes or a kernel's layout of them, nothing more
+# paths holding the codes or one kernel layout of them, nothing more (Int8Linear's int8 weights: the codes
+# and one int8 layout, whichever kernel)
+ONE_COPY = ("dequant", *kernels.KERNELS, *INT8_PATHS)
+Layer = QuantLinear | Int8Linear
 
 
 @dataclass
 class _Measured:
     name: str
-    layer: QuantLinear
+    layer: Layer
     ms: dict[int, dict[str, float]]  # rows -> path (and "float") -> median ms
     resident: dict[str, int]  # path -> the layer's resident bytes when it alone is used
     rejected: dict[str, float] = field(default_factory=dict)
@@ -58,6 +62,15 @@ class _Measured:
         return _merge([(rows, min((p for p in times if p in allowed), key=times.get))
                        for rows, times in self.ms.items()])
 
+    def one_copy_choice(self) -> list[tuple[int | None, str]]:
+        """The fastest choice among ONE_COPY paths that holds no more than one of them alone: two int8
+        kernels mixed by row count would hold two layouts, so then the single path fastest overall."""
+        merged = self.choice(ONE_COPY)
+        if len({path for _, path in merged}) == 1 or self.resident_of(merged) <= max(self.resident.values()):
+            return merged
+        single = [p for p in self.resident if p in ONE_COPY]
+        return [(None, min(single, key=lambda p: sum(t[p] / t["float"] for t in self.ms.values())))]
+
     def resident_of(self, choice) -> int:
         self.layer.set_paths(choice)
         return self.layer.resident_bytes()
@@ -67,14 +80,16 @@ class _Measured:
 def choose_paths(model: nn.Module, *, probe_rows: tuple[int, ...] = PROBE_ROWS,
                  memory_budget: int | float | None = None, threads: int = 2, runs: int = 5, rounds: int = 3,
                  dtype: torch.dtype | None = None) -> list[dict]:
-    """Pick each QuantLinear's path per batch-row range; returns (and records) one entry per layer.
+    """Pick each QuantLinear's and dynamic Int8Linear's path per batch-row range; returns (and records)
+    one entry per layer.
 
     Layers are measured where they are (CPU or CUDA), with inputs of ``dtype``: by default float32
     on CPU and bfloat16 on CUDA. ``memory_budget``: None keeps one copy of each weight (resident
     memory at the stored size); bytes (int) or a fraction of the quantized layers' float32 size
     (float, e.g. 0.5) admits faster paths that hold a float or bf16 copy while the total fits.
     """
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear)]
+    layers = [(n, m) for n, m in model.named_modules()
+              if isinstance(m, QuantLinear) or (isinstance(m, Int8Linear) and m.mode == "dynamic")]
     budget = _budget_bytes(memory_budget, [m for _, m in layers])
     measured = [_measure(name, layer, probe_rows, dtype, threads=threads, runs=runs, rounds=rounds)
                 for name, layer in progress(layers, desc="measuring paths", unit="layer")]
@@ -89,7 +104,7 @@ def choose_paths(model: nn.Module, *, probe_rows: tuple[int, ...] = PROBE_ROWS,
     return entries
 
 
-def _budget_bytes(memory_budget: int | float | None, layers: list[QuantLinear]) -> int | None:
+def _budget_bytes(memory_budget: int | float | None, layers: list[Layer]) -> int | None:
     if memory_budget is None:
         return None
     if isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, float)) or memory_budget <= 0:
@@ -100,17 +115,19 @@ def _budget_bytes(memory_budget: int | float | None, layers: list[QuantLinear]) 
     return memory_budget
 
 
-def _float_bytes(layer: QuantLinear) -> int:
+def _float_bytes(layer: Layer) -> int:
     return 4 * (layer.in_features * layer.out_features + (layer.out_features if layer.bias is not None else 0))
 
 
-def _measure(name: str, layer: QuantLinear, probe_rows, dtype, **timing) -> _Measured:
+def _measure(name: str, layer: Layer, probe_rows, dtype, **timing) -> _Measured:
     device = layer.weight_device()
     x_dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    exact = layer.dequantized_weight()
+    int8 = isinstance(layer, Int8Linear)
+    exact = layer.effective_weight() if int8 else layer.dequantized_weight()
     weight = exact.to(x_dtype)
     inputs = {rows: torch.randn(rows, layer.in_features, device=device, dtype=x_dtype) for rows in probe_rows}
-    skipped = {} if device.type != "cpu" or not cpu.missing_bf16() else {"bf16": cpu.missing_bf16()}
+    missing = (x86_missing() if int8 else cpu.missing_bf16()) if device.type == "cpu" else None
+    skipped = {("x86" if int8 else "bf16"): missing} if missing else {}
     candidates = layer.available_paths()
     rejected, failed = _disagreeing(layer, exact, candidates, inputs.values())  # wrong at any size: never used
     skipped.update(failed)
@@ -127,7 +144,7 @@ def _fit(measured: list[_Measured], budget: int | None) -> None:
     """Every layer's choice among its one-copy paths; then, within ``budget``, the upgrades to the fastest
     choice that save the most float-time (summed over the probe sizes) per extra byte."""
     for m in measured:
-        m.chosen = m.choice(ONE_COPY)
+        m.chosen = m.one_copy_choice()
     if budget is None:
         return
     used = sum(m.resident_of(m.chosen) for m in measured)
@@ -170,7 +187,7 @@ def _path_at(paths, rows: int) -> str:
     return next(path for limit, path in paths if limit is None or rows <= limit)
 
 
-def _disagreeing(layer: QuantLinear, weight: torch.Tensor, paths: list[str], inputs) -> tuple[dict, dict]:
+def _disagreeing(layer: Layer, weight: torch.Tensor, paths: list[str], inputs) -> tuple[dict, dict]:
     """({path: its largest error relative to the largest output} for the paths whose output on any of
     ``inputs`` is off the float64 product with the dequantized ``weight`` by more than AGREEMENT,
     {path: why} for the paths that failed to run)."""
@@ -191,11 +208,10 @@ def _disagreeing(layer: QuantLinear, weight: torch.Tensor, paths: list[str], inp
             error = ((y - reference).abs().max() / reference.abs().max().clamp(min=1e-30)).item()
             if not error <= AGREEMENT:  # NaN counts as off
                 errors[path] = max(error, errors.get(path, 0.0))
-    layer.set_path("dequant")
     return errors, failed
 
 
-def _interleaved_ms(layer: QuantLinear, paths: list[str], x, weight, *, rounds: int, runs: int,
+def _interleaved_ms(layer: Layer, paths: list[str], x, weight, *, rounds: int, runs: int,
                     threads: int) -> dict[str, float]:
     """Median over ``rounds`` of each candidate's median time, candidates interleaved in every round,
     so that a burst of load on a shared machine cannot decide the choice on its own."""
