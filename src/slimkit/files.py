@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load
 from torch import Tensor
 
 from slimkit.errors import ArtifactError
+from slimkit.untrusted import parse_json, safetensors_header
 
 
 def read_description(path: Path, fmt: str, what: str, missing: str) -> dict:
@@ -23,11 +23,9 @@ def read_description(path: Path, fmt: str, what: str, missing: str) -> dict:
     'slimkit-artifact'
     """
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta = parse_json(path.read_bytes(), path)  # bounded: size, nesting, number length
     except FileNotFoundError:
         raise ArtifactError(f"{path}: missing; {missing}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path}: not valid JSON ({exc}); the file is corrupt or truncated") from None
     if not isinstance(meta, dict) or meta.get("format") != fmt:
         raise ArtifactError(f"{path}: not {what} (no \"format\": \"{fmt}\")")
     return meta
@@ -36,8 +34,11 @@ def read_description(path: Path, fmt: str, what: str, missing: str) -> dict:
 def read_safetensors(path: Path, missing: str) -> dict[str, Tensor]:
     """The tensors in the safetensors file ``path``; ArtifactError naming the file when it is absent or unreadable."""
     try:
-        return load_file(str(path))
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ArtifactError(f"{path}: missing; {missing}") from None
+    safetensors_header(data, path)  # offsets, dtypes and shapes checked before anything is allocated
+    try:
+        return load(data)
     except (SafetensorError, OSError, ValueError) as exc:
         raise ArtifactError(f"{path}: not a readable safetensors file ({exc})") from None

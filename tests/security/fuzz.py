@@ -4,7 +4,8 @@ Each case takes one of a few small seed artifacts (MLP, int4 QuantLinear, LoRA, 
 GPT), mutates it one way (bytes flipped or cut in either file; a JSON value replaced, deleted or
 duplicated and the description re-signed as an attacker would; a safetensors header value replaced
 and every checksum recomputed), loads it and runs one forward. Outcome classes: ``refused`` (a
-SlimkitError), ``loaded-same`` (output equal to the seed's), ``loaded-changed`` (a re-signed edit
+SlimkitError from a check), ``refused:last-resort`` (only load's final wrapper turned some other
+exception into an ArtifactError), ``loaded-same`` (output equal to the seed's), ``loaded-changed`` (a re-signed edit
 that describes another valid model), and the failures ``crash:<exception>`` (any other exception
 from load) and ``forward:<exception>`` (loaded, then failed at the first forward).
 """
@@ -127,8 +128,8 @@ def run_case(folder: Path, meta_bytes: bytes, weights: bytes, x: torch.Tensor, e
     (folder / "model.safetensors").write_bytes(weights)
     try:
         model = load(folder)
-    except SlimkitError:
-        return "refused"
+    except SlimkitError as exc:  # the last-resort wrapper in load says "cannot be loaded (<exception>"
+        return "refused:last-resort" if ": cannot be loaded (" in str(exc) else "refused"
     except Exception as exc:  # noqa: BLE001 - the fuzzer's finding
         return f"crash:{type(exc).__name__}"
     try:
