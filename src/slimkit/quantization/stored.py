@@ -16,6 +16,7 @@ import math
 import torch
 from torch import nn
 
+from slimkit.errors import ArtifactError
 from slimkit.formats import EncodedTensor
 from slimkit.formats.packing import packed_nbytes
 from slimkit.formats.registry import format_bits
@@ -47,7 +48,16 @@ def empty(description: dict) -> EncodedTensor:
     """An EncodedTensor of zeros with the described shapes, for ``load_state_dict`` to fill."""
     tensors = {n: torch.zeros(t["shape"], dtype=getattr(torch, t["dtype"]))
                for n, t in description["tensors"].items()}
-    return EncodedTensor.from_parts(description["meta"], tensors)
+    encoded = EncodedTensor.from_parts(description["meta"], tensors)
+    probe = EncodedTensor.from_parts(description["meta"], {n: t.to("meta") for n, t in tensors.items()})
+    try:  # a description from a file: its scales must fit its shape and groups (checked without computing)
+        probe.dequantize()
+    except NotImplementedError:
+        pass  # an operation the meta device lacks: nothing to learn here
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        reason = " ".join(str(exc).split())[:150]
+        raise ArtifactError(f"the stored weight's parts do not fit its description ({reason})") from None
+    return encoded
 
 
 def value_counts(module: nn.Module) -> tuple[int, int]:
