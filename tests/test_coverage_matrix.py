@@ -140,10 +140,7 @@ def transformed(model) -> int:
 def save_kwargs(family: str) -> dict:
     if family not in VISION:
         return {}
-    cls = type(_float_model(family))
-    name = f"tests.coverage.{family}"
-    if name not in slimkit.classes._USER:
-        slimkit.register_class(cls, name=name, factory=VISION[family])
+    slimkit.register_class(type(_float_model(family)), name=f"tests.coverage.{family}", factory=VISION[family])
     return {"init_args": {}}
 
 
