@@ -187,3 +187,27 @@ def test_the_builtin_llm_int4_recipe_quantizes_the_gpts_embeddings():
     entries = {e["layer"]: e for e in get_manifest(gpt) if e.get("format") == "int8" or "skipped" in e}
     assert entries["wpe"]["format"] == "int8" and type(gpt.wpe).__name__ == "QuantEmbedding"
     assert "skipped" in entries["wte"] or "skipped" in entries["lm_head"]  # tied: left float, as the docs say
+
+
+def test_weights_and_description_are_written_with_the_same_permissions(tmp_path):
+    import os
+    import stat
+
+    from slimkit import save
+    from slimkit.models import from_spec
+
+    previous = os.umask(0o027)
+    try:
+        save(from_spec("mlp:hidden=8"), tmp_path / "mlp")
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "mlp").iterdir()}
+    assert modes["model.safetensors"] == modes["slimkit.json"] == 0o640  # the umask respected for both
+
+
+def test_saving_a_plain_model_does_not_import_transformers(tmp_path):
+    code = ("import sys, slimkit\nfrom slimkit.models import from_spec\n"
+            f"slimkit.save(from_spec('mlp:hidden=8'), {str(tmp_path / 'mlp')!r})\n"
+            "print('transformers' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr
