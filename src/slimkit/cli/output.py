@@ -11,6 +11,7 @@ process writing the same ``--out`` fails at once instead of silently replacing t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection
 from contextlib import ExitStack
 from pathlib import Path
@@ -33,10 +34,12 @@ def claim_out(args, *inputs: str | None, owned: Collection[str] = ARTIFACT_FILES
 
     ``reuse``: an existing --out of slimkit's own files is accepted without --force (compress resumes in it).
     """
-    if not getattr(args, "out", None):
-        return
+    if not getattr(args, "out", None) or os.environ.get("RANK", "0") != "0":
+        return  # ranks other than 0 of a distributed run never write --out
     out = Path(args.out)
     _check(out, [Path(i) for i in inputs if i], getattr(args, "force", False), owned, reuse)
+    if getattr(args, "nproc", 1) > 1 and "RANK" not in os.environ:
+        return  # --nproc re-runs the verb on N ranks: rank 0 claims --out and writes it
     _held.enter_context(locked(out))
     _check(out, [], getattr(args, "force", False), owned, reuse)  # again: another run may have finished meanwhile
 
