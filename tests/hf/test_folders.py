@@ -120,3 +120,14 @@ def test_any_verb_output_carries_the_folder_files_and_is_measured_against_its_fl
     code, result, err = run_cli(capsys, "eval", str(again), "--json", "--runs", "5", "--quiet")
     assert code == 0, err
     assert json.loads(result)["metric"] == "perplexity"
+
+
+@pytest.mark.slow
+def test_factorize_takes_a_folder_and_refuses_a_task_that_does_not_fit(folders, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "factorize", str(folders["gpt2"]), "--param-budget", "0.8", "--out",
+                           str(tmp_path / "f"), "--json", "--quiet")
+    assert code == 0, err
+    assert (tmp_path / "f" / "tokenizer.json").exists()
+    code, _, err = run_cli(capsys, "factorize", str(folders["llama"]), "--rank", "4", "--task", "pycorpus",
+                           "--out", str(tmp_path / "g"), "--quiet")
+    assert code == 2 and err.count("\n") == 1 and "use --task causal-lm" in err

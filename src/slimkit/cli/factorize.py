@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from slimkit.cli import layer_patterns, positive_int
+from slimkit.cli import layer_patterns, positive_int, task_arguments
 from slimkit.cli.output import add_force, claim_out
 
 HELP = ("Low-rank factorization: truncated SVD of Linear layers, Tucker-2 (or spatial SVD) of Conv2d layers, "
@@ -32,7 +32,7 @@ def add_arguments(p) -> None:
                    help="fine-tune this many steps on the task's training data afterwards (digits, pycorpus)")
     p.add_argument("--lr", type=float, default=3e-4, help="fine-tuning learning rate (default 3e-4)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="fine-tuning batch size (default 16)")
-    p.add_argument("--task", choices=["digits", "pycorpus", "minilm"], help="task for the table (default: inferred)")
+    task_arguments(p, "task for the table")
     p.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
     p.add_argument("--layers", action="store_true", help="also print the per-layer table (ranks, skip reasons)")
     p.add_argument("--json", action="store_true", help="print the records, the per-layer report and the manifest")
@@ -45,16 +45,17 @@ def run(args) -> int:
     from slimkit.evaluation.report import markdown_table
     from slimkit.io import load, save
     from slimkit.manifest import get_manifest
-    from slimkit.models.tasks import evaluate, get_task, infer_task
+    from slimkit.models.hf_tasks import cli_task
+    from slimkit.models.tasks import evaluate
     from slimkit.training import TrainConfig
 
     config = registry.config_from_args("factorize", args)
     if args.finetune < 0:
         raise UserInputError(f"--finetune {args.finetune}: the number of steps cannot be negative")
     model = load(args.model_dir)
-    task = args.task or infer_task(model)
+    task = cli_task(model, args.model_dir, args.task, args.data)
     before = evaluate(model, task, name="before", threads=args.threads)
-    inputs = registry.Inputs(data=get_task(task), batch_size=args.batch_size, paths=None)
+    inputs = registry.Inputs(data=task, batch_size=args.batch_size, paths=None)
     report = registry.apply(model, "factorize", config, inputs).report
     records = [before]
     label = f"low-rank ({config.rule})"
