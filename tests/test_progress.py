@@ -3,7 +3,15 @@
 import io
 
 from slimkit import progress as progress_module
+import pytest
+
 from slimkit.progress import StatusLines, progress, set_quiet
+
+
+@pytest.fixture(autouse=True)
+def not_quiet(monkeypatch):
+    """Each test starts out of quiet mode (a CLI test run with --quiet before leaves it set)."""
+    monkeypatch.setattr(progress_module, "_QUIET", False)
 
 
 def test_piped_output_gets_a_line_per_stage_and_named_item(monkeypatch):
