@@ -82,3 +82,15 @@ def test_embedding_ignores_padding():
 def test_sentences_are_a_fixed_set_of_unique_real_lines():
     s = sentences()
     assert len(s) == 400 == len(set(s)) and all(40 <= len(x) <= 160 for x in s)
+
+
+def test_evaluation_takes_task_objects_and_slimkit_evaluate_names():
+    """evaluation.evaluate measures with the task object it is given; the zoo's names resolve one layer up."""
+    import slimkit
+    from slimkit import evaluation
+    from slimkit.errors import UserInputError
+    from slimkit.models.tasks import evaluate
+
+    with pytest.raises(UserInputError, match="needs a task object.*slimkit.evaluate"):
+        evaluation.evaluate(MLP(), "digits")
+    assert slimkit.evaluate is evaluate
