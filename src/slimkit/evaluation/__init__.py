@@ -84,8 +84,9 @@ def evaluate(
 
 
 def _check_finite(model: nn.Module) -> None:
-    """Refuse NaN/Inf weights, naming the tensor: every figure measured from them would be meaningless."""
-    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+    """Refuse NaN/Inf weights, naming the tensor: every figure measured from them would be meaningless.
+    Parameters only: a buffer may hold -inf on purpose (an additive attention mask)."""
+    for name, tensor in model.named_parameters():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             count = int((~torch.isfinite(tensor)).sum())
             raise UserInputError(f"{name!r} holds {count} NaN/Inf value(s); the model cannot be measured: "
