@@ -45,5 +45,6 @@ def test_task_on_the_float_model_is_a_perfect_match():
     task = SmolLM2Task(windows=2, block=64, prompts=PROMPTS[:2])  # CI keeps SmolLM2's use small
     got = task.quality(zoo.reference("smollm2"))
     assert got["top1_agreement"] == 1.0 and got["greedy32_agreement"] == 1.0
-    # a pretrained 135M model on English reference prose; a random one would be near the vocabulary size
-    assert 2 < got["perplexity"] < 60
+    # a pretrained 135M model on English reference prose (44.1 measured on these two 64-token windows,
+    # short contexts); an untrained one would be near the vocabulary size, 49152
+    assert 2 < got["perplexity"] < 100
