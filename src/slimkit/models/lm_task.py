@@ -130,7 +130,7 @@ def _greedy(model: nn.Module, prompt: Tensor, new_tokens: int) -> Tensor:
 class SmolLM2Task(CausalLMTask):
     """The ``smollm2`` task: SmolLM2-135M-Instruct on the language reference's validation topics."""
 
-    def __init__(self, *, windows: int = 32, block: int = 256, prompts: tuple[str, ...] = PROMPTS) -> None:
+    def __init__(self, *, windows: int = 16, block: int = 256, prompts: tuple[str, ...] = PROMPTS) -> None:
         from slimkit.models import smollm2, zoo
 
         path = zoo.hf_folder("smollm2")
