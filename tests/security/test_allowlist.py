@@ -111,7 +111,7 @@ def test_registered_factory_builds_the_model(tmp_path):
         calls.append(size)
         return Wide(size, depth=3)
 
-    register_class(Wide, name="tests.wide", factory=wide)
+    register_class(Wide, name=f"tests.wide.{id(Wide)}", factory=wide)  # a new class each run
     model = Wide(8, depth=3)
     loaded = load(save(model, tmp_path / "a", init_args={"size": 8}))
     assert calls == [8, 8]  # once on the meta device to check shapes, once for real
