@@ -169,7 +169,6 @@ def minilm_table(threads: int, rounds: int) -> list[str]:
         ms, ratio = timed[name]
         memory = "-" if isinstance(model, OrtEncoder) else f"{resident_mb(model):.1f}"
         rows.append(f"| {name} | {ms:.1f} | {ratio:.2f}x | {memory} | {q['cosine_mean']:.4f} | {q['cosine_min']:.4f} |")
-        print(rows[-1], flush=True)
     return rows + [f"\nskipped: {s}" for s in skipped]
 
 
@@ -235,7 +234,6 @@ def gpt_table(threads: int, rounds: int, prompt_len: int = 16, steps: int = 32) 
         rows.append(f"| {name} | {steps / decode[name][0] * 1e3:.0f} | {decode[name][1]:.2f}x | "
                     f"{128 / full[name][0] * 1e3:.0f} | {full[name][1]:.2f}x | {resident_mb(model):.2f} | "
                     f"{cosine:.4f} | {same:.0%} |")
-        print(rows[-1], flush=True)
     return rows
 
 
