@@ -65,7 +65,8 @@ def test_a_pickled_checkpoint_is_never_unpickled(tmp_path):
     (tmp_path / "ck").mkdir()
     with open(tmp_path / "ck" / "train-state.pt", "wb") as f:  # what format 1 wrote, with a payload
         pickle.dump({"format": 1, "model": Payload(sentinel)}, f)
-    _run(tmp_path / "ck", 2, resume=True)  # nothing to resume from: starts fresh, never opens the pickle
+    with pytest.raises(ArtifactError, match="no longer reads"):  # refused, never opened, never silently fresh
+        _run(tmp_path / "ck", 2, resume=True)
     assert not sentinel.exists()
 
 

@@ -35,6 +35,16 @@ def checkpoint_file(checkpoint_dir: str | os.PathLike) -> Path:
     return Path(checkpoint_dir) / FOLDER / STATE
 
 
+def refuse_pickled(checkpoint_dir: str | os.PathLike) -> None:
+    """A checkpoint folder holding only an earlier slimkit's ``train-state.pt`` (a pickle) is refused
+    with what to do, instead of a resume that silently starts from step 0."""
+    old = Path(checkpoint_dir) / "train-state.pt"
+    if old.exists() and not checkpoint_file(checkpoint_dir).exists():
+        raise ArtifactError(f"{old}: a checkpoint of an earlier slimkit, a pickle, which slimkit no longer reads "
+                            "(unpickling can run code); delete it to train from step 0, or finish that run with "
+                            "the slimkit that wrote it")
+
+
 def save_checkpoint(checkpoint_dir, *, step: int, config: dict, model, optimizer, scheduler, scaler,
                     batches, extra: dict) -> Path:
     path = checkpoint_file(checkpoint_dir)

@@ -114,6 +114,8 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig(), *, loss_f
     torch.manual_seed(config.seed)  # dropout and other randomness; a resumed run restores the saved RNG below
     saved = dict(config=config.to_dict(), model=model, optimizer=optimizer, scheduler=scheduler,
                  scaler=precision.scaler, batches=source)
+    if config.resume:
+        ckpt.refuse_pickled(config.checkpoint_dir)
     if config.resume and checkpoints.checkpoint_file(config.checkpoint_dir).exists():
         state.step, extra = checkpoints.load_checkpoint(config.checkpoint_dir, **saved)
         state.losses, state.tokens, state.skipped_steps = extra["losses"], extra["tokens"], extra["skipped_steps"]
