@@ -96,3 +96,29 @@ def test_a_changed_recipe_never_deletes_files_slimkit_did_not_write(tmp_path):
         _run(_small(), parse_recipe(PRUNE_TUNE_QUANT.replace("0.9", "0.8").split("  - name: finetune")[0]),
              tmp_path)
     assert mine.read_text() == "mine"
+
+
+def _tiny_gpt():
+    from slimkit.models import from_spec
+
+    return from_spec("gpt:n_layer=1,n_head=2,n_embd=128,block_size=128", seed=0).eval()  # pycorpus calibrates on 128 tokens
+
+
+def _same_outputs(a, b, x):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tiny-student", "llm-int4", "edge-int8"])  # sparse-90: the test above
+def test_every_builtin_recipe_killed_at_each_step_resumes_to_the_uninterrupted_result(name, tmp_path, monkeypatch):
+    recipe = load_recipe(name)
+    make, x = ((_tiny_gpt, torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(3)))
+               if name == "llm-int4" else (_small, torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(3))))
+    straight = _run(make(), recipe, tmp_path / "straight")
+    for at in range(1, len(recipe.steps) + 1):  # killed when step `at` starts: steps before it are saved
+        resumed = _interrupted(monkeypatch, make(), recipe, tmp_path / f"killed-at-{at}", at)
+        assert [r["resumed"] for r in resumed.steps] == [i < at - 1 for i in range(len(recipe.steps))]
+        _same_outputs(resumed.model, straight.model, x)
