@@ -213,3 +213,17 @@ def test_a_path_with_wrong_outputs_is_never_chosen_and_named(monkeypatch):
     monkeypatch.setattr(kernels, "run", real_run)  # the same kernel computing correctly is chosen
     [entry] = paths_module.choose_paths(layer, probe_rows=(1, 8), runs=1, rounds=1)
     assert "rejected_paths" not in entry and layer[0].paths == [(None, "int4pack")]
+
+
+def test_gptq_calibrates_on_a_tokenizers_batch_encoding():
+    """A tokenizer's BatchEncoding is a Mapping, not a dict: the calibration check must call model(**batch)
+    (it called model(batch), and BERT failed on it: the demo's MiniLM GPTQ row)."""
+    from transformers import BatchEncoding, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=64)).eval()
+    calib = [BatchEncoding({"input_ids": torch.randint(0, 64, (2, 8)),
+                            "attention_mask": torch.ones(2, 8, dtype=torch.long)}) for _ in range(2)]
+    quantize(model, WeightQuantConfig("int8", group_size=None, method="gptq"), calib=calib)
+    assert any(isinstance(m, QuantLinear) for m in model.modules())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
@@ -99,17 +101,18 @@ def _encode(weight: torch.Tensor, config: WeightQuantConfig, scale=None, zero_po
 
 def _check_batches(model: nn.Module, calib: list) -> None:
     """Refuse NaN/Inf calibration values and a first batch the model cannot run (a wrong feature width,
-    say) before any layer is changed: both surfaced deep inside GPTQ as a Cholesky or indexing error."""
+    say) before any layer is changed: both surfaced deep inside GPTQ as a Cholesky or indexing error. A batch
+    is a tensor or a mapping of keyword inputs (a tokenizer's BatchEncoding is a Mapping, not a dict)."""
     for i, batch in enumerate(calib):
-        for tensor in batch.values() if isinstance(batch, dict) else [batch]:
+        for tensor in batch.values() if isinstance(batch, Mapping) else [batch]:
             if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 raise UserInputError(f"calibration batch {i} holds NaN/Inf values; calibrate on finite inputs")
     first = calib[0]
     try:
         with torch.no_grad():
-            model(**first) if isinstance(first, dict) else model(first)
+            model(**first) if isinstance(first, Mapping) else model(first)
     except (RuntimeError, IndexError, TypeError, ValueError) as exc:
-        shape = ({k: tuple(getattr(v, "shape", ())) for k, v in first.items()} if isinstance(first, dict)
+        shape = ({k: tuple(getattr(v, "shape", ())) for k, v in first.items()} if isinstance(first, Mapping)
                  else tuple(getattr(first, "shape", ())))
         raise UserInputError(f"calibration batch 0 (shape {shape}) does not fit the {type(model).__name__}: "
                              f"{str(exc).splitlines()[0]}; pass inputs the model takes") from None
