@@ -57,6 +57,20 @@ def parse_json(data: bytes, path: Path) -> object:
     return value
 
 
+def read_quantized_config(directory: Path) -> tuple[dict, dict]:
+    """A foreign checkpoint folder's config.json, parsed with the same bounds as slimkit's own descriptions:
+    (the config without its quantization_config, the quantization_config); ArtifactError otherwise."""
+    path = Path(directory) / "config.json"
+    try:
+        data = parse_json(path.read_bytes(), path)
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot be read ({exc.strerror})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("quantization_config"), dict):
+        raise ArtifactError(f"{path}: expected a JSON object with a quantization_config object")
+    quant = data.pop("quantization_config")
+    return data, quant
+
+
 def check_depth(value: object, path: Path) -> None:
     """ArtifactError when ``value`` nests lists/objects more than MAX_DEPTH deep (checked without recursion)."""
     stack = [(value, 0)]

@@ -152,3 +152,18 @@ def test_digest_covers_the_description(tmp_path):
     meta = json.loads((path / "slimkit.json").read_text())
     assert meta["format_version"] == 3 and meta["integrity"]["sha256"] == digest(meta)
     assert slimkit.io.FORMAT_VERSION == 3
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[" * 1000 + "]" * 1000, "nest"),
+    ('{"vocab_size": 1' + "0" * 5000 + ', "quantization_config": {}}', "digit|long|number"),
+    ('{"vocab_size": 8}', "quantization_config"),
+    ("[1, 2]", "quantization_config"),
+])
+def test_a_foreign_checkpoints_config_is_parsed_with_bounds(tmp_path, text, message):
+    """compressed-tensors/GPTQ/AWQ folders' config.json go through the same bounded parser as slimkit.json."""
+    from slimkit.untrusted import read_quantized_config
+
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ArtifactError, match=message):
+        read_quantized_config(tmp_path)

@@ -217,9 +217,9 @@ def load_folder(directory: Path) -> nn.Module:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from slimkit.files import read_safetensors
+    from slimkit.untrusted import read_quantized_config
 
-    data = json.loads((directory / "config.json").read_text())
-    quant = data.pop("quantization_config")
+    data, quant = read_quantized_config(directory)
     config = AutoConfig.for_model(**data)
     model = AutoModelForCausalLM.from_config(config).eval()
     tensors = read_safetensors(directory / "model.safetensors", "the compressed-tensors folder is incomplete")

@@ -79,14 +79,12 @@ def encoded_layer(parts: dict[str, Tensor], quant: dict, layer: nn.Linear, where
 
 def load_folder(directory: Path) -> nn.Module:
     """A transformers model from a GPTQ or AWQ folder, its quantized Linear layers as QuantLinear."""
-    import json
-
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from slimkit.files import read_safetensors
+    from slimkit.untrusted import read_quantized_config
 
-    data = json.loads((directory / "config.json").read_text())
-    quant = data.pop("quantization_config")
+    data, quant = read_quantized_config(directory)
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**data)).eval()
     tensors = read_safetensors(directory / "model.safetensors", f"the {quant['quant_method']} folder is incomplete")
     layers = sorted({key.rpartition(".")[0] for key in tensors if key.endswith(".qweight")})
