@@ -8,6 +8,7 @@ gives the peak above the starting point.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from collections.abc import Callable
 
@@ -17,8 +18,18 @@ def cpu_allocation_events(call: Callable[[], object]) -> tuple[list[tuple[int, i
     (start ns, end ns, name) spans of every profiled op and ``record_function`` block."""
     from torch.profiler import ProfilerActivity, profile
 
-    with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        call()
+    # Python's cycle collector may free tensors of earlier, unrelated objects (a previous model) in the
+    # middle of the call: those frees would lower the running total below the call's own peak. Collect
+    # first and keep the collector off while profiling, so every event belongs to ``call()``.
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            call()
+    finally:
+        if was_enabled:
+            gc.enable()
     events = prof.profiler.kineto_results.events()
     memory = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
     spans = [(e.start_ns(), e.end_ns(), e.name()) for e in events if e.name() != "[memory]"]
