@@ -4,7 +4,8 @@ Q8_0 and Q4_0 hold groups of 32 weights with one float16 scale each: slimkit's s
 int4 codes with groups of 32 and float16 scales are these blocks already (Q8_0 stores q, Q4_0 stores
 q + 8, slimkit's offset-binary code), so they are written as they are, bit for bit. Every other
 tensor (norms, embeddings, layers left in float) is written as F32, F16 or BF16, its own dtype.
-Attention q/k rows are permuted as llama.cpp's converter does (readers undo it). Anything else
+Attention q/k rows are permuted as llama.cpp's converter does (readers undo it). The tokenizer of the
+folder the model came from is written as llama.cpp's converter writes it (gguf_vocab.py). Anything else
 (asymmetric codes, other groups, NF4, AWQ input scales) is refused: writing it would mean requantizing.
 
 Layout (ggml docs/gguf.md, version 3, little-endian): magic, version, tensor and key-value counts,
@@ -14,12 +15,15 @@ key-values, tensor infos (name, dims innermost first, type, offset), padding to 
 from __future__ import annotations
 
 import struct
+import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from slimkit import hf
 from slimkit.deployment import ExportRefused
+from slimkit.deployment.gguf_vocab import tokenizer_metadata
 from slimkit.deployment.q4k import QK_K, quantize_q4_k
 from slimkit.formats import unpack
 from slimkit.quantization.embedding import QuantEmbedding
@@ -58,7 +62,7 @@ def write_gguf(model: nn.Module, directory: Path, float_layers: str | None = Non
         counts[kind] = counts.get(kind, 0) + data.numel()
     dominant = max((k for k in counts if k not in (F32,)), key=counts.get, default=F32)
     with open(directory / FILE_NAME, "wb") as f:
-        f.write(_header(_metadata(config, FILE_TYPES[dominant]), tensors))
+        f.write(_header({**_metadata(config, FILE_TYPES[dominant]), **_tokenizer(model)}, tensors))
         for data, _, _ in tensors.values():
             raw = data.contiguous().view(torch.uint8).numpy().tobytes()
             f.write(raw + bytes(-len(raw) % ALIGNMENT))
@@ -164,6 +168,16 @@ def _metadata(config, file_type: int) -> dict:
     return meta
 
 
+def _tokenizer(model: nn.Module) -> dict:
+    """The tokenizer's key-values from the folder the model was loaded from; none, with a warning, without one."""
+    folder, _ = hf.provenance(model)
+    if folder is None or not (Path(folder) / "tokenizer.json").is_file():
+        warnings.warn("no tokenizer.json beside this model: the GGUF has no vocabulary, which transformers "
+                      "accepts and llama.cpp refuses; export a model loaded from a folder with its tokenizer")
+        return {}
+    return tokenizer_metadata(folder, model.config.vocab_size)
+
+
 def _rope_theta(config) -> float:
     parameters = getattr(config, "rope_parameters", None) or {}
     if parameters.get("rope_type", "default") != "default":
@@ -177,17 +191,28 @@ def _string(text: str) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
-_VALUE = {"u32": (4, "<I"), "f32": (6, "<f")}
+_VALUE = {"u32": (4, "<I"), "i32": (5, "<i"), "f32": (6, "<f"), "bool": (7, "<?")}  # gguf_type ids, formats
+STRING, ARRAY = 8, 9
+
+
+def _value(value) -> bytes:
+    """A key-value's type and payload: a str, ("u32"|"i32"|"f32"|"bool", x), or ("str[]"|"i32[]", list)."""
+    if isinstance(value, str):
+        return struct.pack("<I", STRING) + _string(value)
+    kind, payload = value
+    if kind == "str[]":
+        return struct.pack("<IIQ", ARRAY, STRING, len(payload)) + b"".join(_string(s) for s in payload)
+    if kind.endswith("[]"):
+        code, fmt = _VALUE[kind[:-2]]
+        return struct.pack(f"<IIQ{len(payload)}{fmt[1]}", ARRAY, code, len(payload), *payload)
+    code, fmt = _VALUE[kind]
+    return struct.pack("<I", code) + struct.pack(fmt, payload)
 
 
 def _header(meta: dict, tensors: dict) -> bytes:
     out = [b"GGUF", struct.pack("<IQQ", 3, len(tensors), len(meta))]
     for key, value in meta.items():
-        if isinstance(value, str):
-            out += [_string(key), struct.pack("<I", 8), _string(value)]
-        else:
-            kind, fmt = _VALUE[value[0]]
-            out += [_string(key), struct.pack("<I", kind), struct.pack(fmt, value[1])]
+        out += [_string(key), _value(value)]
     offset = 0
     for name, (data, shape, kind) in tensors.items():
         out += [_string(name), struct.pack("<I", len(shape)), struct.pack(f"<{len(shape)}Q", *reversed(shape)),

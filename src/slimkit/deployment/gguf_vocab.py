@@ -1,0 +1,91 @@
+"""A GGUF file's tokenizer: a Hugging Face byte-level BPE tokenizer (tokenizer.json) as llama.cpp's
+"gpt2" vocabulary, the way llama.cpp's converter writes it (convert_hf_to_gguf.py, _set_vocab_gpt2).
+
+llama.cpp cannot load a GGUF without its vocabulary, and it picks the regex that splits text before
+BPE by the name in ``tokenizer.ggml.pre``. The converter finds that name by encoding a fixed text
+and hashing the token ids; ``PRE_TOKENIZERS`` is part of its table (the Llama-family tokenizers
+slimkit exports). A tokenizer outside it is refused: written under a wrong name, llama.cpp would
+split text differently from transformers and give other tokens without saying so.
+"""
+
+from __future__ import annotations
+
+import json
+from hashlib import sha256
+from pathlib import Path
+
+from slimkit.deployment import ExportRefused
+
+# llama.cpp's convert_hf_to_gguf.py, get_vocab_base_pre: the text whose token ids identify the pre-tokenizer
+CHECK_TEXT = ("\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) "
+              "✅ 🦙🦙 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作"
+              "1314151天～ ------======= нещо на Български ''''''```````\"\"\"\"......!!!!!!?????? I've been "
+              "'told he's there, 'RE you sure? 'M not sure I'll make it, 'D you like some tea? We'Ve a'lL")
+PRE_TOKENIZERS = {  # sha256 of str(token ids of CHECK_TEXT) -> llama.cpp's name (from its converter's table)
+    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",  # Llama 3
+    "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2",
+    "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea": "qwen2",
+    "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",  # SmolLM, SmolLM2
+    "63b97e4253352e6f357cc59ea5b583e3a680eaeaf2632188c2b952de2588485e": "tekken",  # Mistral Nemo
+    "b3f499bb4255f8ca19fccd664443283318f2fd2414d5e0b040fbdd0cc195d6c5": "deepseek-r1-qwen",
+}
+NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5  # llama.cpp's token types
+_SPECIAL = {"bos": "bos", "eos": "eos", "unk": "unknown", "pad": "padding"}  # tokenizer_config -> GGUF key
+
+
+def tokenizer_metadata(folder: str | Path, vocab_size: int) -> dict:
+    """The ``tokenizer.*`` key-values of the tokenizer in ``folder`` (tokenizer.json and its config)."""
+    folder = Path(folder)
+    spec = _read_json(folder / "tokenizer.json")
+    model = spec.get("model") or {}
+    if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+        raise ExportRefused(f"{folder}/tokenizer.json: a {model.get('type')} tokenizer; slimkit writes byte-level BPE "
+                            "vocabularies to GGUF only: convert this model with llama.cpp's convert_hf_to_gguf.py")
+    ids = dict(model["vocab"])
+    added = {t["content"]: t for t in spec.get("added_tokens", [])}
+    ids.update({content: t["id"] for content, t in added.items()})
+    tokens = [f"[PAD{i}]" for i in range(max(vocab_size, max(ids.values()) + 1))]
+    types = [UNUSED] * len(tokens)
+    for token, i in ids.items():
+        tokens[i] = token
+        types[i] = (CONTROL if added[token].get("special") else USER_DEFINED) if token in added else NORMAL
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    pre, adds_bos = _pre_tokenizer(folder)
+    meta = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre,
+            "tokenizer.ggml.tokens": ("str[]", tokens), "tokenizer.ggml.token_type": ("i32[]", types),
+            "tokenizer.ggml.merges": ("str[]", merges)}
+    settings = _read_json(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
+    for kind, key in _SPECIAL.items():
+        content = settings.get(f"{kind}_token")
+        content = content.get("content") if isinstance(content, dict) else content
+        if content in ids:
+            meta[f"tokenizer.ggml.{key}_token_id"] = ("u32", ids[content])
+    meta["tokenizer.ggml.add_bos_token"] = ("bool", adds_bos)  # what transformers does, so llama.cpp does it too
+    template = folder / "chat_template.jinja"
+    chat = template.read_text() if template.is_file() else settings.get("chat_template")
+    if isinstance(chat, str):
+        meta["tokenizer.chat_template"] = chat
+    return meta
+
+
+def _pre_tokenizer(folder: Path) -> tuple[str, bool]:
+    """llama.cpp's name for the tokenizer's pre-tokenizer, and whether the tokenizer starts text with BOS."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    adds_bos = tokenizer.bos_token_id is not None and tokenizer.encode("a")[:1] == [tokenizer.bos_token_id]
+    check = sha256(str(tokenizer.encode(CHECK_TEXT)).encode()).hexdigest()
+    if check not in PRE_TOKENIZERS:
+        raise ExportRefused(f"{folder}: its tokenizer's pre-tokenizer (check hash {check[:16]}...) is not one slimkit "
+                            f"knows llama.cpp's name for ({', '.join(sorted(set(PRE_TOKENIZERS.values())))}); "
+                            "convert this model with llama.cpp's convert_hf_to_gguf.py")
+    return PRE_TOKENIZERS[check], adds_bos
+
+
+def _read_json(path: Path) -> dict:
+    from slimkit.untrusted import parse_json
+
+    value = parse_json(path.read_bytes(), path)
+    if not isinstance(value, dict):
+        raise ExportRefused(f"{path}: expected a JSON object")
+    return value
