@@ -178,3 +178,18 @@ def test_memory_budget_argument():
     for bad in ("-1", "lots", "0x"):
         with pytest.raises(Exception, match="is not a memory budget"):
             memory_budget(bad)
+
+
+def test_layers_of_one_shape_and_encoding_are_timed_once_and_each_checked():
+    layers = nn.Sequential(quant_linear("int4", 32, 64, seed=1), quant_linear("int4", 32, 64, seed=2),
+                           quant_linear("int4", 64, 64, seed=3), quant_linear("int8", None, 64, seed=4))
+    calls = []
+    real = paths_module._interleaved_ms
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(paths_module, "_interleaved_ms", lambda layer, *a, **k: calls.append(layer) or real(layer, *a, **k))
+        entries = paths_module.choose_paths(layers, probe_rows=(1, 4), runs=5, rounds=1)
+    # layer 1 repeats layer 0 (same shapes and dtypes: group 32 int4); group 64 has smaller scales, int8 other codes
+    assert [e.get("timed_as") for e in entries] == [None, "0", None, None]
+    assert calls == [layers[0]] * 2 + [layers[2]] * 2 + [layers[3]] * 2  # one timing per probe size
+    assert entries[1]["speedup_vs_float"] == entries[0]["speedup_vs_float"]
+    assert all(layer.paths for layer in layers)  # every layer got its own choice set

@@ -4,6 +4,8 @@ and keep the fastest that fits in memory.
 For every QuantLinear and each probe size (rows of input), the float layer and every available
 path are timed on the same random input, interleaved over a few rounds (median of medians); the
 fastest allowed path wins that size's range, and the largest probe's winner covers every larger input.
+Layers of the same kind, tensor shapes and dtypes run the same kernels: they are timed once (the
+first of them, named in the others' entries as ``timed_as``), so a 30-block decoder costs 7 timings.
 
 Memory: by default a layer keeps one copy of its weight, the stored codes or a kernel's layout of
 them (``ONE_COPY`` paths; a CPU kernel's layout replaces the codes, see modules.py), so resident
@@ -57,6 +59,7 @@ class _Measured:
     rejected: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     chosen: list = field(default_factory=list)
+    timed_as: str = ""  # the layer of the same shape and encoding whose timings this one reuses (itself if timed)
 
     def choice(self, allowed) -> list[tuple[int | None, str]]:
         return _merge([(rows, min((p for p in times if p in allowed), key=times.get))
@@ -91,7 +94,8 @@ def choose_paths(model: nn.Module, *, probe_rows: tuple[int, ...] = PROBE_ROWS,
     layers = [(n, m) for n, m in model.named_modules()
               if isinstance(m, QuantLinear) or (isinstance(m, Int8Linear) and m.mode == "dynamic")]
     budget = _budget_bytes(memory_budget, [m for _, m in layers])
-    measured = [_measure(name, layer, probe_rows, dtype, threads=threads, runs=runs, rounds=rounds)
+    timed: dict = {}  # layers of one shape and encoding are timed once (a decoder repeats each layer per block)
+    measured = [_measure(name, layer, probe_rows, dtype, timed, threads=threads, runs=runs, rounds=rounds)
                 for name, layer in progress(layers, desc="measuring paths", unit="layer")]
     _fit(measured, budget)
     entries = []
@@ -119,7 +123,7 @@ def _float_bytes(layer: Layer) -> int:
     return 4 * (layer.in_features * layer.out_features + (layer.out_features if layer.bias is not None else 0))
 
 
-def _measure(name: str, layer: Layer, probe_rows, dtype, **timing) -> _Measured:
+def _measure(name: str, layer: Layer, probe_rows, dtype, timed: dict, **timing) -> _Measured:
     device = layer.weight_device()
     x_dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     int8 = isinstance(layer, Int8Linear)
@@ -132,12 +136,17 @@ def _measure(name: str, layer: Layer, probe_rows, dtype, **timing) -> _Measured:
     rejected, failed = _disagreeing(layer, exact, candidates, inputs.values())  # wrong at any size: never used
     skipped.update(failed)
     agreeing = [p for p in candidates if p not in rejected and p not in failed]
-    ms = {rows: _interleaved_ms(layer, agreeing, x, weight, **timing) for rows, x in inputs.items()}
+    # the same kind of layer, tensors of the same shapes and dtypes, the same agreeing paths: the same kernels
+    key = (type(layer).__name__, str(device), x_dtype, tuple(probe_rows), tuple(agreeing),
+           tuple((k, tuple(v.shape), v.dtype) for k, v in layer.state_dict().items() if v is not None))
+    if key not in timed:
+        timed[key] = name, {rows: _interleaved_ms(layer, agreeing, x, weight, **timing) for rows, x in inputs.items()}
+    timed_as, ms = timed[key]
     resident = {}
     for path in agreeing:
         layer.set_path(path)
         resident[path] = layer.resident_bytes()
-    return _Measured(name, layer, ms, resident, rejected, skipped)
+    return _Measured(name, layer, ms, resident, rejected, skipped, timed_as=timed_as)
 
 
 def _fit(measured: list[_Measured], budget: int | None) -> None:
@@ -171,6 +180,8 @@ def _entry(m: _Measured) -> dict:
              "resident_bytes": layer.resident_bytes(), "resident_bytes_by_path": m.resident,
              "stored_bytes": sum(t.nbytes for t in layer.state_dict().values()), "float_bytes": _float_bytes(layer),
              "measured_on": layer.measured_on}
+    if m.timed_as != m.name:
+        entry["timed_as"] = m.timed_as  # same shapes and encoding: timed once
     slower = [rows for rows, t in m.ms.items() if t[_path_at(layer.paths, rows)] > t["float"]]
     if slower:
         entry["slower_than_float_at_rows"] = slower  # the memory rule kept the float copy out
