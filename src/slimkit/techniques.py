@@ -21,7 +21,11 @@ from slimkit.training import TrainConfig
 def apply_prune(model: nn.Module, config: PruneConfig, inputs: Inputs) -> Applied:
     from slimkit.pruning import prune
 
-    return Applied(model, prune(model, config, prune_calibration(model, config, inputs)))
+    calib = prune_calibration(model, config, inputs)
+    source = inputs.calib or inputs.data
+    if config.structured and calib is None and source is not None and not hasattr(model, "example_input"):
+        calib = source.calibration(1)  # only to trace the model (a Hugging Face model has no example input)
+    return Applied(model, prune(model, config, calib))
 
 
 def prune_calibration(model: nn.Module, config: PruneConfig, inputs: Inputs) -> list | None:

@@ -131,3 +131,21 @@ def test_factorize_takes_a_folder_and_refuses_a_task_that_does_not_fit(folders, 
     code, _, err = run_cli(capsys, "factorize", str(folders["llama"]), "--rank", "4", "--task", "pycorpus",
                            "--out", str(tmp_path / "g"), "--quiet")
     assert code == 2 and err.count("\n") == 1 and "use --task causal-lm" in err
+
+
+@pytest.mark.slow
+def test_prune_structured_with_user_data_then_export_as_a_plain_folder(folders, tmp_path, capsys):
+    import torch
+
+    data = tmp_path / "notes.txt"
+    data.write_text("\n\n".join(m.__doc__ for m in (json, pytest, transformers) if m.__doc__) * 4)
+    code, _, err = run_cli(capsys, "prune", str(folders["llama"]), "--structured", "--ratio", "0.5", "--data",
+                           str(data), "--out", str(tmp_path / "p"), "--json", "--quiet")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "export", str(tmp_path / "p"), "--to", "hf", "--out", str(tmp_path / "hf"))
+    assert code == 0, err
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (tmp_path / "hf").iterdir()}
+    plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    ids = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")("the value of item", return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(plain(**ids).logits, slimkit.load(tmp_path / "p")(**ids).logits, atol=0, rtol=0)

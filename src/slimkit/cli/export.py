@@ -6,11 +6,14 @@ import json
 from pathlib import Path
 
 HELP = ("Write a compressed model in a format serving engines load: compressed-tensors (transformers, vLLM), "
-        "gguf (llama.cpp) or onnx (onnxruntime), from slimkit's own codes and scales. MODEL_DIR is a slimkit "
+        "gguf (llama.cpp), onnx (onnxruntime), from slimkit's own codes and scales, or hf (a pruned "
+        "transformers model as a plain Hugging Face folder). MODEL_DIR is a slimkit "
         "artifact or a Hugging Face model folder. What the target cannot represent exactly is refused.")
 EXAMPLE = ("example:\n  slimkit quantize llama-dir --weights int4 --group-size 32 --out llama-int4\n"
            "  slimkit export llama-int4 --to compressed-tensors --out llama-w4a16\n"
-           "  slimkit export llama-int4 --to gguf --out llama-gguf")
+           "  slimkit export llama-int4 --to gguf --out llama-gguf\n"
+           "  slimkit prune llama-dir --structured --ratio 0.25 --out llama-pruned\n"
+           "  slimkit export llama-pruned --to hf --out llama-pruned-hf")
 
 
 def add_arguments(p) -> None:

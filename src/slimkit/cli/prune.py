@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from slimkit.cli import layer_patterns, positive_int
+from slimkit.cli import layer_patterns, positive_int, task_arguments
 from slimkit.cli.output import add_force, claim_out
 
 HELP = ("Pruning: unstructured (magnitude, l2, random, taylor, wanda, sparsegpt; per layer or global), N:M, or "
@@ -45,7 +45,7 @@ def add_arguments(p) -> None:
     p.add_argument("--finetune-steps", type=int, default=0, metavar="N", help="fine-tune N steps afterwards")
     p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (default 1e-3)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="fine-tuning batch size (default 64)")
-    p.add_argument("--task", choices=["digits", "pycorpus", "minilm"], help="task for the table (default: inferred)")
+    task_arguments(p, "task for the table, calibration and fine-tuning")
     p.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
     p.add_argument("--layers", action="store_true", help="also print the per-layer table")
     p.add_argument("--sensitivity", action="store_true",
@@ -60,7 +60,8 @@ def run(args) -> int:
     from slimkit.evaluation.report import markdown_table
     from slimkit.io import load, save
     from slimkit.manifest import get_manifest
-    from slimkit.models.tasks import evaluate, infer_task
+    from slimkit.models.hf_tasks import cli_task
+    from slimkit.models.tasks import evaluate
     from slimkit.pruning.sensitivity import sensitivity
     from slimkit.recipes.prune import PruneRecipe, run_recipe
     from slimkit.training import TrainConfig
@@ -73,9 +74,9 @@ def run(args) -> int:
         raise UserInputError("nothing to prune: give --sparsity, --nm N:M or --structured --ratio")
     finetune = TrainConfig(steps=args.finetune_steps, lr=args.lr, threads=args.threads) if args.finetune_steps else None
     model = load(args.model_dir)
-    task = args.task or infer_task(model)
+    task = cli_task(model, args.model_dir, args.task, args.data)
     before = evaluate(model, task, name="before", threads=args.threads)
-    swept = sensitivity(model, get_task(task)) if args.sensitivity else None
+    swept = sensitivity(model, task) if args.sensitivity else None
     report = run_recipe(model, PruneRecipe(config, finetune, args.batch_size), task)
     save(model, args.out, metrics={"prune": config.to_dict(), "finetune_steps": args.finetune_steps})
     label = f"{'structured ' if config.structured else ''}{method}" + (f" + {args.finetune_steps} steps"

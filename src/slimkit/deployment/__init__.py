@@ -4,7 +4,8 @@ The package is named by noun (deployment) because the top-level verb ``slimkit.e
 shadow a package called ``export``, as with quantization/evaluation.
 
 Targets: "compressed-tensors" (a Hugging Face folder that transformers and vLLM load),
-"gguf" (one file llama.cpp loads), "onnx" (onnxruntime). Each writer stores slimkit's own
+"gguf" (one file llama.cpp loads), "onnx" (onnxruntime), "hf" (a plain Hugging Face folder of a pruned
+transformers model, which ``from_pretrained`` loads without slimkit). Each writer stores slimkit's own
 integer codes and scales where the target has a place for them and refuses, with an
 ``ExportRefused`` saying what to do instead, what it cannot represent exactly. The folder is
 written next to ``directory`` and renamed into place, so a failure leaves nothing partial.
@@ -22,7 +23,7 @@ from torch import nn
 
 from slimkit.errors import UserInputError
 
-TARGETS = ("compressed-tensors", "gguf", "onnx")
+TARGETS = ("compressed-tensors", "gguf", "onnx", "hf")
 
 
 class ExportRefused(UserInputError):
@@ -65,6 +66,10 @@ def _writer(to: str):
         from slimkit.deployment.gguf import write_gguf
 
         return write_gguf
+    if to == "hf":
+        from slimkit.deployment.hf_folder import write_hf_folder
+
+        return write_hf_folder
     from slimkit.deployment.onnx import write_onnx
 
     return write_onnx

@@ -37,12 +37,14 @@ def task_calibration(model: nn.Module, config: PruneConfig, task: str | None = N
     return prune_calibration(model, config, registry.Inputs(data=get_task(task or infer_task(model))))
 
 
-def run_recipe(model: nn.Module, recipe: PruneRecipe, task: str | None = None) -> PruneReport:
+def run_recipe(model: nn.Module, recipe: PruneRecipe, task=None) -> PruneReport:
     """Prune ``model`` in place as ``recipe`` says and fine-tune it (pruned weights stay zero), through the
-    registered prune and finetune techniques."""
+    registered prune and finetune techniques. ``task``: a task, a task name, or None (the model's own)."""
     from slimkit.models.tasks import get_task, infer_task
 
-    inputs = registry.Inputs(data=get_task(task or infer_task(model)), batch_size=recipe.batch_size)
+    if task is None or isinstance(task, str):
+        task = get_task(task or infer_task(model))
+    inputs = registry.Inputs(data=task, batch_size=recipe.batch_size)
     report = registry.apply(model, "prune", recipe.prune, inputs).report
     if recipe.finetune is not None:
         registry.apply(model, "finetune", recipe.finetune, inputs)
