@@ -33,6 +33,11 @@ ROWS = {
     "int4-rtn": ("--weights int4 --group-size 128", WeightQuantConfig("int4", group_size=128)),
     "int4-gptq": ("--weights int4 --group-size 128 --method gptq",
                   WeightQuantConfig("int4", group_size=128, method="gptq", calibration_batches=CALIB_BATCHES)),
+    # llm-compressor's GPTQ cannot use groups of 128 on SmolLM2 (576 = 4.5 x 128): these two are its rows' grids
+    "int4-gptq-g64": ("--weights int4 --group-size 64 --method gptq",
+                      WeightQuantConfig("int4", group_size=64, method="gptq", calibration_batches=CALIB_BATCHES)),
+    "int4-gptq-channel": ("--weights int4 --per-channel --method gptq",
+                          WeightQuantConfig("int4", group_size=None, method="gptq", calibration_batches=CALIB_BATCHES)),
     "int4-awq": ("--weights int4 --group-size 128 --method awq",
                  WeightQuantConfig("int4", group_size=128, method="awq", calibration_batches=CALIB_BATCHES)),
     "nf4-dq": ("--weights nf4 --group-size 64 --double-quant",

@@ -158,8 +158,11 @@ VARIANTS: dict[str, list[Variant]] = {
 
 
 def run_demo(out_dir: str | Path = "slimkit-report", *, retrain: bool = False, minilm_rows: bool = True,
-             threads: int = 2) -> tuple[list[EvalRecord], dict[str, Path], list[str]]:
-    """Run the demo; returns the records, the report files written, and notes on what was skipped."""
+             threads: int = 2, exports: dict | None = None) -> tuple[list[EvalRecord], dict[str, Path], list[str]]:
+    """Run the demo; returns the records, the report files written, and notes on what was skipped.
+
+    ``exports``: a dict to fill with each row's export checks (``deployment.verify``: every target,
+    read back by its own reader), written as ``exports.md`` in the report folder."""
     out = Path(out_dir)
     records, skipped = [], []
     bases = BASES if minilm_rows else tuple(b for b in BASES if b != "minilm")
@@ -193,7 +196,16 @@ def run_demo(out_dir: str | Path = "slimkit-report", *, retrain: bool = False, m
             records.append(evaluate(model, name=name, technique="baseline" if variant is None else variant.technique,
                                     baseline=None if variant is None else base, artifact_dir=artifact,
                                     threads=threads, baseline_model=None if variant is None else base_model(base)))
+            if exports is not None:
+                from slimkit.deployment.verify import export_checks
+
+                exports[name] = export_checks(model, out / "exports" / name)
     paths = write_report(records, out, title="slimkit demo", machine=machine_line(threads))
+    if exports:
+        from slimkit.deployment.verify import checks_table
+
+        paths["exports.md"] = out / "exports.md"
+        paths["exports.md"].write_text(checks_table(exports) + "\n")
     return records, paths, skipped
 
 

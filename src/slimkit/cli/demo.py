@@ -18,6 +18,9 @@ def add_arguments(p) -> None:
     p.add_argument("--retrain", action="store_true", help="retrain the reference models, ignoring the cache")
     p.add_argument("--no-minilm", action="store_true", help="skip the MiniLM rows")
     p.add_argument("--threads", type=positive_int, default=2, help="torch threads for latency (default 2)")
+    p.add_argument("--export", action="store_true", help="also export every row to every target (compressed-tensors, "
+                   "gguf, onnx, hf) and read each back with its own reader (onnxruntime, transformers): exports.md; "
+                   "adds about a minute")
     p.add_argument("--json", action="store_true", help="print the records as JSON instead of the table")
 
 
@@ -26,13 +29,20 @@ def run(args) -> int:
     from slimkit.evaluation.report import markdown_table
 
     start = time.perf_counter()
+    exports = {} if args.export else None
     records, paths, skipped = run_demo(args.out, retrain=args.retrain, minilm_rows=not args.no_minilm,
-                                       threads=args.threads)
+                                       threads=args.threads, exports=exports)
     if args.json:
         print(json.dumps({"records": [r.to_dict() for r in records], "skipped": skipped,
+                          "exports": {name: [vars(c) for c in checks] for name, checks in (exports or {}).items()},
                           "seconds": round(time.perf_counter() - start, 1)}, indent=2))
         return 0
     print(markdown_table(records))
+    if exports:
+        from slimkit.deployment.verify import checks_table
+
+        print("\nexports, each read back by its own reader (largest difference / largest output):\n")
+        print(checks_table(exports))
     for note in skipped:
         print(note)
     print(f"\nreport: {paths['report.md']} and {paths['report.html']} "

@@ -25,6 +25,9 @@ def add_arguments(p) -> None:
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--float-layers", choices=["q4_k"],
                    help="gguf only: quantize the Linear layers still in float to Q4_K (llama.cpp's search)")
+    p.add_argument("--check", action="store_true", help="read the written model back with the target's own reader "
+                   "(onnxruntime; transformers for the Hugging Face targets and GGUF) and compare its output with "
+                   "slimkit's on seeded inputs; exit 1 if they differ")
     p.add_argument("--json", action="store_true", help="print the written files and their bytes as JSON")
 
 
@@ -35,12 +38,36 @@ def run(args) -> int:
 
     if Path(args.out).exists() and not args.force:  # before the model loads: a quick one-line refusal
         raise UserInputError(f"{args.out} already exists; choose another --out or pass --force to replace it")
-    out = export(load(args.model_dir), args.out, to=args.to, force=args.force, float_layers=args.float_layers)
+    model = load(args.model_dir)
+    out = export(model, args.out, to=args.to, force=args.force, float_layers=args.float_layers)
     files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
+    check = _check(model, out, args.to) if args.check else None
     if args.json:
-        print(json.dumps({"out": str(out), "to": args.to, "files": files}, indent=2))
-        return 0
-    for name, size in files.items():
-        print(f"{size:>12,d}  {name}")
-    print(f"wrote {out} ({args.to}, {sum(files.values()):,} bytes)")
-    return 0
+        print(json.dumps({"out": str(out), "to": args.to, "files": files, "check": check}, indent=2))
+    else:
+        for name, size in files.items():
+            print(f"{size:>12,d}  {name}")
+        print(f"wrote {out} ({args.to}, {sum(files.values()):,} bytes)")
+        if check:
+            print(f"read back with {check['reader']}: {check['status']} (largest difference / largest output "
+                  f"{check['relative_difference']:.1e} on {check['inputs']})")
+    return 1 if check and check["status"] != "matched" else 0
+
+
+def _check(model, out: Path, to: str) -> dict:
+    import torch
+
+    from slimkit.deployment.verify import MATCH, READER_PACKAGES, model_output, probe_inputs, read_back, relative_difference
+    from slimkit.errors import MissingDependencyError
+
+    inputs = probe_inputs(model)
+    try:
+        theirs = read_back(out, to, inputs)
+    except ImportError:
+        raise MissingDependencyError(f"--check reads {to} with {' and '.join(READER_PACKAGES[to])}: "
+                                     f"pip install {' '.join(READER_PACKAGES[to])}") from None
+    with torch.no_grad():
+        error = relative_difference(theirs, model_output(model, inputs))
+    shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in inputs.items())
+    return {"reader": " + ".join(READER_PACKAGES[to]), "status": "matched" if error <= MATCH else "differs",
+            "relative_difference": error, "inputs": f"seeded {shapes}"}

@@ -46,11 +46,12 @@ def write_compressed_tensors(model: nn.Module, directory: Path) -> None:
     tensors, schemes, ignored = _tensors_and_schemes(model, dtype)
     if not schemes:
         raise ExportRefused("the model has no quantized layer; quantize it first (slimkit quantize) or save it "
-                            "as a plain Hugging Face folder")
+                            "as a plain Hugging Face folder (--to hf)")
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
     config.save_pretrained(directory)
     path = directory / "config.json"
     data = json.loads(path.read_text())
+    data["architectures"] = [type(model).__name__]  # as save_pretrained records it: readers pick the head class by it
     data["quantization_config"] = quantization_config(schemes, ignored)
     path.write_text(json.dumps(data, indent=2, sort_keys=True))
 

@@ -51,6 +51,8 @@ def write_onnx(model: nn.Module, directory: Path, example: dict[str, Tensor] | N
 
 
 def _default_example(model: nn.Module) -> dict[str, Tensor]:
+    if callable(getattr(model, "example_input", None)):  # slimkit's reference models
+        return {"x": model.example_input()}
     if hasattr(getattr(model, "config", None), "to_dict"):
         # with an explicit mask transformers builds it without torch.diff, which the exporter lacks
         return {"input_ids": torch.zeros(1, 8, dtype=torch.long), "attention_mask": torch.ones(1, 8, dtype=torch.long)}
