@@ -93,6 +93,12 @@ def _onnx_layers(model: nn.Module):
         elif type(module).__module__.startswith("slimkit.") and not list(module.children()):
             raise ExportRefused(f"layer {name!r} is a slimkit {type(module).__name__}, which the ONNX export does "
                                 "not write; export a model whose quantized layers are QuantLinear or Int8Linear")
+    int8 = [n for n, m in swapped.items() if isinstance(m, QuantLinear) and m.encoded().fmt == "int8"]
+    if int8:
+        warnings.warn(f"{len(int8)} weight-only int8 layers ({int8[0]}, ...) are written as onnxruntime's dynamic "
+                      "int8 pattern, which also quantizes their inputs (per tensor, at run time): the file's outputs "
+                      "differ from slimkit's by about 1/255 of each input's range; int4 groups (MatMulNBits) are exact",
+                      stacklevel=3)
     try:
         yield
     finally:
