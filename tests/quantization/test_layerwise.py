@@ -48,3 +48,27 @@ def test_refuses_before_reading_when_a_layer_does_not_fit(folder):
         quantize_folder(folder, WeightQuantConfig("int4", method="rtn"), available_bytes=lambda: 100_000)
     message = str(info.value)
     assert "model.layers." in message and "GiB" in message and "available" in message
+
+
+@pytest.mark.slow  # GPTQ over a tiny Llama folder twice, through the command line and the API: ~10 s
+def test_the_command_line_writes_what_the_api_computes_on_the_folders_own_text(tmp_path, capsys):
+    import slimkit
+    from slimkit.cli import main
+    from slimkit.models import hf_tasks
+    from tests.reference.hf_folders import folder as hf_folder, tokenizer
+
+    source = hf_folder("llama", tmp_path / "llama", tokenizer())  # with a tokenizer: the causal-LM task's text
+    argv = ["quantize", str(source), "--weights", "int4", "--group-size", "32", "--method", "gptq",
+            "--calib-batches", "2", "--layerwise", "--keep-dequant", "--out", str(tmp_path / "q")]
+    assert main(argv) == 0
+    assert "wrote " + str(tmp_path / "q") + " (layer by layer" in capsys.readouterr().out
+    shell = slimkit.load(source)
+    calib = hf_tasks.hf_task(shell, source).calibration(2)
+    expected = quantize_folder(source, WeightQuantConfig("int4", group_size=32, method="gptq", calibration_batches=2),
+                               calib)
+    got = slimkit.load(tmp_path / "q")
+    for name, tensor in expected.state_dict().items():
+        assert torch.equal(got.state_dict()[name], tensor), name
+    assert main(["quantize", str(source), "--weights", "int8", "--activations", "int8", "--layerwise",
+                 "--out", str(tmp_path / "a")]) == 2
+    assert "--layerwise quantizes the weights" in capsys.readouterr().err

@@ -65,6 +65,10 @@ def add_arguments(p) -> None:
                    help="let faster paths that keep a float or bf16 copy in while the quantized layers' resident "
                         "weights fit: bytes (e.g. 300MB, 1.5GiB) or a fraction of their float32 size (e.g. 0.5x); "
                         "default: one copy of each weight, the stored size")
+    p.add_argument("--layerwise", action="store_true",
+                   help="weight-only, Hugging Face causal LM folders: read, calibrate and quantize one decoder layer "
+                        "at a time from the safetensors (for models whose float weights do not fit in memory); "
+                        "prints no before/after table, which needs the float model: measure OUT with slimkit eval")
     task_arguments(p, "task for the table and calibration")
     p.add_argument("--threads", type=positive_int, default=2, help="torch threads for latency (default 2)")
     p.add_argument("--json", action="store_true", help="print both records and the manifest as JSON")
@@ -93,6 +97,8 @@ def run(args) -> int:
 
     technique = "quantize_activations" if args.activations else "quantize"
     config = registry.config_from_args(technique, args)
+    if args.layerwise:
+        return _layerwise(config, args)
     model = load(args.model_dir)
     task = cli_task(model, args.model_dir, args.task, args.data)
     before = evaluate(model, task, name="before", threads=args.threads)
@@ -105,6 +111,40 @@ def run(args) -> int:
     else:
         label = (f"after ({args.method} {config.format})", f"weight-only {args.method}")
     return _report(model, task, before, config, label, args)
+
+
+def _layerwise(config, args) -> int:
+    """Quantize a folder layer by layer; calibration text from the folder's causal-LM task (or --data)."""
+    from pathlib import Path
+
+    import torch
+
+    from slimkit.errors import UserInputError
+    from slimkit.hf import folder_architecture
+    from slimkit.io import save
+    from slimkit.models.hf_tasks import hf_task
+    from slimkit.quantization.layerwise import quantize_folder
+    from slimkit.quantization.paths import choose_paths
+
+    folder = Path(args.model_dir)
+    if args.activations or not (folder / "config.json").is_file() or args.calib:
+        raise UserInputError("--layerwise quantizes the weights of a Hugging Face causal LM folder (config.json and "
+                             "safetensors) on its own text or --data; drop --activations and --calib")
+    calib = None
+    if config.needs_calibration:
+        import transformers
+
+        hf_config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+        with torch.device("meta"):  # the task needs the model's kind and config only: no weights are read
+            shell = getattr(transformers, folder_architecture(folder))(hf_config)
+        calib = hf_task(shell, folder, args.task, args.data).calibration(config.calibration_batches)
+    model = quantize_folder(folder, config, calib)
+    if not args.keep_dequant:
+        choose_paths(model, memory_budget=args.memory_budget, threads=args.threads)
+    save(model, args.out, metrics={"quantize": config.to_dict(), "layerwise": True, "source": str(folder.resolve())},
+         companions=folder)
+    print(f"wrote {args.out} (layer by layer; measure it against the float model with: slimkit eval {args.out})")
+    return 0
 
 
 def _report(model, task, before, config, label: tuple[str, str], args) -> int:
