@@ -181,12 +181,20 @@ def float_reference(task) -> tuple[torch.Tensor, list[torch.Tensor], float]:
     return float_top1, float_texts, math.exp(nats / count)
 
 
-def slimkit_greedy(directory: str, task) -> list[torch.Tensor]:
+def slimkit_reference(directory: str, task, float_top1: torch.Tensor) -> tuple[list[torch.Tensor], float, float]:
+    """slimkit's own model from the artifact: its greedy tokens, perplexity and top-1 agreement (torch)."""
     import slimkit
     from slimkit.models.lm_task import _greedy
 
     model = slimkit.load(directory)
-    return [_greedy(model, p, task.new_tokens) for p in task.prompts]
+    nats, agree = 0.0, 0
+    with torch.no_grad():
+        for window, ref in zip(task.windows, float_top1):
+            logits = model(window[None]).logits[0, :-1]
+            nats += F.cross_entropy(logits.float(), window[1:], reduction="none").double().sum().item()
+            agree += (logits.argmax(-1) == ref).sum().item()
+    count = task.windows.shape[0] * (task.windows.shape[1] - 1)
+    return [_greedy(model, p, task.new_tokens) for p in task.prompts], math.exp(nats / count), agree / count
 
 
 def timing_table(files: list[tuple[str, Path]], task, steps: int, warmup: int, threads: list[int]) -> list[str]:
@@ -274,7 +282,7 @@ def main() -> None:
                "params": facts["params"], "types": facts["types"], "token_embd": facts["token_embd"],
                "quantize_seconds": qseconds, "quality_seconds": quality_s}
         if slim_dir:
-            ref = slimkit_greedy(slim_dir, task)
+            ref, row["slimkit_perplexity"], row["slimkit_top1_agreement"] = slimkit_reference(slim_dir, task, float_top1)
             row["greedy32_vs_slimkit"], row["greedy32_prefix_vs_slimkit"] = agreement(texts, ref)
             row["slimkit_greedy32_vs_float"] = agreement(ref, float_texts)[0]
         tps, lo, hi = decode_speed(path, task, args.steps, args.warmup, threads[0])
@@ -297,7 +305,10 @@ def main() -> None:
         types = ", ".join(f"{k} {v}" for k, v in sorted(r["types"].items()))
         greedy_cell = f"{round(r['greedy32_agreement'] * 8)}/8 ({r['greedy32_mean_prefix']:.1f})"
         if "greedy32_vs_slimkit" in r:
-            greedy_cell += f"; vs slimkit's model {round(r['greedy32_vs_slimkit'] * 8)}/8"
+            greedy_cell += (f"; vs slimkit's own model {round(r['greedy32_vs_slimkit'] * 8)}/8 "
+                            f"({r['greedy32_prefix_vs_slimkit']:.1f}); slimkit's own: perplexity "
+                            f"{r['slimkit_perplexity']:.3f}, top-1 {r['slimkit_top1_agreement']:.4f}, "
+                            f"greedy {round(r['slimkit_greedy32_vs_float'] * 8)}/8")
         print(f"| {r['name']} | {r['perplexity']:.3f} | {r['perplexity'] - float_ppl:+.3f} | "
               f"{r['top1_agreement']:.4f} | {greedy_cell} | {r['file_bytes']:,} | "
               f"{r['bpw_file']:.2f} / {r['bpw_tensors']:.2f} | {r['tokens_per_s']:.1f} "
