@@ -58,11 +58,9 @@ BOUNDS = {
     "lora": 1.0 - 1e-6,  # adapters start at zero (B = 0): the output is the float model's
 }
 # Cells that refuse, with the message that says why; the rest must pass the checks above.
-REFUSED = {
-    # GPT-2's attention (split heads of one fused c_attn) is not a unit the dependency graph knows yet;
-    # Llama/Qwen2/Mistral attention (GQA) and Hardsigmoid pass since the graph work of issue 19
-    ("gpt2", "prune-structured"): r"cannot trace module '.*' \(GPT2Attention\)",
-}
+# (none left: GPT-2's attention became a unit of the dependency graph, after Llama/Qwen2/Mistral attention
+# with GQA and Hardsigmoid, in issue 19)
+REFUSED: dict[tuple[str, str], str] = {}
 
 
 def cell_bound(family: str, technique: str) -> float | str:

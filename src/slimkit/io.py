@@ -33,6 +33,7 @@ from slimkit.errors import ArtifactError, SlimkitError, UserInputError
 from slimkit.formats.sparse import decode_sparse, encode_sparse, nonzero_bits
 from slimkit.manifest import get_manifest, set_manifest
 from slimkit.pruning.masks import attach_mask, masks
+from slimkit.pruning.units import restore_widths
 from slimkit.untrusted import build_budget, parse_json, safetensors_header
 
 FORMAT = "slimkit-artifact"
@@ -239,6 +240,7 @@ def build_architecture(architecture: object, source: Path) -> nn.Module:
 def _build(meta: dict, path: Path) -> nn.Module:
     model = build_architecture(meta["architecture"], path)
     _rebuild_replaced_modules(model, meta.get("replaced_modules", {}), path)
+    restore_widths(model)  # a pruned GPT-2 attention's split width follows its rebuilt c_attn
     return model
 
 

@@ -143,3 +143,36 @@ def test_llama_heads_in_gqa_groups_and_mlp_channels(kv_heads, tmp_path):
     torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, atol=0, rtol=0)
     save(model, tmp_path / "llama")
     torch.testing.assert_close(load(tmp_path / "llama")(ids).logits, model(ids).logits, atol=0, rtol=0)
+
+
+@pytest.mark.slow  # a transformers model: 2-8 s on 2 shared cores
+def test_gpt2_heads_and_mlp_channels_match_the_model_with_them_zeroed(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=32,
+                                     bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    original, ids = copy.deepcopy(model), torch.randint(0, 64, (2, 8))
+    report = prune(model, PruneConfig(structured=True, ratio=0.5), example_inputs=ids)
+    assert {r.layer: r.after for r in report.layers if r.unit == "heads"} == {
+        "transformer.h.0.attn": 2, "transformer.h.1.attn": 2}
+    d, width = 8, 32
+    with torch.no_grad():
+        for new, old in zip(model.transformer.h, original.transformer.h):
+            qkv = old.attn.c_attn.weight.T  # Conv1D stores (in, out): as a Linear, rows are q | k | v outputs
+            kept = new.attn.split_size
+            heads = _kept(qkv[:width], new.attn.c_attn.weight[:kept], d)
+            for part in (1, 2):  # each head's key and value rows leave with its query rows
+                assert _kept(qkv[part * width:(part + 1) * width],
+                             new.attn.c_attn.weight[part * kept:(part + 1) * kept], d) == heads
+            for h in range(4):
+                if h not in heads:
+                    old.attn.c_proj.weight[h * d:(h + 1) * d] = 0  # Conv1D (in, out): the head's input rows
+            channels = _kept(old.mlp.c_fc.weight.T, new.mlp.c_fc.weight, 1)
+            assert len(channels) == 64
+            old.mlp.c_proj.weight[[c for c in range(128) if c not in channels]] = 0
+    torch.testing.assert_close(model(ids).logits, original(ids).logits, **TOLERANCE)
+    save(model, tmp_path / "gpt2")  # the rebuilt attention splits c_attn at its pruned width
+    torch.testing.assert_close(load(tmp_path / "gpt2")(ids).logits, model(ids).logits, atol=0, rtol=0)
+    out = model.generate(ids[:1], max_new_tokens=4, do_sample=False, pad_token_id=0)  # with its key/value cache
+    assert out.shape == (1, 12)

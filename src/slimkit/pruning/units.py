@@ -10,6 +10,8 @@ A unit kind is found by structure (the projections it holds), and a new kind reg
 - ``bert``: a Hugging Face BERT layer (``attention.self.query/key/value``, ``attention.output.dense``,
   ``intermediate.dense``, ``output.dense``, e.g. MiniLM): heads, plus its feed-forward neurons as
   one channel group; the layer keeps its classes with smaller Linear layers inside.
+- ``gpt2``: a Hugging Face GPT-2 attention (``c_attn`` + ``c_proj``, its Conv1D layers already swapped for
+  ``Conv1DLinear``): the heads' q, k, v columns leave together, ``num_heads``/``split_size`` follow.
 - ``llama``: ``q_proj``/``k_proj``/``v_proj``/``o_proj`` and a ``head_dim`` (Llama, Mistral, Qwen2 and
   the other Hugging Face Llama-family attentions, grouped-query attention included). The unit's
   heads are its key/value heads: one is removed with the query heads that share it, so every group
@@ -229,7 +231,48 @@ def _llama_keep(unit: AttentionUnit, m: nn.Module, heads: Tensor) -> None:
             setattr(m, attribute, value)
 
 
+# --- Hugging Face GPT-2 attention (fused c_attn, Conv1D swapped for Conv1DLinear before tracing) --------
+
+def _gpt2_matches(m: nn.Module) -> bool:
+    return (_linear(m, "c_attn", "c_proj") and not hasattr(m, "q_attn")  # not cross-attention
+            and all(isinstance(getattr(m, a, None), int) for a in ("num_heads", "head_dim", "split_size"))
+            and m.c_attn.out_features == 3 * m.split_size == 3 * m.num_heads * m.head_dim)
+
+
+def _gpt2_describe(m: nn.Module, name: str) -> AttentionUnit:
+    return AttentionUnit(name, "gpt2", m.num_heads, m.head_dim, [f"{name}.c_attn"], f"{name}.c_proj")
+
+
+def _gpt2_slices(unit: AttentionUnit, m: nn.Module) -> list:
+    width, idx = unit.n_head * unit.head_dim, torch.arange(unit.n_head * unit.head_dim).view(unit.n_head, -1)
+    return [(m.c_attn.weight, 0, torch.cat([idx, idx + width, idx + 2 * width], dim=1)), (m.c_proj.weight, 1, idx)]
+
+
+def _gpt2_keep(unit: AttentionUnit, m: nn.Module, heads: Tensor) -> None:
+    width, cols = unit.n_head * unit.head_dim, unit.columns(heads, unit.head_dim)
+    m.c_attn = shrink_linear(m.c_attn, out_keep=torch.cat([cols, cols + width, cols + 2 * width]))
+    m.c_proj = shrink_linear(m.c_proj, in_keep=cols)
+    _gpt2_widths(m)
+
+
+def _gpt2_widths(m: nn.Module) -> None:
+    """The forward splits c_attn's output at ``split_size`` (and counts heads by ``head_dim``): both follow
+    c_attn's width, after pruning and when a saved model is rebuilt with its pruned layers."""
+    m.split_size = m.c_attn.out_features // 3
+    m.num_heads = m.split_size // m.head_dim
+
+
+def restore_widths(model: nn.Module) -> None:
+    """Set the attributes attention modules keep beside their weights from their layers' widths (GPT-2's
+    ``split_size``/``num_heads``), once a pruned model's layers are rebuilt at their saved shapes."""
+    for m in model.modules():
+        if (_linear(m, "c_attn", "c_proj") and not hasattr(m, "q_attn")
+                and all(isinstance(getattr(m, a, None), int) for a in ("num_heads", "head_dim", "split_size"))):
+            _gpt2_widths(m)
+
+
 register_unit(UnitKind("gpt", _gpt_matches, _gpt_describe, _gpt_slices, _gpt_keep))
+register_unit(UnitKind("gpt2", _gpt2_matches, _gpt2_describe, _gpt2_slices, _gpt2_keep))
 register_unit(UnitKind("fused", _fused_matches, _fused_describe, _gpt_slices, _fused_keep))
 register_unit(UnitKind("bert", _bert_matches, _bert_describe, _bert_slices, _bert_keep))
 register_unit(UnitKind("llama", _llama_matches, _llama_describe, _llama_slices, _llama_keep))
