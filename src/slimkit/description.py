@@ -162,7 +162,9 @@ def check_hf_config(model_cls: type, values: object, where: str) -> None:
     """A transformers config record: an object of its class's model_type, without keys that choose code."""
     if not isinstance(values, dict):
         raise ArtifactError(f"{where}: should be an object")
-    refused = sorted(k for k in values if k in _HF_REFUSED or (k.startswith("_") and k != "_name_or_path"))
+    # names only (transformers records where a config came from; from a GGUF also _model_name_or_path)
+    names = {k for k in ("_name_or_path", "_model_name_or_path") if isinstance(values.get(k), str)}
+    refused = sorted(k for k in values if k in _HF_REFUSED or (k.startswith("_") and k not in names))
     if refused:
         raise ArtifactError(f"{where}: keys {refused} choose code to run and are not accepted in an artifact")
     if values.get("model_type") != getattr(model_cls.config_class, "model_type", None):

@@ -167,3 +167,18 @@ def test_a_foreign_checkpoints_config_is_parsed_with_bounds(tmp_path, text, mess
     (tmp_path / "config.json").write_text(text)
     with pytest.raises(ArtifactError, match=message):
         read_quantized_config(tmp_path)
+
+
+def test_a_config_read_from_a_gguf_keeps_its_name_and_loads(tmp_path):
+    # transformers records a GGUF's model name as _model_name_or_path (SmolLM2's zoo folder has one): a name,
+    # which chooses no code; the same key holding anything but a string is still refused
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                         num_attention_heads=2, max_position_embeddings=16)).eval()
+    model.config._model_name_or_path = "Smollm2 135M 8k Lc100K Mix1 Ep2"
+    path = save(model, tmp_path / "a")
+    assert load(path).config._model_name_or_path == "Smollm2 135M 8k Lc100K Mix1 Ep2"
+    edit_meta(path, lambda m: m["architecture"]["config"].__setitem__("_model_name_or_path", {"x": 1}))
+    with pytest.raises(ArtifactError, match="keys \\['_model_name_or_path'\\] choose code to run"):
+        load(path)
