@@ -57,9 +57,10 @@ def _check_config_describes(model: nn.Module) -> None:
     expected = {name: tuple(t.shape) for name, t in built.state_dict().items()}
     for name, tensor in model.state_dict().items():
         if name in expected and tuple(tensor.shape) != expected[name]:
-            raise ExportRefused(f"{name} is {tuple(tensor.shape)} but the config builds {expected[name]}: the layers "
-                                "were pruned to different widths, and a Hugging Face config holds one width per kind; "
-                                "prune with one ratio for every layer (uniform widths) or export with --to onnx")
+            raise ExportRefused(f"{name} is {tuple(tensor.shape)} but the config builds {expected[name]}: a Hugging "
+                                "Face config holds one width per kind, and cannot say that layers were pruned to "
+                                "different widths or (GPT-2) that fewer heads keep their width; prune with one ratio "
+                                "for every layer of an architecture whose config can say it, or export with --to onnx")
     missing = sorted(set(expected) - set(model.state_dict()))
     if missing:
         raise ExportRefused(f"the config builds {missing[0]} (and {len(missing) - 1} more) that the model lacks: "
