@@ -27,6 +27,16 @@ def smollm2_tokenizer(tmp_path_factory) -> Path:
     return folder
 
 
+def _exported_with(tokenizer_folder: Path, tmp_path: Path) -> Path:
+    """A small Llama of SmolLM2's vocabulary, loaded (as far as the exporter knows) from ``tokenizer_folder``,
+    exported to GGUF."""
+    llama = transformers.LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = transformers.LlamaForCausalLM(llama).eval()
+    hf.remember_source(model, tokenizer_folder, tokenizer_folder)  # as loading a folder does
+    return export(model, tmp_path / "g", to="gguf")
+
+
 def _fields(path: Path) -> dict:
     reader = gguf.GGUFReader(path)
     return {key: field.contents() for key, field in reader.fields.items() if key.startswith("tokenizer.")}
@@ -35,11 +45,7 @@ def _fields(path: Path) -> dict:
 @pytest.mark.slow
 @needs_smollm2
 def test_vocabulary_equals_what_llama_cpps_converter_wrote(smollm2_tokenizer, tmp_path):
-    llama = transformers.LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    model = transformers.LlamaForCausalLM(llama).eval()
-    hf.remember_source(model, smollm2_tokenizer, smollm2_tokenizer)  # as loading a folder does
-    out = export(model, tmp_path / "g", to="gguf")
+    out = _exported_with(smollm2_tokenizer, tmp_path)
     ours = _fields(out / "model.gguf")
     theirs = _fields(Path(list(SMOLLM2.submodule_search_locations)[0]) / GGUF_NAME)
     # add_space_prefix is a SentencePiece setting the converter's gpt2 path does not write; this file has it
@@ -54,11 +60,7 @@ def test_vocabulary_equals_what_llama_cpps_converter_wrote(smollm2_tokenizer, tm
 @pytest.mark.slow
 @needs_smollm2
 def test_transformers_reads_the_tokenizer_back_and_tokenizes_the_same(smollm2_tokenizer, tmp_path):
-    llama = transformers.LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    model = transformers.LlamaForCausalLM(llama).eval()
-    hf.remember_source(model, smollm2_tokenizer, smollm2_tokenizer)
-    out = export(model, tmp_path / "g", to="gguf")
+    out = _exported_with(smollm2_tokenizer, tmp_path)
     back = transformers.AutoTokenizer.from_pretrained(out, gguf_file="model.gguf")
     original = transformers.AutoTokenizer.from_pretrained(smollm2_tokenizer)
     text = "The capital of France is Paris.\n  def f(x):\treturn x ** 2  # 3.14 naïve café 😀"
