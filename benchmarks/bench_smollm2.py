@@ -38,6 +38,13 @@ ROWS = {
                       WeightQuantConfig("int4", group_size=64, method="gptq", calibration_batches=CALIB_BATCHES)),
     "int4-gptq-channel": ("--weights int4 --per-channel --method gptq",
                           WeightQuantConfig("int4", group_size=None, method="gptq", calibration_batches=CALIB_BATCHES)),
+    # llm-compressor's GPTQ defaults order columns by activation (static groups), as slimkit's act_order does
+    "int4-gptq-g64-actorder": ("--weights int4 --group-size 64 --method gptq --act-order",
+                               WeightQuantConfig("int4", group_size=64, method="gptq", act_order=True,
+                                                 calibration_batches=CALIB_BATCHES)),
+    "int4-gptq-actorder": ("--weights int4 --group-size 128 --method gptq --act-order",
+                           WeightQuantConfig("int4", group_size=128, method="gptq", act_order=True,
+                                             calibration_batches=CALIB_BATCHES)),
     "int4-awq": ("--weights int4 --group-size 128 --method awq",
                  WeightQuantConfig("int4", group_size=128, method="awq", calibration_batches=CALIB_BATCHES)),
     "nf4-dq": ("--weights nf4 --group-size 64 --double-quant",
