@@ -76,11 +76,15 @@ def test_unstructured_pruning_masks_the_projections(model):
     assert all(abs(s - 0.5) < 1e-3 for s in pruned.values())
 
 
-def test_structured_pruning_names_what_it_cannot_trace_instead_of_removing_nothing(model):
-    # the dependency graph does not trace Hugging Face attention yet (issue 19, the layers engineer's part):
-    # before Conv1D was seen as Linear this removed nothing and reported nothing
-    with pytest.raises(UserInputError, match="cannot trace module 'transformer.h.0.attn' \\(GPT2Attention\\)"):
-        slimkit.prune(model, PruneConfig(structured=True, ratio=0.5), example_inputs=tokens())
+def test_structured_pruning_removes_heads_and_channels_of_the_conv1d_projections(model):
+    # before Conv1D was seen as Linear this removed nothing and reported nothing; then GPT-2's attention was
+    # refused as untraceable; now it is a unit (tests/pruning/test_graph.py checks the arithmetic)
+    report = slimkit.prune(model, PruneConfig(structured=True, ratio=0.5), example_inputs=tokens())
+    removed = {r.layer: (r.unit, r.before, r.after) for r in report.layers}
+    heads = {name: v for name, v in removed.items() if v[0] == "heads"}
+    assert set(heads) == {f"transformer.h.{i}.attn" for i in range(2)}
+    assert all(after == before // 2 for _, before, after in heads.values())
+    assert model(tokens()).logits.shape[-1] == model.config.vocab_size
 
 
 def test_lowrank_factorizes_the_projections(model, tmp_path):
