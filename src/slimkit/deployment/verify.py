@@ -98,10 +98,12 @@ def read_back(directory: Path, target: str, inputs: dict[str, Tensor]) -> Tensor
 
     from slimkit import hf
 
-    gguf = {"gguf_file": "model.gguf"} if target == "gguf" else {}
-    name = "LlamaForCausalLM" if gguf else hf.folder_architecture(directory)
+    # the folder slimkit just wrote, read offline, safetensors only (never a pickle beside it), no remote code
+    source = {"gguf_file": "model.gguf"} if target == "gguf" else {"use_safetensors": True}
+    name = "LlamaForCausalLM" if target == "gguf" else hf.folder_architecture(directory)
     kind = "encoder" if name == "Model" else hf.kind_of_architecture(name)
-    reader = getattr(transformers, hf.AUTO_CLASSES[kind]).from_pretrained(directory, **gguf).eval()
+    auto = getattr(transformers, hf.AUTO_CLASSES[kind])
+    reader = auto.from_pretrained(directory, local_files_only=True, trust_remote_code=False, **source).eval()
     with torch.no_grad():
         return model_output(reader, inputs)
 
