@@ -63,3 +63,13 @@ def test_probe_inputs_follow_the_models_example_input():
     inputs = verify.probe_inputs(model)
     assert list(inputs) == ["x"] and inputs["x"].shape == model.example_input().shape
     assert torch.equal(inputs["x"], verify.probe_inputs(model)["x"])  # seeded
+
+
+def test_a_structured_pruned_llama_matches_in_onnxruntime_and_transformers(tiny_llama, token_ids, tmp_path):
+    # its layers are slimkit's PrunedLinear (an nn.Linear with fewer rows): the ONNX export refused them before
+    from slimkit.pruning import PruneConfig
+
+    slimkit.prune(tiny_llama, PruneConfig(structured=True, ratio=0.5), example_inputs=token_ids)
+    checks = _by_target(verify.export_checks(tiny_llama, tmp_path, targets=("onnx", "hf")))
+    assert checks["onnx"].status == "matched" and float(checks["onnx"].detail) < 1e-4  # float32 in both
+    assert checks["hf"].cell() == "matched (0.0e+00)"

@@ -79,6 +79,9 @@ class _Positional(nn.Module):
         return out.logits if hasattr(out, "logits") else out[0]
 
 
+TORCH_LAYERS = (nn.Linear, nn.Conv2d, nn.BatchNorm2d)  # slimkit's subclasses of these compute with torch's ops
+
+
 @contextlib.contextmanager
 def _onnx_layers(model: nn.Module):
     """Swap every quantized layer for one that traces to its ONNX pattern; put them back afterwards."""
@@ -90,7 +93,8 @@ def _onnx_layers(model: nn.Module):
         elif isinstance(module, Int8Linear):
             swapped[name] = module
             model.set_submodule(name, _int8_from_int8_linear(name, module))
-        elif type(module).__module__.startswith("slimkit.") and not list(module.children()):
+        elif (type(module).__module__.startswith("slimkit.") and not list(module.children())
+              and not isinstance(module, TORCH_LAYERS)):  # pruned, fused, Conv1D-as-Linear: torch's ops, traced
             raise ExportRefused(f"layer {name!r} is a slimkit {type(module).__name__}, which the ONNX export does "
                                 "not write; export a model whose quantized layers are QuantLinear or Int8Linear")
     int8 = [n for n, m in swapped.items() if isinstance(m, QuantLinear) and m.encoded().fmt == "int8"]
