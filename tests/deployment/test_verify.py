@@ -54,8 +54,9 @@ def test_export_check_on_the_command_line(tiny_llama, tmp_path, capsys):
     capsys.readouterr()
     assert main(["export", str(tmp_path / "m"), "--to", "gguf", "--out", str(tmp_path / "g"), "--check"]) == 0
     out = capsys.readouterr().out
-    assert "read back with transformers + gguf: matched (largest difference / largest output" in out
-    assert "input_ids (2, 16)" in out
+    line = next(x for x in out.splitlines() if x.startswith("read back with transformers + gguf: "))
+    assert line.startswith("read back with transformers + gguf: matched (largest difference / largest output ")
+    assert float(line.split("largest output ")[1].split(",")[0]) < 1e-4  # the same codes: float rounding only
 
 
 def test_probe_inputs_follow_the_models_example_input():

@@ -33,7 +33,8 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from slimkit.deployment import export
-    from slimkit.errors import UserInputError
+    from slimkit.deployment.verify import READER_PACKAGES, check_export
+    from slimkit.errors import MissingDependencyError, UserInputError
     from slimkit.io import load
 
     if Path(args.out).exists() and not args.force:  # before the model loads: a quick one-line refusal
@@ -41,33 +42,17 @@ def run(args) -> int:
     model = load(args.model_dir)
     out = export(model, args.out, to=args.to, force=args.force, float_layers=args.float_layers)
     files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
-    check = _check(model, out, args.to) if args.check else None
+    check = check_export(model, out, args.to) if args.check else None
+    if check and check.status == "no reader":
+        raise MissingDependencyError(f"--check reads {args.to} with {' and '.join(READER_PACKAGES[args.to])}: "
+                                     f"{check.detail} (the export was written: {out})")
     if args.json:
-        print(json.dumps({"out": str(out), "to": args.to, "files": files, "check": check}, indent=2))
+        print(json.dumps({"out": str(out), "to": args.to, "files": files, "check": check and vars(check)}, indent=2))
     else:
         for name, size in files.items():
             print(f"{size:>12,d}  {name}")
         print(f"wrote {out} ({args.to}, {sum(files.values()):,} bytes)")
         if check:
-            print(f"read back with {check['reader']}: {check['status']} (largest difference / largest output "
-                  f"{check['relative_difference']:.1e} on {check['inputs']})")
-    return 1 if check and check["status"] != "matched" else 0
-
-
-def _check(model, out: Path, to: str) -> dict:
-    import torch
-
-    from slimkit.deployment.verify import MATCH, READER_PACKAGES, model_output, probe_inputs, read_back, relative_difference
-    from slimkit.errors import MissingDependencyError
-
-    inputs = probe_inputs(model)
-    try:
-        theirs = read_back(out, to, inputs)
-    except ImportError:
-        raise MissingDependencyError(f"--check reads {to} with {' and '.join(READER_PACKAGES[to])}: "
-                                     f"pip install {' '.join(READER_PACKAGES[to])}") from None
-    with torch.no_grad():
-        error = relative_difference(theirs, model_output(model, inputs))
-    shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in inputs.items())
-    return {"reader": " + ".join(READER_PACKAGES[to]), "status": "matched" if error <= MATCH else "differs",
-            "relative_difference": error, "inputs": f"seeded {shapes}"}
+            print(f"read back with {' + '.join(READER_PACKAGES[args.to])}: {check.status} (largest difference / "
+                  f"largest output {check.detail}, on seeded inputs)")
+    return 1 if check and check.status != "matched" else 0

@@ -38,9 +38,6 @@ class ExportCheck:
 
 def export_checks(model: nn.Module, directory: str | Path, targets=TARGETS) -> list[ExportCheck]:
     """Export ``model`` to each of ``targets`` under ``directory``/<target> and check each with its reader."""
-    inputs = probe_inputs(model)
-    with torch.no_grad():
-        ours = model_output(model, inputs)
     checks = []
     for target in targets:
         out = Path(directory) / target
@@ -49,14 +46,20 @@ def export_checks(model: nn.Module, directory: str | Path, targets=TARGETS) -> l
         except ExportRefused as exc:
             checks.append(ExportCheck(target, "refused", str(exc).split(";")[0]))
             continue
-        size = sum(p.stat().st_size for p in out.iterdir())
-        missing = [p for p in READER_PACKAGES[target] if importlib.util.find_spec(p) is None]
-        if missing:
-            checks.append(ExportCheck(target, "no reader", f"pip install {' '.join(missing)}", size))
-            continue
-        error = relative_difference(read_back(out, target, inputs), ours)
-        checks.append(ExportCheck(target, "matched" if error <= MATCH else "differs", f"{error:.1e}", size))
+        checks.append(check_export(model, out, target))
     return checks
+
+
+def check_export(model: nn.Module, out: Path, target: str) -> ExportCheck:
+    """What ``target``'s reader computes from the folder ``out`` against ``model``, on ``probe_inputs``."""
+    size = sum(p.stat().st_size for p in Path(out).iterdir())
+    missing = [p for p in READER_PACKAGES[target] if importlib.util.find_spec(p) is None]
+    if missing:
+        return ExportCheck(target, "no reader", f"pip install {' '.join(missing)}", size)
+    inputs = probe_inputs(model)
+    with torch.no_grad():
+        error = relative_difference(read_back(Path(out), target, inputs), model_output(model, inputs))
+    return ExportCheck(target, "matched" if error <= MATCH else "differs", f"{error:.1e}", size)
 
 
 def checks_table(rows: dict[str, list[ExportCheck]]) -> str:

@@ -233,10 +233,14 @@ def _llama_keep(unit: AttentionUnit, m: nn.Module, heads: Tensor) -> None:
 
 # --- Hugging Face GPT-2 attention (fused c_attn, Conv1D swapped for Conv1DLinear before tracing) --------
 
+def _gpt2_like(m: nn.Module) -> bool:
+    """A GPT-2 self-attention (fused c_attn, not cross-attention), whatever its widths."""
+    return (_linear(m, "c_attn", "c_proj") and not hasattr(m, "q_attn")
+            and all(isinstance(getattr(m, a, None), int) for a in ("num_heads", "head_dim", "split_size")))
+
+
 def _gpt2_matches(m: nn.Module) -> bool:
-    return (_linear(m, "c_attn", "c_proj") and not hasattr(m, "q_attn")  # not cross-attention
-            and all(isinstance(getattr(m, a, None), int) for a in ("num_heads", "head_dim", "split_size"))
-            and m.c_attn.out_features == 3 * m.split_size == 3 * m.num_heads * m.head_dim)
+    return _gpt2_like(m) and m.c_attn.out_features == 3 * m.split_size == 3 * m.num_heads * m.head_dim
 
 
 def _gpt2_describe(m: nn.Module, name: str) -> AttentionUnit:
@@ -266,8 +270,7 @@ def restore_widths(model: nn.Module) -> None:
     """Set the attributes attention modules keep beside their weights from their layers' widths (GPT-2's
     ``split_size``/``num_heads``), once a pruned model's layers are rebuilt at their saved shapes."""
     for m in model.modules():
-        if (_linear(m, "c_attn", "c_proj") and not hasattr(m, "q_attn")
-                and all(isinstance(getattr(m, a, None), int) for a in ("num_heads", "head_dim", "split_size"))):
+        if _gpt2_like(m):
             _gpt2_widths(m)
 
 
