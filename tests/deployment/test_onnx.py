@@ -1,7 +1,9 @@
-"""ONNX export, run by onnxruntime's CPU provider: int4 layers as com.microsoft::MatMulNBits give slimkit's
-logits to float rounding; int8 layers as DynamicQuantizeLinear + MatMulInteger stay close to slimkit and fp32."""
+"""ONNX export, run by onnxruntime's CPU provider: weight-only int4/int8 layers as com.microsoft::MatMulNBits
+and quantized embeddings as GatherBlockQuantized give slimkit's outputs to float rounding; int8 activations
+(DynamicQuantizeLinear + MatMulInteger) stay close to slimkit and fp32."""
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -51,25 +53,65 @@ def test_awq_input_scale_becomes_a_division(tiny_llama, token_ids, tmp_path):
     assert (_run(folder, feeds) - expected).abs().max() < 1e-5
 
 
-def test_int8_encoder_runs_as_dynamic_matmulinteger(tmp_path):
+def _bert():
     config = transformers.BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                      intermediate_size=128, max_position_embeddings=32, dtype="float32")
-    fp32 = transformers.BertModel(config).eval()
-    model = slimkit.quantize(copy.deepcopy(fp32), WeightQuantConfig("int8", group_size=None))
     ids = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(2))
-    feeds = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    with pytest.warns(UserWarning, match="13 weight-only int8 layers .* also quantizes their inputs"):
+    return transformers.BertModel(config).eval(), {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+@pytest.mark.parametrize("fmt,group_size,symmetric", [("int8", None, True), ("int8", 16, False),
+                                                      ("int4", None, False), ("int4", 16, True)])
+def test_weight_only_layers_and_embeddings_are_exact_in_onnxruntime(tmp_path, fmt, group_size, symmetric):
+    # MatMulNBits (bits 4 or 8) and GatherBlockQuantized decode slimkit's codes, scales and zero points; a
+    # channel's scale is repeated over blocks of the input width (the largest power of two dividing it)
+    fp32, feeds = _bert()
+    model = slimkit.quantize(copy.deepcopy(fp32), WeightQuantConfig(fmt, group_size=group_size, symmetric=symmetric,
+                                                                   embeddings=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "written approximately" warning: every layer is exact
+        warnings.filterwarnings("ignore", message="Exporting aten::index")  # transformers' mask code, traced
         folder = slimkit.export(model, tmp_path / "onnx", to="onnx")
+    ops = _ops(folder)
+    assert ops.count("MatMulNBits") == 2 * 6 and ops.count("GatherBlockQuantized") == 3  # word, position, type
+    assert "MatMulInteger" not in ops
+    with torch.no_grad():
+        expected = model(**feeds)[0]
+    # the same codes and scales; float32 summation order only (|hidden| ~ 1, 128-term sums)
+    assert (_run(folder, feeds) - expected).abs().max() < 1e-5
+
+
+def test_int8_activations_run_as_dynamic_matmulinteger(tmp_path):
+    from slimkit.quantization.activation import ActivationQuantConfig
+
+    fp32, feeds = _bert()
+    model = slimkit.quantize(copy.deepcopy(fp32), ActivationQuantConfig(mode="dynamic"))
+    folder = slimkit.export(model, tmp_path / "onnx", to="onnx")
     assert not any(m.training for m in model.modules())  # exporting left the model in eval mode (dropout off)
     assert _ops(folder).count("MatMulInteger") == 2 * 6  # q, k, v, out, up, down per layer (the pooler is not traced)
     got = _run(folder, feeds)
     with torch.no_grad():
         ours, reference = model(**feeds)[0], fp32(**feeds)[0]
     cosine = torch.nn.functional.cosine_similarity
-    # onnxruntime quantizes activations per tensor to uint8 (slimkit's QuantLinear keeps them float): one
-    # rounding step of 1/255 of each input's range per element, which keeps the hidden states' cosine > 0.999
+    # onnxruntime quantizes activations per tensor to uint8 where slimkit's Int8Linear uses one scale per
+    # token: one rounding step of 1/255 of each input's range per element keeps the cosine > 0.999
     assert cosine(got.flatten(1), ours.flatten(1)).min() > 0.999
     assert cosine(got.flatten(1), reference.flatten(1)).min() > 0.999
+
+
+def test_weight_only_int8_over_a_width_no_block_divides_is_written_close_and_warned(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(40, 24), torch.nn.ReLU(), torch.nn.Linear(24, 8)).eval()
+    slimkit.quantize(model, WeightQuantConfig("int8", group_size=None))
+    x = torch.randn(4, 40, generator=torch.Generator().manual_seed(0))
+    tmp_path.joinpath("onnx").mkdir()
+    from slimkit.deployment.onnx import write_onnx
+
+    with pytest.warns(UserWarning, match="2 weight-only int8 layers .* also quantizes their inputs"):
+        write_onnx(model, tmp_path / "onnx", {"x": x})
+    assert _ops(tmp_path / "onnx").count("MatMulInteger") == 2
+    with torch.no_grad():
+        expected = model(x)
+    assert torch.nn.functional.cosine_similarity(_run(tmp_path / "onnx", {"x": x}), expected).min() > 0.999
 
 
 def test_refusals(tiny_llama, tmp_path):

@@ -2,8 +2,9 @@
 
 | slimkit layer | ONNX nodes |
 |---|---|
-| QuantLinear int4, groups of 16..256 (a power of two dividing the input width) | ``com.microsoft::MatMulNBits`` (bits 4): B uint8 [N, K/g, g/2] (two codes a byte, low nibble first: slimkit's own packing), scales [N*K/g], packed zero points when asymmetric (symmetric codes are q + 8, MatMulNBits' default zero point) |
-| QuantLinear int8 per channel, symmetric; Int8Linear with int8 weights | ``DynamicQuantizeLinear`` + ``MatMulInteger`` + ``Mul`` (onnxruntime's dynamic int8 pattern): weights int8 [K, N] with slimkit's per-channel scales, activations quantized per tensor at run time |
+| QuantLinear int4 / int8, per channel or in groups of 16..256 (a power of two dividing the input width) | ``com.microsoft::MatMulNBits`` (bits 4 or 8): B uint8 [N, K/g, g*bits/8] (4-bit: two codes a byte, low nibble first, slimkit's own packing), scales [N*K/g] (a channel's scale repeated over its blocks, g the largest block dividing K), zero points when asymmetric (symmetric codes are q + 2^(bits-1), MatMulNBits' default zero point): exact |
+| QuantEmbedding int4 / int8, per row or in groups of 16..256 | ``com.microsoft::GatherBlockQuantized`` (same codes, scales and zero points): exact |
+| Int8Linear with int8 weights (W8A8); QuantLinear int8 per channel over a width no block divides (warned) | ``DynamicQuantizeLinear`` + ``MatMulInteger`` + ``Mul`` (onnxruntime's dynamic int8 pattern): weights int8 [K, N] with slimkit's per-channel scales, activations quantized per tensor at run time |
 
 AWQ's input scale becomes a ``Div`` before the product. The int8 pattern quantizes activations per tensor
 (asymmetric uint8), where slimkit's Int8Linear uses one scale per token: its outputs are close to, not
@@ -22,7 +23,9 @@ from torch import Tensor, nn
 from slimkit.deployment import ExportRefused
 from slimkit.errors import MissingDependencyError
 from slimkit.formats import unpack
+from slimkit.formats.registry import INT_BITS
 from slimkit.quantization.activation.modules import Int8Linear, weight_codes
+from slimkit.quantization.embedding import QuantEmbedding
 from slimkit.quantization.modules import QuantLinear
 
 FILE_NAME = "model.onnx"
@@ -93,16 +96,21 @@ def _onnx_layers(model: nn.Module):
         elif isinstance(module, Int8Linear):
             swapped[name] = module
             model.set_submodule(name, _int8_from_int8_linear(name, module))
+        elif isinstance(module, QuantEmbedding):
+            swapped[name] = module
+            model.set_submodule(name, _gather_block_quantized(name, module))
         elif (type(module).__module__.startswith("slimkit.") and not list(module.children())
               and not isinstance(module, TORCH_LAYERS)):  # pruned, fused, Conv1D-as-Linear: torch's ops, traced
             raise ExportRefused(f"layer {name!r} is a slimkit {type(module).__name__}, which the ONNX export does "
-                                "not write; export a model whose quantized layers are QuantLinear or Int8Linear")
-    int8 = [n for n, m in swapped.items() if isinstance(m, QuantLinear) and m.encoded().fmt == "int8"]
-    if int8:
-        warnings.warn(f"{len(int8)} weight-only int8 layers ({int8[0]}, ...) are written as onnxruntime's dynamic "
-                      "int8 pattern, which also quantizes their inputs (per tensor, at run time): the file's outputs "
-                      "differ from slimkit's by about 1/255 of each input's range; int4 groups (MatMulNBits) are exact",
-                      stacklevel=3)
+                                "not write; export a model whose quantized layers are QuantLinear, Int8Linear or "
+                                "QuantEmbedding")
+    dynamic = [n for n, m in swapped.items()
+               if isinstance(m, QuantLinear) and getattr(model.get_submodule(n), "op", None) is _DynamicInt8]
+    if dynamic:
+        warnings.warn(f"{len(dynamic)} weight-only int8 layers ({dynamic[0]}, ...) have an input width that no "
+                      "MatMulNBits block size (16..256) divides, so they are written as onnxruntime's dynamic int8 "
+                      "pattern, which also quantizes their inputs (per tensor, at run time): their outputs differ "
+                      "from slimkit's by about 1/255 of each input's range", stacklevel=3)
     try:
         yield
     finally:
@@ -150,29 +158,49 @@ class _DynamicInt8(torch.autograd.Function):
         return g.op("Mul", scaled, x_scale)
 
 
+NBITS_BLOCKS = (256, 128, 64, 32, 16)  # MatMulNBits' block sizes: powers of two from 16
+
+
 def _nbits_or_int8(name: str, module: QuantLinear) -> _OnnxLinear:
     enc = module.encoded()
     out_features, in_features = enc.shape
     bias = None if module.bias is None else module.bias.detach()
     weight = module.dequantized_weight()
-    group = enc.group_size
-    nbits_group = group in (16, 32, 64, 128, 256) and in_features % (group or 1) == 0
-    if enc.fmt == "int4" and enc.granularity == "group" and nbits_group:
-        blocks = in_features // group
-        codes = unpack(enc.codes, 4, enc.numel).reshape(out_features, blocks, group)
-        constants = {"B": codes[..., 0::2] | (codes[..., 1::2] << 4),  # (N, K/g, g/2)
-                     "scales": enc.scales().float().reshape(-1)}
-        if not enc.symmetric:
-            zero = torch.nn.functional.pad(enc.zero_point, (0, blocks % 2))  # (N, even groups)
-            constants["zero_points"] = (zero[:, 0::2] | (zero[:, 1::2] << 4)).reshape(-1)
-        attributes = {"K": in_features, "N": out_features, "bits": 4, "block_size": group, "accuracy_level": 0}
+    block = _nbits_block(enc)
+    if enc.fmt in ("int4", "int8") and block is not None:
+        bits = INT_BITS[enc.fmt]
+        blocks = in_features // block
+        repeat = 1 if enc.granularity == "group" else blocks  # one channel scale repeated over its blocks
+        codes = unpack(enc.codes, bits, enc.numel).reshape(out_features, blocks, block)
+        constants = {"B": codes if bits == 8 else codes[..., 0::2] | (codes[..., 1::2] << 4),  # (N, K/g, g*bits/8)
+                     "scales": enc.scales().float().repeat_interleave(repeat, 1).reshape(-1)}
+        if not enc.symmetric:  # symmetric codes are q + 2^(bits-1), MatMulNBits' default zero point
+            zero = enc.zero_point.repeat_interleave(repeat, 1)  # (N, K/g)
+            if bits == 4:
+                zero = torch.nn.functional.pad(zero, (0, blocks % 2))
+                zero = zero[:, 0::2] | (zero[:, 1::2] << 4)
+            constants["zero_points"] = zero.reshape(-1)
+        attributes = {"K": in_features, "N": out_features, "bits": bits, "block_size": block, "accuracy_level": 0}
         return _OnnxLinear(_MatMulNBits, weight, bias, module.input_scale, constants, attributes)
-    if enc.fmt == "int8" and enc.granularity == "channel" and enc.symmetric:
+    if enc.fmt == "int8" and enc.granularity == "channel" and enc.symmetric:  # close, not exact: warned above
         codes, scale = weight_codes(enc)
         return _OnnxLinear(_DynamicInt8, weight, bias, module.input_scale,
                            {"weight": codes.T.contiguous(), "scale": scale}, {})
-    raise ExportRefused(f"layer {name!r} ({enc.fmt}, {enc.granularity} {group}) has no exact ONNX pattern here; "
-                        "quantize with int4 groups of 16..256 (MatMulNBits) or int8 per channel, symmetric")
+    raise ExportRefused(f"layer {name!r} ({enc.fmt}, {enc.granularity} {enc.group_size}) over {in_features} inputs "
+                        "has no exact ONNX pattern; quantize to int4 or int8, per channel or in groups of 16..256 "
+                        "(a power of two) that divide the input width (MatMulNBits)")
+
+
+def _nbits_block(enc) -> int | None:
+    """MatMulNBits' block size for ``enc``: its group, or for per-channel scales the largest block dividing K."""
+    in_features = enc.shape[1]
+    if enc.axis != 0 or len(enc.shape) != 2:
+        return None
+    if enc.granularity == "group":
+        return enc.group_size if enc.group_size in NBITS_BLOCKS and in_features % enc.group_size == 0 else None
+    if enc.granularity == "channel":
+        return next((b for b in NBITS_BLOCKS if in_features % b == 0), None)
+    return None
 
 
 def _int8_from_int8_linear(name: str, module: Int8Linear) -> _OnnxLinear:
@@ -184,3 +212,48 @@ def _int8_from_int8_linear(name: str, module: Int8Linear) -> _OnnxLinear:
     layer = _OnnxLinear(_DynamicInt8, module.dequantized_weight(), bias, None,
                         {"weight": codes.T.contiguous(), "scale": scale}, {})
     return nn.Sequential(layer, nn.ReLU()) if module.relu else layer
+
+
+class _GatherBlockQuantized(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, index, table, constants, attributes):
+        return table[index]
+
+    @staticmethod
+    def symbolic(g, index, table, constants, attributes):
+        inputs = [g.op("Constant", value_t=constants["data"]), index,
+                  *[g.op("Constant", value_t=constants[key]) for key in ("scales", "zero_points") if key in constants]]
+        return g.op("com.microsoft::GatherBlockQuantized", *inputs, **{f"{k}_i": v for k, v in attributes.items()})
+
+
+class _OnnxEmbedding(nn.Module):
+    def __init__(self, table: Tensor, constants: dict, attributes: dict) -> None:
+        super().__init__()
+        self.table, self.constants, self.attributes = table, constants, attributes
+
+    def forward(self, index: Tensor) -> Tensor:
+        return _GatherBlockQuantized.apply(index, self.table, self.constants, self.attributes)
+
+
+def _gather_block_quantized(name: str, module: QuantEmbedding) -> _OnnxEmbedding:
+    """An int4/int8 table as ``com.microsoft::GatherBlockQuantized``: uint8 codes (two 4-bit codes a byte, low
+    nibble first), one scale per block of the row, per-row scales repeated over the row's blocks."""
+    enc = module.encoded()
+    block = _nbits_block(enc)
+    if enc.fmt not in ("int4", "int8") or block is None:
+        raise ExportRefused(f"embedding {name!r} ({enc.fmt}, {enc.granularity} {enc.group_size}) has no exact ONNX "
+                            "pattern; quantize embeddings to int4 or int8, per row or in groups of 16..256 (a power "
+                            "of two) that divide the embedding width (GatherBlockQuantized)")
+    bits, (rows, width) = INT_BITS[enc.fmt], enc.shape
+    repeat = 1 if enc.granularity == "group" else width // block
+    codes = unpack(enc.codes, bits, enc.numel).reshape(rows, width)
+    constants = {"data": codes if bits == 8 else codes[:, 0::2] | (codes[:, 1::2] << 4),
+                 "scales": enc.scales().float().repeat_interleave(repeat, 1).contiguous()}
+    if not enc.symmetric:
+        zero = enc.zero_point.repeat_interleave(repeat, 1)  # (rows, width / block)
+        if bits == 4:
+            zero = torch.nn.functional.pad(zero, (0, zero.shape[1] % 2))
+            zero = zero[:, 0::2] | (zero[:, 1::2] << 4)
+        constants["zero_points"] = zero.contiguous()
+    attributes = {"gather_axis": 0, "quantize_axis": 1, "block_size": block, "bits": bits}
+    return _OnnxEmbedding(module.weight.detach(), constants, attributes)
