@@ -49,6 +49,26 @@ def test_compressed_tensors_round_trip_keeps_codes_and_bytes(tiny_llama, token_i
     assert (tmp_path / "a" / "config.json").read_text() == (tmp_path / "b" / "config.json").read_text()
 
 
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_int_quantized_w8a8_round_trip_keeps_codes_and_bytes(tiny_llama, token_ids, tmp_path, mode):
+    from slimkit.quantization.activation import ActivationQuantConfig
+    from slimkit.quantization.activation.modules import Int8Linear
+
+    calib = [torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    slimkit.quantize(tiny_llama, ActivationQuantConfig(mode=mode), calib=calib if mode == "static" else None)
+    slimkit.export(tiny_llama, tmp_path / "a", to="compressed-tensors")
+    imported = slimkit.load(tmp_path / "a")
+    layer, original = imported.model.layers[1].mlp.down_proj, tiny_llama.model.layers[1].mlp.down_proj
+    assert isinstance(layer, Int8Linear) and layer.mode == original.mode
+    assert mode == "static" or layer.granularity == original.granularity == "token"  # dynamic: a scale per token
+    # the same int8 codes, weight scales and activation scale: slimkit's own W8A8 computation, bit for bit
+    assert torch.equal(_logits(imported, token_ids), _logits(tiny_llama, token_ids))
+    slimkit.export(imported, tmp_path / "b", to="compressed-tensors")
+    a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert sorted(a) == sorted(b) and all(a[k].view(torch.uint8).equal(b[k].view(torch.uint8)) for k in a)
+    assert (tmp_path / "a" / "config.json").read_text() == (tmp_path / "b" / "config.json").read_text()
+
+
 def test_config_that_disagrees_with_tensors_is_refused(tiny_llama, tmp_path):
     slimkit.quantize(tiny_llama, WeightQuantConfig("int4", group_size=32))
     folder = slimkit.export(tiny_llama, tmp_path / "a", to="compressed-tensors")

@@ -228,8 +228,7 @@ def load_folder(directory: Path) -> nn.Module:
     for name, scheme in schemes.items():
         parts = {key.removeprefix(f"{name}."): tensors.pop(key) for key in list(tensors) if key.startswith(f"{name}.")}
         layer = model.get_submodule(name)
-        enc = _encoded_from(parts, scheme, layer, f"{directory}: layer {name!r}")
-        model.set_submodule(name, QuantLinear(layer.in_features, layer.out_features, enc, parts.get("bias")))
+        model.set_submodule(name, _layer_from(parts, scheme, layer, f"{directory}: layer {name!r}"))
     try:
         result = model.load_state_dict(tensors, strict=False, assign=True)
     except RuntimeError as exc:
@@ -255,6 +254,42 @@ def _schemes_by_layer(model: nn.Module, quant: dict, directory: Path) -> dict[st
     if not out:
         raise ArtifactError(f"{directory}/config.json: quantization_config targets no Linear layer of the model")
     return out
+
+
+def _layer_from(parts: dict[str, Tensor], scheme: dict, layer: nn.Linear, where: str) -> nn.Module:
+    """The QuantLinear (weight-only schemes) or Int8Linear (int-quantized, int8 activations) of one layer."""
+    if scheme.get("format") == "int-quantized":
+        return _int8_linear_from(parts, scheme, layer, where)
+    return QuantLinear(layer.in_features, layer.out_features, _encoded_from(parts, scheme, layer, where),
+                       parts.get("bias"))
+
+
+def _int8_linear_from(parts: dict[str, Tensor], scheme: dict, layer: nn.Linear, where: str) -> Int8Linear:
+    weights, acts = scheme.get("weights") or {}, scheme.get("input_activations") or {}
+    static = acts.get("dynamic") is False
+    supported = (weights.get("num_bits") == 8 and weights.get("type") == "int" and weights.get("symmetric", True)
+                 and weights.get("strategy") == "channel" and acts.get("num_bits") == 8 and acts.get("type") == "int"
+                 and acts.get("symmetric", True) and acts.get("strategy") in (("tensor",) if static else ("token", "tensor")))
+    if not supported:
+        raise ArtifactError(f"{where}: int-quantized scheme with weights {weights} and activations {acts} is not "
+                            "imported; slimkit imports int8 per-channel symmetric weights with int8 symmetric "
+                            "activations, dynamic per token or per tensor, or static per tensor")
+    out_features, in_features = layer.out_features, layer.in_features
+    weight, scale = parts.get("weight"), parts.get("weight_scale")
+    if (weight is None or weight.dtype != torch.int8 or tuple(weight.shape) != (out_features, in_features)
+            or scale is None or scale.numel() != out_features):
+        raise ArtifactError(f"{where}: int-quantized needs an int8 weight ({out_features}, {in_features}) and "
+                            f"{out_features} weight scales; found weight "
+                            f"{None if weight is None else (weight.dtype, tuple(weight.shape))} and "
+                            f"{None if scale is None else tuple(scale.shape)} scales")
+    if static and (parts.get("input_scale") is None or parts["input_scale"].numel() != 1):
+        raise ArtifactError(f"{where}: static per-tensor activations need one input_scale")
+    codes = (weight.to(torch.int16) + 128).to(torch.uint8).reshape(-1)
+    enc = EncodedTensor("int8", (out_features, in_features), "channel", 0, None, True, pack(codes, 8),
+                        scale.float().reshape(out_features, 1).contiguous(), None)
+    return Int8Linear(enc, parts.get("bias"), mode="static" if static else "dynamic",
+                      granularity="token" if acts.get("strategy") == "token" else "tensor",
+                      act_scale=parts["input_scale"].float() if static else None)
 
 
 def _encoded_from(parts: dict[str, Tensor], scheme: dict, layer: nn.Linear, where: str) -> EncodedTensor:
@@ -291,4 +326,5 @@ def _encoded_from(parts: dict[str, Tensor], scheme: dict, layer: nn.Linear, wher
         codes = parts["weight"].view(torch.uint8).reshape(-1)
         return EncodedTensor(fmt="fp8_e4m3", symmetric=True, codes=codes.clone(), zero_point=None, **layout)
     raise ArtifactError(f"{where}: format {fmt!r} with {weights.get('type')} {weights.get('num_bits')}-bit weights "
-                        "is not imported; slimkit imports pack-quantized int and fp8 weight-only layers")
+                        "is not imported; slimkit imports pack-quantized int and fp8 weight-only layers and int-quantized "
+                        "W8A8 layers")

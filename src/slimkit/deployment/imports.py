@@ -3,7 +3,7 @@
 - a GGUF file (or a folder holding one .gguf): Llama family; Q4_0 / Q8_0 Linear weights become int4 /
   int8 QuantLinear layers with groups of 32 and float16 scales, F32/F16/BF16 tensors stay as they are;
 - a compressed-tensors folder: pack-quantized intN layers (symmetric or not, group or channel) and
-  naive-quantized fp8_e4m3 layers become QuantLinear layers;
+  naive-quantized fp8_e4m3 layers become QuantLinear layers, int-quantized (W8A8) layers Int8Linear;
 - a GPTQ or AWQ folder (Hugging Face layout, gptq_import.py).
 
 Exporting an imported model to the same target gives back the same tensor bytes. What slimkit's
