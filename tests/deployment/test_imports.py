@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 import slimkit
 from slimkit.cli import main
+from slimkit.deployment import ExportRefused
 from slimkit.errors import ArtifactError
 from slimkit.quantization import WeightQuantConfig
 from slimkit.quantization.modules import QuantLinear
@@ -120,3 +121,49 @@ def test_quantized_embeddings_travel_as_q4_0_blocks(tiny_llama, token_ids, tmp_p
     imported = slimkit.load(first)
     assert type(imported.model.embed_tokens).__name__ == "QuantEmbedding"
     assert first.read_bytes() == (slimkit.export(imported, tmp_path / "b", to="gguf") / "model.gguf").read_bytes()
+
+
+@pytest.fixture
+def q4_k_gguf(tmp_path):
+    """A GGUF whose Linear layers are Q4_K (llama.cpp's search, ported), the rest float, and its float model."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=128, hidden_size=256, intermediate_size=512, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                      tie_word_embeddings=False, dtype="float32")
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    return slimkit.export(model, tmp_path / "q4k", to="gguf", float_layers="q4_k") / "model.gguf"
+
+
+def test_q4_k_gguf_imports_as_blocks_with_transformers_logits_and_the_same_bytes(q4_k_gguf, token_ids, tmp_path):
+    from slimkit.quantization.q4k_layers import Q4KLinear
+
+    transformers = pytest.importorskip("transformers")
+    imported = slimkit.load(q4_k_gguf)
+    layers = [m for m in imported.modules() if isinstance(m, Q4KLinear)]
+    assert len(layers) == 7 + 1  # q, k, v, o, gate, up, down and the output layer: blocks, not float weights
+    assert layers[0].blocks.dtype == torch.uint8 and layers[0].blocks.numel() * 8 / (256 * 256) == 4.5
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(q4_k_gguf.parent, gguf_file=q4_k_gguf.name).eval()
+    with torch.inference_mode():
+        # transformers decodes the blocks with the gguf package (float32, the same products): the same logits
+        assert torch.equal(imported(token_ids).logits, theirs(token_ids).logits)
+    again = slimkit.export(imported, tmp_path / "again", to="gguf") / "model.gguf"
+    assert again.read_bytes() == q4_k_gguf.read_bytes()
+    slimkit.save(imported, tmp_path / "artifact")
+    assert torch.equal(_logits(slimkit.load(tmp_path / "artifact"), token_ids), _logits(imported, token_ids))
+    with pytest.raises(ExportRefused, match="Q4KLinear, which compressed-tensors cannot represent"):
+        slimkit.export(imported, tmp_path / "ct", to="compressed-tensors")
+
+
+def test_q4_k_embedding_decodes_only_the_rows_it_looks_up_as_gguf_does():
+    gguf = pytest.importorskip("gguf")
+    from slimkit.formats.q4k import quantize_q4_k
+    from slimkit.quantization.q4k_layers import Q4KEmbedding
+
+    table = torch.randn(10, 512, generator=torch.Generator().manual_seed(0))
+    blocks = quantize_q4_k(table)
+    embedding = Q4KEmbedding(10, 512, blocks)
+    reference = torch.from_numpy(gguf.quants.dequantize(blocks.numpy(), gguf.GGMLQuantizationType.Q4_K).copy())
+    index = torch.tensor([[3, 1, 3], [9, 0, 2]])
+    assert torch.equal(embedding(index), reference.reshape(10, 512)[index])
+    assert embedding.to(torch.bfloat16)(index).dtype == torch.bfloat16

@@ -24,10 +24,11 @@ from torch import Tensor, nn
 from slimkit import hf
 from slimkit.deployment import ExportRefused
 from slimkit.deployment.gguf_vocab import tokenizer_metadata
-from slimkit.deployment.q4k import QK_K, quantize_q4_k
 from slimkit.formats import unpack
+from slimkit.formats.q4k import QK_K, quantize_q4_k
 from slimkit.quantization.embedding import QuantEmbedding
 from slimkit.quantization.modules import QuantLinear
+from slimkit.quantization.q4k_layers import Q4KEmbedding, Q4KLinear
 
 ALIGNMENT = 32
 F32, F16, Q4_0, Q8_0, Q4_K, BF16 = 0, 1, 2, 8, 12, 30  # ggml_type ids
@@ -79,11 +80,13 @@ def gguf_tensors(model: nn.Module, float_layers: str | None = None) -> dict[str,
         if gguf_name is None:
             continue
         coded = isinstance(module, (QuantLinear, QuantEmbedding))  # held as codes: written as Q4_0/Q8_0 blocks
-        weight = None if coded else module.weight
+        weight = None if coded or isinstance(module, (Q4KLinear, Q4KEmbedding)) else module.weight
         if weight is not None and weight.data_ptr() in seen:  # a tied output layer: llama.cpp reuses token_embd
             continue
         if coded:
             data, kind = _quantized_blocks(name, module)
+        elif isinstance(module, (Q4KLinear, Q4KEmbedding)):  # imported Q4_K blocks, written back as they were
+            data, kind = module.blocks, Q4_K
         elif type(module).__module__.startswith("slimkit."):
             raise ExportRefused(f"layer {name!r} is a slimkit {type(module).__name__}, which GGUF cannot hold; "
                                 "quantize with WeightQuantConfig int4/int8, group_size=32, symmetric")
@@ -93,7 +96,10 @@ def gguf_tensors(model: nn.Module, float_layers: str | None = None) -> dict[str,
         else:
             seen.add(weight.data_ptr())
             data, kind = _float(name, weight.detach())
-        shape = tuple(module.encoded().shape) if coded else tuple(weight.shape)
+        if weight is not None:
+            shape = tuple(weight.shape)
+        else:
+            shape = tuple(module.encoded().shape) if coded else tuple(module.weight.shape)
         if gguf_name.endswith(("attn_q.weight", "attn_k.weight")):
             data = data[_qk_rows(shape[0], heads if "attn_q" in gguf_name else kv_heads)]
         if getattr(module, "bias", None) is not None:

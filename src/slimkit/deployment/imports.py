@@ -1,14 +1,15 @@
 """Importing foreign quantized checkpoints into slimkit's modules, keeping their codes (no dequantization).
 
 - a GGUF file (or a folder holding one .gguf): Llama family; Q4_0 / Q8_0 Linear weights become int4 /
-  int8 QuantLinear layers with groups of 32 and float16 scales, F32/F16/BF16 tensors stay as they are;
+  int8 QuantLinear layers with groups of 32 and float16 scales, Q4_K ones Q4KLinear (Q4KEmbedding)
+  layers holding the super-blocks as they are, F32/F16/BF16 tensors stay as they are;
 - a compressed-tensors folder: pack-quantized intN layers (symmetric or not, group or channel) and
   naive-quantized fp8_e4m3 layers become QuantLinear layers, int-quantized (W8A8) layers Int8Linear;
 - a GPTQ or AWQ folder (Hugging Face layout, gptq_import.py).
 
 Exporting an imported model to the same target gives back the same tensor bytes. What slimkit's
-encodings cannot hold without dequantizing (Q4_K's sub-block minimums, an act-order group index) is
-refused with the reason.
+encodings cannot hold without dequantizing (other K-quants, an act-order group index) is refused with
+the reason.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import torch
 from torch import Tensor, nn
 
 from slimkit.deployment.compressed_tensors import load_folder
-from slimkit.deployment.gguf import BF16, F16, F32, Q4_0, Q8_0, gguf_name_of
+from slimkit.deployment.gguf import BF16, F16, F32, Q4_0, Q4_K, Q8_0, gguf_name_of
 from slimkit.deployment.gguf_reader import TYPE_NAMES, read_gguf
 from slimkit.errors import ArtifactError, MissingDependencyError
 from slimkit.formats import EncodedTensor, pack
 from slimkit.quantization.embedding import QuantEmbedding
 from slimkit.quantization.modules import QuantLinear
+from slimkit.quantization.q4k_layers import Q4KEmbedding, Q4KLinear
 
 _FLOAT_DTYPES = {F32: torch.float32, F16: torch.float16, BF16: torch.bfloat16}
 
@@ -76,13 +78,18 @@ def load_gguf(path: Path) -> nn.Module:
         elif info.ggml_type in (Q4_0, Q8_0) and isinstance(module, nn.Linear):
             model.set_submodule(names[gguf_name], QuantLinear(info.shape[1], info.shape[0],
                                                               _encoded_blocks(raw, info, rows)))
+        elif info.ggml_type == Q4_K and isinstance(module, nn.Linear):  # the blocks as they are (q4k_layers.py)
+            blocks = raw.reshape(info.shape[0], -1)
+            model.set_submodule(names[gguf_name], Q4KLinear(info.shape[1], info.shape[0],
+                                                            blocks if rows is None else blocks[rows].contiguous()))
+        elif info.ggml_type == Q4_K and gguf_name == "token_embd.weight" and "output.weight" in infos:
+            model.set_submodule(names[gguf_name], Q4KEmbedding(*info.shape, raw.reshape(info.shape[0], -1)))
         elif info.ggml_type in (Q4_0, Q8_0) and gguf_name == "token_embd.weight" and "output.weight" in infos:
             model.set_submodule(names[gguf_name], QuantEmbedding(*info.shape, _encoded_blocks(raw, info, None)))
         else:
             raise ArtifactError(f"{path}: tensor {gguf_name!r} is {TYPE_NAMES[info.ggml_type]}, which slimkit imports "
-                                "only for Linear weights and untied embeddings as Q4_0 / Q8_0 (Q4_K's "
-                                "sub-block minimums have no exact "
-                                "slimkit encoding); re-quantize the file to Q4_0 or Q8_0 with llama-quantize")
+                                "for Linear weights and untied embeddings as Q4_0 / Q8_0 / Q4_K; re-quantize the "
+                                "file to one of those types with llama-quantize")
     if model.config.tie_word_embeddings:
         model.tie_weights()
     return model.eval()

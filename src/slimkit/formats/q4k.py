@@ -4,7 +4,8 @@ A super-block of 256 weights holds float16 d and dmin, twelve bytes of 6-bit sca
 eight sub-blocks of 32, and 128 bytes of 4-bit codes: x = d*ls*q - dmin*lm. Each sub-block's scale and
 minimum come from a weighted search (weights |x| + rms(sub-block)) over 21 candidate ranges, fitting the
 least-squares scale and minimum for each candidate's codes; a plain min/max choice is worse than Q4_0.
-The `gguf` package only dequantizes Q4_K; this is the writer.
+The `gguf` package only dequantizes Q4_K; this is the writer, and ``dequantize_q4_k`` the reader that
+slimkit's Q4KLinear (a Q4_K layer imported from a GGUF file, its blocks kept as they are) computes with.
 """
 
 from __future__ import annotations
@@ -37,6 +38,37 @@ def quantize_q4_k(weight: Tensor) -> Tensor:
     codes = torch.where(sub_d[..., None] == 0, torch.zeros_like(codes), codes).to(torch.uint8)  # (blocks, 8, 32)
     return torch.cat([d.view(torch.uint8), dmin.view(torch.uint8), _pack_scales(ls, lm), _pack_codes(codes)],
                      1).reshape(rows, cols // QK_K * BLOCK_BYTES)
+
+
+def dequantize_q4_k(blocks: Tensor, shape: tuple[int, int]) -> Tensor:
+    """float32 (rows, cols) weight of (rows, cols/256*144) uint8 Q4_K blocks (ggml's dequantize_row_q4_K).
+
+    >>> w = torch.randn(2, 256)
+    >>> (dequantize_q4_k(quantize_q4_k(w), (2, 256)) - w).abs().max() < 0.2 * w.abs().max()
+    tensor(True)
+    """
+    rows, cols = shape
+    raw = blocks.reshape(-1, BLOCK_BYTES)  # (super-blocks, 144)
+    d = raw[:, 0:2].contiguous().view(torch.float16).float()  # (blocks, 1)
+    dmin = raw[:, 2:4].contiguous().view(torch.float16).float()
+    ls, lm = _unpack_scales(raw[:, 4:16])  # (blocks, 8) each
+    codes = _unpack_codes(raw[:, 16:])  # (blocks, 8, 32)
+    values = (d * ls.float())[..., None] * codes.float() - (dmin * lm.float())[..., None]
+    return values.reshape(rows, cols)
+
+
+def _unpack_scales(packed: Tensor) -> tuple[Tensor, Tensor]:
+    """Inverse of ``_pack_scales``: the 6-bit (ls, lm) of the eight sub-blocks."""
+    low, high = packed[:, 0:4], packed[:, 4:8]
+    ls = torch.cat([low & 63, (packed[:, 8:12] & 15) | ((low >> 6) << 4)], 1)
+    lm = torch.cat([high & 63, (packed[:, 8:12] >> 4) | ((high >> 6) << 4)], 1)
+    return ls, lm
+
+
+def _unpack_codes(packed: Tensor) -> Tensor:
+    """Inverse of ``_pack_codes``: (blocks, 8 sub-blocks, 32) codes 0..15."""
+    chunks = packed.reshape(packed.shape[0], 4, 1, SUB)
+    return torch.cat([chunks & 15, chunks >> 4], 2).reshape(packed.shape[0], 8, SUB)
 
 
 def _qkx2(x: Tensor, w: Tensor, nmax: int = 15, rmin: float = -1.0, rdelta: float = 0.1, nstep: int = 20
