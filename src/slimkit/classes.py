@@ -30,8 +30,8 @@ from slimkit.errors import ArtifactError, SlimkitError, UserInputError
 _BUILTIN = {
     "QuantLinear": "slimkit.quantization.modules",
     "QuantEmbedding": "slimkit.quantization.embedding",
-    "Q4KLinear": "slimkit.quantization.q4k_layers",
-    "Q4KEmbedding": "slimkit.quantization.q4k_layers",
+    "GGMLLinear": "slimkit.quantization.ggml_layers",
+    "GGMLEmbedding": "slimkit.quantization.ggml_layers",
     "Int8Linear": "slimkit.quantization.activation.modules",
     "Int8Conv2d": "slimkit.quantization.activation.modules",
     "Folded": "slimkit.quantization.activation.fuse",

@@ -136,11 +136,11 @@ def q4_k_gguf(tmp_path):
 
 
 def test_q4_k_gguf_imports_as_blocks_with_transformers_logits_and_the_same_bytes(q4_k_gguf, token_ids, tmp_path):
-    from slimkit.quantization.q4k_layers import Q4KLinear
+    from slimkit.quantization.ggml_layers import GGMLLinear
 
     transformers = pytest.importorskip("transformers")
     imported = slimkit.load(q4_k_gguf)
-    layers = [m for m in imported.modules() if isinstance(m, Q4KLinear)]
+    layers = [m for m in imported.modules() if isinstance(m, GGMLLinear)]
     assert len(layers) == 7 + 1  # q, k, v, o, gate, up, down and the output layer: blocks, not float weights
     assert layers[0].blocks.dtype == torch.uint8 and layers[0].blocks.numel() * 8 / (256 * 256) == 4.5
     theirs = transformers.AutoModelForCausalLM.from_pretrained(q4_k_gguf.parent, gguf_file=q4_k_gguf.name).eval()
@@ -151,19 +151,86 @@ def test_q4_k_gguf_imports_as_blocks_with_transformers_logits_and_the_same_bytes
     assert again.read_bytes() == q4_k_gguf.read_bytes()
     slimkit.save(imported, tmp_path / "artifact")
     assert torch.equal(_logits(slimkit.load(tmp_path / "artifact"), token_ids), _logits(imported, token_ids))
-    with pytest.raises(ExportRefused, match="Q4KLinear, which compressed-tensors cannot represent"):
+    with pytest.raises(ExportRefused, match="GGMLLinear, which compressed-tensors cannot represent"):
         slimkit.export(imported, tmp_path / "ct", to="compressed-tensors")
 
 
-def test_q4_k_embedding_decodes_only_the_rows_it_looks_up_as_gguf_does():
+def test_block_embedding_decodes_only_the_rows_it_looks_up_as_gguf_does():
     gguf = pytest.importorskip("gguf")
     from slimkit.formats.q4k import quantize_q4_k
-    from slimkit.quantization.q4k_layers import Q4KEmbedding
+    from slimkit.quantization.ggml_layers import GGMLEmbedding
 
     table = torch.randn(10, 512, generator=torch.Generator().manual_seed(0))
     blocks = quantize_q4_k(table)
-    embedding = Q4KEmbedding(10, 512, blocks)
+    embedding = GGMLEmbedding(10, 512, blocks, 12)  # 12: Q4_K
     reference = torch.from_numpy(gguf.quants.dequantize(blocks.numpy(), gguf.GGMLQuantizationType.Q4_K).copy())
     index = torch.tensor([[3, 1, 3], [9, 0, 2]])
     assert torch.equal(embedding(index), reference.reshape(10, 512)[index])
     assert embedding.to(torch.bfloat16)(index).dtype == torch.bfloat16
+
+
+def _write_with_gguf_writer(model, path, types):
+    """A GGUF written by the gguf package's own GGUFWriter (not slimkit's writer): each 2-D tensor quantized
+    by gguf.quants to ``types[kind]`` (kind: the tensor name's second-to-last part), norms F32."""
+    gguf = pytest.importorskip("gguf")
+    from slimkit.deployment.gguf import gguf_tensors
+
+    config = model.config
+    path.parent.mkdir()
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_dimension_count(config.hidden_size // config.num_attention_heads)
+    writer.add_rope_freq_base(config.rope_parameters["rope_theta"] if getattr(config, "rope_parameters", None)
+                              else config.rope_theta)
+    for name, (data, _, _) in gguf_tensors(model).items():
+        values = data.detach().float().numpy()
+        kind = types.get(name.split(".")[-2]) if values.ndim == 2 else None
+        if kind is None:
+            writer.add_tensor(name, values)
+        else:
+            qtype = gguf.GGMLQuantizationType[kind]
+            writer.add_tensor(name, gguf.quants.quantize(values, qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_a_gguf_writers_q4_1_q5_0_q5_1_and_tied_q8_0_file_imports_as_blocks(tiny_llama, token_ids, tmp_path):
+    # SmolLM2's shipped GGUF is this mix: Q4_1 projections and a tied Q8_0 embedding table
+    from slimkit.quantization.ggml_layers import GGMLEmbedding, GGMLLinear
+
+    transformers = pytest.importorskip("transformers")
+    tiny_llama.config.tie_word_embeddings = True
+    tiny_llama.tie_weights()
+    types = {"attn_q": "Q4_1", "attn_k": "Q5_0", "attn_v": "Q5_1", "attn_output": "Q4_1", "ffn_gate": "Q4_1",
+             "ffn_up": "Q5_0", "ffn_down": "Q5_1", "token_embd": "Q8_0"}
+    path = _write_with_gguf_writer(tiny_llama, tmp_path / "theirs" / "model.gguf", types)
+    imported = slimkit.load(path)
+    assert isinstance(imported.model.embed_tokens, GGMLEmbedding)
+    assert imported.lm_head.blocks is imported.model.embed_tokens.blocks  # one table, as llama.cpp keeps it
+    assert sum(isinstance(m, GGMLLinear) for m in imported.modules()) == 7 * 2 + 1
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).eval()
+    with torch.inference_mode():
+        assert torch.equal(imported(token_ids).logits, theirs(token_ids).logits)  # gguf's decoders, bit for bit
+    out = imported.generate(token_ids[:1, :4], max_new_tokens=4, do_sample=False)
+    assert torch.equal(out, theirs.generate(token_ids[:1, :4], max_new_tokens=4, do_sample=False))
+    from slimkit.deployment.gguf_reader import read_gguf
+
+    _, infos, data = read_gguf(path)
+    _, again, data_again = read_gguf(slimkit.export(imported, tmp_path / "again", to="gguf") / "model.gguf")
+    assert sorted(infos) == sorted(again) and all(  # every tensor's bytes, the tied table written once
+        data[i.offset:i.offset + i.nbytes] == data_again[again[k].offset:again[k].offset + again[k].nbytes]
+        for k, i in infos.items())
+    slimkit.save(imported, tmp_path / "artifact")
+    loaded = slimkit.load(tmp_path / "artifact")
+    assert loaded.lm_head.blocks is loaded.model.embed_tokens.blocks
+    assert torch.equal(_logits(loaded, token_ids), _logits(imported, token_ids))

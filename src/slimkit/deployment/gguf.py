@@ -25,14 +25,15 @@ from slimkit import hf
 from slimkit.deployment import ExportRefused
 from slimkit.deployment.gguf_vocab import tokenizer_metadata
 from slimkit.formats import unpack
+from slimkit.formats.ggml import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
 from slimkit.formats.q4k import QK_K, quantize_q4_k
 from slimkit.quantization.embedding import QuantEmbedding
+from slimkit.quantization.ggml_layers import GGMLEmbedding, GGMLLinear
 from slimkit.quantization.modules import QuantLinear
-from slimkit.quantization.q4k_layers import Q4KEmbedding, Q4KLinear
 
 ALIGNMENT = 32
-F32, F16, Q4_0, Q8_0, Q4_K, BF16 = 0, 1, 2, 8, 12, 30  # ggml_type ids
-FILE_TYPES = {F32: 0, F16: 1, Q4_0: 2, Q8_0: 7, Q4_K: 14, BF16: 32}  # llama_ftype "mostly ..." of the dominant type
+# llama_ftype "mostly ..." of the dominant type
+FILE_TYPES = {F32: 0, F16: 1, Q4_0: 2, Q4_1: 3, Q5_0: 8, Q5_1: 9, Q8_0: 7, Q4_K: 14, Q5_K: 16, Q6_K: 18, BF16: 32}
 _FLOAT_TYPES = {torch.float32: F32, torch.float16: F16, torch.bfloat16: BF16}
 _LAYER_NAMES = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
                 "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
@@ -80,13 +81,16 @@ def gguf_tensors(model: nn.Module, float_layers: str | None = None) -> dict[str,
         if gguf_name is None:
             continue
         coded = isinstance(module, (QuantLinear, QuantEmbedding))  # held as codes: written as Q4_0/Q8_0 blocks
-        weight = None if coded or isinstance(module, (Q4KLinear, Q4KEmbedding)) else module.weight
-        if weight is not None and weight.data_ptr() in seen:  # a tied output layer: llama.cpp reuses token_embd
+        blocks = isinstance(module, (GGMLLinear, GGMLEmbedding))  # imported ggml blocks: written back as they were
+        weight = None if coded or blocks else module.weight
+        stored = module.blocks if blocks else weight
+        if stored is not None and stored.data_ptr() in seen:  # a tied output layer: llama.cpp reuses token_embd
             continue
         if coded:
             data, kind = _quantized_blocks(name, module)
-        elif isinstance(module, (Q4KLinear, Q4KEmbedding)):  # imported Q4_K blocks, written back as they were
-            data, kind = module.blocks, Q4_K
+        elif blocks:
+            seen.add(stored.data_ptr())
+            data, kind = module.blocks, module.ggml_type
         elif type(module).__module__.startswith("slimkit."):
             raise ExportRefused(f"layer {name!r} is a slimkit {type(module).__name__}, which GGUF cannot hold; "
                                 "quantize with WeightQuantConfig int4/int8, group_size=32, symmetric")
@@ -99,13 +103,19 @@ def gguf_tensors(model: nn.Module, float_layers: str | None = None) -> dict[str,
         if weight is not None:
             shape = tuple(weight.shape)
         else:
-            shape = tuple(module.encoded().shape) if coded else tuple(module.weight.shape)
+            shape = tuple(module.encoded().shape) if coded else _block_layer_shape(module)
         if gguf_name.endswith(("attn_q.weight", "attn_k.weight")):
             data = data[_qk_rows(shape[0], heads if "attn_q" in gguf_name else kv_heads)]
         if getattr(module, "bias", None) is not None:
             raise ExportRefused(f"layer {name!r} has a bias, which Llama-family GGUF files do not have")
         out[gguf_name] = (data, shape, kind)
     return out
+
+
+def _block_layer_shape(module: GGMLLinear | GGMLEmbedding) -> tuple[int, int]:
+    if isinstance(module, GGMLLinear):
+        return module.out_features, module.in_features
+    return module.num_embeddings, module.embedding_dim
 
 
 def gguf_name_of(name: str) -> str | None:

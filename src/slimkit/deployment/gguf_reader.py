@@ -14,14 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slimkit.errors import ArtifactError
+from slimkit.formats.ggml import TYPES
 
 # value type id -> (struct format, size) for the fixed-size types (ggml docs/gguf.md)
 _SCALARS = {0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4), 5: ("<i", 4), 6: ("<f", 4),
             7: ("<?", 1), 10: ("<Q", 8), 11: ("<q", 8), 12: ("<d", 8)}
 STRING, ARRAY = 8, 9
-# ggml type -> (block elements, block bytes) for the types slimkit reads
-TYPE_SIZES = {0: (1, 4), 1: (1, 2), 2: (32, 18), 8: (32, 34), 12: (256, 144), 30: (1, 2)}
-TYPE_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 8: "Q8_0", 12: "Q4_K", 30: "BF16"}
+# ggml type -> (block elements, block bytes) for the types slimkit reads (formats/ggml.py)
+TYPE_SIZES = {kind: (weights, size) for kind, (_, weights, size) in TYPES.items()}
+TYPE_NAMES = {kind: name for kind, (name, _, _) in TYPES.items()}
 MAX_DIMS = 4
 
 

@@ -1,15 +1,17 @@
 """Importing foreign quantized checkpoints into slimkit's modules, keeping their codes (no dequantization).
 
 - a GGUF file (or a folder holding one .gguf): Llama family; Q4_0 / Q8_0 Linear weights become int4 /
-  int8 QuantLinear layers with groups of 32 and float16 scales, Q4_K ones Q4KLinear (Q4KEmbedding)
-  layers holding the super-blocks as they are, F32/F16/BF16 tensors stay as they are;
+  int8 QuantLinear layers with groups of 32 and float16 scales (slimkit's own encoding, so they also
+  export to compressed-tensors and ONNX); Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K weights and quantized
+  tied embeddings become GGMLLinear / GGMLEmbedding layers holding the file's blocks as they are (a tied
+  output layer shares the embedding's blocks); F32/F16/BF16 tensors stay as they are;
 - a compressed-tensors folder: pack-quantized intN layers (symmetric or not, group or channel) and
   naive-quantized fp8_e4m3 layers become QuantLinear layers, int-quantized (W8A8) layers Int8Linear;
 - a GPTQ or AWQ folder (Hugging Face layout, gptq_import.py).
 
 Exporting an imported model to the same target gives back the same tensor bytes. What slimkit's
-encodings cannot hold without dequantizing (other K-quants, an act-order group index) is refused with
-the reason.
+modules cannot hold without dequantizing (other ggml types such as Q2_K/Q3_K/IQ*, an act-order group
+index) is refused with the reason.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ import torch
 from torch import Tensor, nn
 
 from slimkit.deployment.compressed_tensors import load_folder
-from slimkit.deployment.gguf import BF16, F16, F32, Q4_0, Q4_K, Q8_0, gguf_name_of
+from slimkit.deployment.gguf import gguf_name_of
 from slimkit.deployment.gguf_reader import TYPE_NAMES, read_gguf
 from slimkit.errors import ArtifactError, MissingDependencyError
 from slimkit.formats import EncodedTensor, pack
+from slimkit.formats.ggml import BF16, BLOCK_TYPES, F16, F32, Q4_0, Q8_0
 from slimkit.quantization.embedding import QuantEmbedding
+from slimkit.quantization.ggml_layers import GGMLEmbedding, GGMLLinear
 from slimkit.quantization.modules import QuantLinear
-from slimkit.quantization.q4k_layers import Q4KEmbedding, Q4KLinear
 
 _FLOAT_DTYPES = {F32: torch.float32, F16: torch.float16, BF16: torch.bfloat16}
 
@@ -53,7 +56,8 @@ def importer_for(path: Path):
 
 
 def load_gguf(path: Path) -> nn.Module:
-    """A transformers LlamaForCausalLM holding the GGUF file's tensors (Q4_0/Q8_0 as QuantLinear)."""
+    """A transformers LlamaForCausalLM holding the GGUF file's tensors (Q4_0/Q8_0 as QuantLinear, the other
+    quantized types as GGMLLinear/GGMLEmbedding blocks)."""
     meta, infos, data = read_gguf(path)
     arch = meta.get("general.architecture")
     if arch != "llama":
@@ -61,10 +65,11 @@ def load_gguf(path: Path) -> nn.Module:
     model = _llama(meta, infos, path)
     heads = {"attn_q": model.config.num_attention_heads, "attn_k": model.config.num_key_value_heads}
     names = {gguf_name_of(name): name for name, _ in model.named_modules()}
-    tied = {"output.weight"} if model.config.tie_word_embeddings else set()
-    missing = sorted(set(n for n in names if n) - set(infos) - tied)
+    optional = {"output.weight"} if model.config.tie_word_embeddings else set()
+    missing = sorted(set(n for n in names if n) - set(infos) - optional)
     if missing:
         raise ArtifactError(f"{path}: tensors {missing[:3]} are missing for a Llama of this shape")
+    tied = "output.weight" not in infos
     for gguf_name, info in infos.items():
         if gguf_name not in names:
             raise ArtifactError(f"{path}: tensor {gguf_name!r} has no place in a Llama model")
@@ -75,22 +80,25 @@ def load_gguf(path: Path) -> nn.Module:
         if info.ggml_type in _FLOAT_DTYPES:
             values = raw.view(_FLOAT_DTYPES[info.ggml_type]).reshape(info.shape)
             module.weight.data = values if rows is None else values[rows]
-        elif info.ggml_type in (Q4_0, Q8_0) and isinstance(module, nn.Linear):
+        elif isinstance(module, nn.Linear) and info.ggml_type in (Q4_0, Q8_0):  # slimkit's own int4/int8 groups
             model.set_submodule(names[gguf_name], QuantLinear(info.shape[1], info.shape[0],
                                                               _encoded_blocks(raw, info, rows)))
-        elif info.ggml_type == Q4_K and isinstance(module, nn.Linear):  # the blocks as they are (q4k_layers.py)
+        elif isinstance(module, nn.Linear) and info.ggml_type in BLOCK_TYPES:  # the blocks as they are
             blocks = raw.reshape(info.shape[0], -1)
-            model.set_submodule(names[gguf_name], Q4KLinear(info.shape[1], info.shape[0],
-                                                            blocks if rows is None else blocks[rows].contiguous()))
-        elif info.ggml_type == Q4_K and gguf_name == "token_embd.weight" and "output.weight" in infos:
-            model.set_submodule(names[gguf_name], Q4KEmbedding(*info.shape, raw.reshape(info.shape[0], -1)))
-        elif info.ggml_type in (Q4_0, Q8_0) and gguf_name == "token_embd.weight" and "output.weight" in infos:
+            blocks = blocks if rows is None else blocks[rows].contiguous()
+            model.set_submodule(names[gguf_name], GGMLLinear(info.shape[1], info.shape[0], blocks, info.ggml_type))
+        elif gguf_name == "token_embd.weight" and not tied and info.ggml_type in (Q4_0, Q8_0):
             model.set_submodule(names[gguf_name], QuantEmbedding(*info.shape, _encoded_blocks(raw, info, None)))
+        elif gguf_name == "token_embd.weight" and info.ggml_type in BLOCK_TYPES:
+            embedding = GGMLEmbedding(*info.shape, raw.reshape(info.shape[0], -1), info.ggml_type)
+            model.set_submodule(names[gguf_name], embedding)
+            if tied:  # the output layer reads the same blocks, as llama.cpp does
+                model.set_submodule("lm_head", embedding.output_layer())
         else:
-            raise ArtifactError(f"{path}: tensor {gguf_name!r} is {TYPE_NAMES[info.ggml_type]}, which slimkit imports "
-                                "for Linear weights and untied embeddings as Q4_0 / Q8_0 / Q4_K; re-quantize the "
-                                "file to one of those types with llama-quantize")
-    if model.config.tie_word_embeddings:
+            raise ArtifactError(f"{path}: tensor {gguf_name!r} is {TYPE_NAMES[info.ggml_type]}, which slimkit "
+                                f"does not import for a {type(module).__name__}; re-quantize the file with "
+                                f"llama-quantize to one of {', '.join(sorted(TYPE_NAMES[t] for t in BLOCK_TYPES))}")
+    if model.config.tie_word_embeddings and isinstance(model.model.embed_tokens, nn.Embedding):
         model.tie_weights()
     return model.eval()
 
