@@ -151,8 +151,11 @@ def test_q4_k_gguf_imports_as_blocks_with_transformers_logits_and_the_same_bytes
     assert again.read_bytes() == q4_k_gguf.read_bytes()
     slimkit.save(imported, tmp_path / "artifact")
     assert torch.equal(_logits(slimkit.load(tmp_path / "artifact"), token_ids), _logits(imported, token_ids))
-    with pytest.raises(ExportRefused, match="GGMLLinear, which compressed-tensors cannot represent"):
+    with pytest.raises(ExportRefused, match="holds GGUF Q4_K blocks .* compressed-tensors cannot store"):
         slimkit.export(imported, tmp_path / "ct", to="compressed-tensors")
+    with pytest.raises(ExportRefused, match="holds GGUF Q4_K blocks .* ONNX cannot store"):
+        slimkit.export(imported, tmp_path / "onnx", to="onnx")
+    assert not (tmp_path / "ct").exists() and not (tmp_path / "onnx").exists()
 
 
 def test_block_embedding_decodes_only_the_rows_it_looks_up_as_gguf_does():

@@ -31,6 +31,7 @@ from slimkit.errors import ArtifactError
 from slimkit.formats import EncodedTensor, pack, unpack
 from slimkit.formats.registry import INT_BITS
 from slimkit.quantization.activation.modules import Int8Linear, weight_codes
+from slimkit.quantization.ggml_layers import GGMLEmbedding, GGMLLinear, only_gguf
 from slimkit.quantization.modules import QuantLinear
 
 CT_VERSION = "0.20.1"  # the compressed-tensors release whose config.json layout this writes
@@ -106,6 +107,8 @@ def _tensors_and_schemes(model: nn.Module, dtype: torch.dtype) -> tuple[dict[str
             schemes[name], parts = _quant_linear(name, module, dtype)
         elif isinstance(module, Int8Linear):
             schemes[name], parts = _int8_linear(name, module, dtype)
+        elif isinstance(module, (GGMLLinear, GGMLEmbedding)):
+            raise ExportRefused(only_gguf(name, module, "compressed-tensors"))
         elif type(module).__module__.startswith("slimkit."):
             raise ExportRefused(f"layer {name!r} is a slimkit {type(module).__name__}, which compressed-tensors cannot "
                                 "represent; export a model whose layers are Linear, QuantLinear or Int8Linear")

@@ -26,6 +26,8 @@ _INSTEAD = {  # slimkit module -> what to do instead
     "QuantLinear": "export it with --to compressed-tensors (transformers loads that) or --to gguf",
     "Int8Linear": "export it with --to compressed-tensors or --to onnx",
     "LowRankLinear": "a Hugging Face config has no factorized layers; export it with --to onnx",
+    "GGMLLinear": "export it with --to gguf (transformers loads that with gguf_file=)",
+    "GGMLEmbedding": "export it with --to gguf (transformers loads that with gguf_file=)",
     "LoRALinear": "train with --lora --merge (or call slimkit.adapters.lora.merge(model)) and export the merged model",
 }
 

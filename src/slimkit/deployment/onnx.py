@@ -26,6 +26,7 @@ from slimkit.formats import unpack
 from slimkit.formats.registry import INT_BITS
 from slimkit.quantization.activation.modules import Int8Linear, weight_codes
 from slimkit.quantization.embedding import QuantEmbedding
+from slimkit.quantization.ggml_layers import GGMLEmbedding, GGMLLinear, only_gguf
 from slimkit.quantization.modules import QuantLinear
 
 FILE_NAME = "model.onnx"
@@ -99,6 +100,8 @@ def _onnx_layers(model: nn.Module):
         elif isinstance(module, QuantEmbedding):
             swapped[name] = module
             model.set_submodule(name, _gather_block_quantized(name, module))
+        elif isinstance(module, (GGMLLinear, GGMLEmbedding)):
+            raise ExportRefused(only_gguf(name, module, "ONNX"))
         elif (type(module).__module__.startswith("slimkit.") and not list(module.children())
               and not isinstance(module, TORCH_LAYERS)):  # pruned, fused, Conv1D-as-Linear: torch's ops, traced
             raise ExportRefused(f"layer {name!r} is a slimkit {type(module).__name__}, which the ONNX export does "

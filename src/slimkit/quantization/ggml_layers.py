@@ -18,6 +18,13 @@ from slimkit.errors import ArtifactError
 from slimkit.formats.ggml import BLOCK_TYPES, TYPE_IDS, TYPES, dequantize, row_bytes
 
 
+def only_gguf(name: str, module: nn.Module, target: str) -> str:
+    """The refusal for exporting a layer of GGUF blocks to ``target``."""
+    return (f"layer {name!r} holds GGUF {TYPES[module.ggml_type][0]} blocks (imported from a GGUF file), which "
+            f"{target} cannot store without requantizing; export it with --to gguf, or import a Q4_0/Q8_0 file "
+            "(those become slimkit's int4/int8 groups, which every target writes)")
+
+
 def _check(blocks: Tensor, ggml_type: int, rows: int, cols: int, what: str) -> None:
     if ggml_type not in BLOCK_TYPES:
         raise ValueError(f"ggml type {ggml_type} is not a quantized block type ({sorted(BLOCK_TYPES)})")
