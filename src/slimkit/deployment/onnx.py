@@ -145,7 +145,8 @@ class _MatMulNBits(torch.autograd.Function):
     @staticmethod
     def symbolic(g, x, weight, constants, attributes):
         inputs = [x] + [g.op("Constant", value_t=t) for t in constants.values()]
-        return g.op("com.microsoft::MatMulNBits", *inputs, **{f"{k}_i": v for k, v in attributes.items()})
+        out = g.op("com.microsoft::MatMulNBits", *inputs, **{f"{k}_i": v for k, v in attributes.items()})
+        return _typed(out, x, attributes["N"])
 
 
 class _DynamicInt8(torch.autograd.Function):
@@ -226,7 +227,21 @@ class _GatherBlockQuantized(torch.autograd.Function):
     def symbolic(g, index, table, constants, attributes):
         inputs = [g.op("Constant", value_t=constants["data"]), index,
                   *[g.op("Constant", value_t=constants[key]) for key in ("scales", "zero_points") if key in constants]]
-        return g.op("com.microsoft::GatherBlockQuantized", *inputs, **{f"{k}_i": v for k, v in attributes.items()})
+        out = g.op("com.microsoft::GatherBlockQuantized", *inputs, **{f"{k}_i": v for k, v in attributes.items()})
+        return _typed(out, index, constants["scales"].shape[1] * attributes["block_size"], append=True,
+                      dtype=constants["scales"].dtype)
+
+
+def _typed(out, like, last: int, append: bool = False, dtype: torch.dtype | None = None):
+    """``out`` with its type and shape set (``like``'s leading sizes and ``last``), which torch cannot infer
+    for onnxruntime's contrib ops (it would warn that their shape inference is missing)."""
+    sizes = like.type().varyingSizes()
+    if sizes is None:
+        return out
+    shape = [*sizes, last] if append else [*sizes[:-1], last]
+    kind = like.type() if dtype is None else like.type().with_dtype(dtype)
+    out.setType(kind.with_sizes(shape))
+    return out
 
 
 class _OnnxEmbedding(nn.Module):
