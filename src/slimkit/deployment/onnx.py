@@ -4,7 +4,9 @@
 |---|---|
 | QuantLinear int4 / int8, per channel or in groups of 16..256 (a power of two dividing the input width) | ``com.microsoft::MatMulNBits`` (bits 4 or 8): B uint8 [N, K/g, g*bits/8] (4-bit: two codes a byte, low nibble first, slimkit's own packing), scales [N*K/g] (a channel's scale repeated over its blocks, g the largest block dividing K), zero points when asymmetric (symmetric codes are q + 2^(bits-1), MatMulNBits' default zero point): exact |
 | QuantEmbedding int4 / int8, per row or in groups of 16..256 | ``com.microsoft::GatherBlockQuantized`` (same codes, scales and zero points): exact |
-| Int8Linear with int8 weights (W8A8); QuantLinear int8 per channel over a width no block divides (warned) | ``DynamicQuantizeLinear`` + ``MatMulInteger`` + ``Mul`` (onnxruntime's dynamic int8 pattern): weights int8 [K, N] with slimkit's per-channel scales, activations quantized per tensor at run time |
+| Int8Conv2d (static int8 convolution, calibrated uint8 input) | ``QuantizeLinear`` + ``DequantizeLinear`` of the input, per-channel ``DequantizeLinear`` of the int8 weight, ``Conv`` (+ ``Relu``): the QDQ form onnxruntime runs as int8; the same grid values as slimkit |
+| Int8Linear static (calibrated activation scale) | ``QuantizeLinear`` + ``DequantizeLinear`` of the input (int8, slimkit's scale), per-channel ``DequantizeLinear`` of the int8 weight, ``MatMul``: the grid slimkit computes on |
+| Int8Linear dynamic (W8A8); QuantLinear int8 per channel over a width no block divides (warned) | ``DynamicQuantizeLinear`` + ``MatMulInteger`` + ``Mul`` (onnxruntime's dynamic int8 pattern): weights int8 [K, N] with slimkit's per-channel scales, activations quantized per tensor at run time |
 
 AWQ's input scale becomes a ``Div`` before the product. The int8 pattern quantizes activations per tensor
 (asymmetric uint8), where slimkit's Int8Linear uses one scale per token: its outputs are close to, not
@@ -18,13 +20,14 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slimkit.deployment import ExportRefused
 from slimkit.errors import MissingDependencyError
 from slimkit.formats import unpack
 from slimkit.formats.registry import INT_BITS
-from slimkit.quantization.activation.modules import Int8Linear, weight_codes
+from slimkit.quantization.activation.modules import Int8Conv2d, Int8Linear, weight_codes
 from slimkit.quantization.embedding import QuantEmbedding
 from slimkit.quantization.ggml_layers import GGMLEmbedding, GGMLLinear, only_gguf
 from slimkit.quantization.modules import QuantLinear
@@ -83,7 +86,7 @@ class _Positional(nn.Module):
         return out.logits if hasattr(out, "logits") else out[0]
 
 
-TORCH_LAYERS = (nn.Linear, nn.Conv2d, nn.BatchNorm2d)  # slimkit's subclasses of these compute with torch's ops
+TORCH_LAYERS = (nn.Linear, nn.Conv2d, nn.BatchNorm2d, nn.Identity)  # slimkit's subclasses of these compute with torch's ops
 
 
 @contextlib.contextmanager
@@ -100,6 +103,9 @@ def _onnx_layers(model: nn.Module):
         elif isinstance(module, QuantEmbedding):
             swapped[name] = module
             model.set_submodule(name, _gather_block_quantized(name, module))
+        elif isinstance(module, Int8Conv2d):
+            swapped[name] = module
+            model.set_submodule(name, _qdq_conv(name, module))
         elif isinstance(module, (GGMLLinear, GGMLEmbedding)):
             raise ExportRefused(only_gguf(name, module, "ONNX"))
         elif (type(module).__module__.startswith("slimkit.") and not list(module.children())
@@ -213,9 +219,29 @@ def _int8_from_int8_linear(name: str, module: Int8Linear) -> _OnnxLinear:
                             "ONNX int8 pattern does not hold; quantize activations without them to export")
     codes, scale = weight_codes(module.encoded())
     bias = None if module.bias is None else module.bias.detach()
-    layer = _OnnxLinear(_DynamicInt8, module.dequantized_weight(), bias, None,
-                        {"weight": codes.T.contiguous(), "scale": scale}, {})
+    constants = {"weight": codes.T.contiguous(), "scale": scale}
+    if module.mode == "static":  # the calibrated scale: QDQ, the grid slimkit quantizes to
+        constants["x_scale"] = module.act_scale.reshape(()).float()
+        layer = _OnnxLinear(_StaticInt8, module.dequantized_weight(), bias, None, constants, {})
+    else:
+        layer = _OnnxLinear(_DynamicInt8, module.dequantized_weight(), bias, None, constants, {})
     return nn.Sequential(layer, nn.ReLU()) if module.relu else layer
+
+
+class _StaticInt8(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, constants, attributes):  # the same grid values in float, for tracing
+        scale = constants["x_scale"]
+        return (torch.round(x / scale).clamp(-128, 127) * scale) @ weight.T
+
+    @staticmethod
+    def symbolic(g, x, weight, constants, attributes):
+        x_scale, zero = g.op("Constant", value_t=constants["x_scale"]), g.op("Constant", value_t=torch.tensor(0, dtype=torch.int8))
+        x_grid = g.op("DequantizeLinear", g.op("QuantizeLinear", x, x_scale, zero), x_scale, zero)
+        w = g.op("DequantizeLinear", g.op("Constant", value_t=constants["weight"]),
+                 g.op("Constant", value_t=constants["scale"]),
+                 g.op("Constant", value_t=torch.zeros(len(constants["scale"]), dtype=torch.int8)), axis_i=1)
+        return g.op("MatMul", x_grid, w)
 
 
 class _GatherBlockQuantized(torch.autograd.Function):
@@ -275,3 +301,55 @@ def _gather_block_quantized(name: str, module: QuantEmbedding) -> _OnnxEmbedding
         constants["zero_points"] = zero.contiguous()
     attributes = {"gather_axis": 0, "quantize_axis": 1, "block_size": block, "bits": bits}
     return _OnnxEmbedding(module.weight.detach(), constants, attributes)
+
+
+class _QDQConv(torch.autograd.Function):
+    """Static int8 convolution as ONNX's QDQ form: the input through QuantizeLinear/DequantizeLinear (uint8,
+    slimkit's calibrated scale and zero point), the int8 weight through a per-channel DequantizeLinear, then
+    Conv (+ Relu); onnxruntime runs it as an int8 convolution or in float on the same grid values."""
+
+    @staticmethod
+    def forward(ctx, x, module, constants, attributes):  # the same grid values in float, for tracing
+        scale, zero = constants["x_scale"], constants["x_zero"].float()
+        x_q = (torch.round(x / scale) + zero).clamp(0, 255)
+        w = constants["weight"].float() * constants["w_scale"][:, None, None, None]
+        y = F.conv2d((x_q - zero) * scale, w, constants.get("bias"), module.stride, module.padding, module.dilation,
+                     module.groups)
+        return torch.relu(y) if attributes["relu"] else y
+
+    @staticmethod
+    def symbolic(g, x, module, constants, attributes):
+        const = {key: g.op("Constant", value_t=value) for key, value in constants.items()}
+        codes = g.op("QuantizeLinear", x, const["x_scale"], const["x_zero"])
+        inputs = [g.op("DequantizeLinear", codes, const["x_scale"], const["x_zero"]),
+                  g.op("DequantizeLinear", const["weight"], const["w_scale"], const["w_zero"], axis_i=0)]
+        if "bias" in const:
+            inputs.append(const["bias"])
+        y = g.op("Conv", *inputs, **{f"{k}_i": v for k, v in attributes.items() if k != "relu"})
+        return g.op("Relu", y) if attributes["relu"] else y
+
+
+class _OnnxConv(nn.Module):
+    def __init__(self, module: Int8Conv2d, constants: dict, attributes: dict) -> None:
+        super().__init__()
+        self.module, self.constants, self.attributes = module, constants, attributes
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _QDQConv.apply(x, self.module, self.constants, self.attributes)
+
+
+def _qdq_conv(name: str, module: Int8Conv2d) -> _OnnxConv:
+    enc = module.encoded()
+    if enc.fmt != "int8" or not all(isinstance(p, int) for p in module.padding):
+        raise ExportRefused(f"layer {name!r} ({enc.fmt} weights, padding {module.padding}) has no ONNX int8 "
+                            "convolution pattern here; quantize convolutions with int8 weights and numeric padding")
+    codes, scale = weight_codes(enc)
+    constants = {"x_scale": module.act_scale.reshape(()).float(),
+                 "x_zero": module.act_zero_point.reshape(()).to(torch.uint8),
+                 "weight": codes, "w_scale": scale.float(), "w_zero": torch.zeros(len(scale), dtype=torch.int8)}
+    if module.bias is not None:
+        constants["bias"] = module.bias.detach().float()
+    attributes = {"kernel_shape": list(module.kernel_size), "strides": list(module.stride),
+                  "pads": list(module.padding) * 2, "dilations": list(module.dilation), "group": module.groups,
+                  "relu": int(module.relu)}
+    return _OnnxConv(module, constants, attributes)
