@@ -90,6 +90,6 @@ def test_a_pre_tokenizer_llama_cpp_has_no_name_for_is_refused(tiny_llama, tmp_pa
     folder = tmp_path / "bpe"
     transformers.PreTrainedTokenizerFast(tokenizer_object=bpe).save_pretrained(folder)
     hf.remember_source(tiny_llama, folder, folder)
-    with pytest.raises(ExportRefused, match="not one slimkit knows llama.cpp's name for"):
+    with pytest.raises(ExportRefused, match="is not among the 95 that llama.cpp's table names"):
         export(tiny_llama, tmp_path / "g", to="gguf")
     assert not (tmp_path / "g").exists()

@@ -3,8 +3,8 @@
 
 llama.cpp cannot load a GGUF without its vocabulary, and it picks the regex that splits text before
 BPE by the name in ``tokenizer.ggml.pre``. The converter finds that name by encoding a fixed text
-and hashing the token ids; ``PRE_TOKENIZERS`` is part of its table (the Llama-family tokenizers
-slimkit exports). A tokenizer outside it is refused: written under a wrong name, llama.cpp would
+and hashing the token ids; ``PRE_TOKENIZERS`` is its whole table (95 tokenizers, copied in
+llama_cpp_pretokenizers.py). A tokenizer outside it is refused: written under a wrong name, llama.cpp would
 split text differently from transformers and give other tokens without saying so.
 """
 
@@ -15,20 +15,13 @@ from hashlib import sha256
 from pathlib import Path
 
 from slimkit.deployment import ExportRefused
+from slimkit.deployment.llama_cpp_pretokenizers import PRE_TOKENIZERS
 
 # llama.cpp's convert_hf_to_gguf.py, get_vocab_base_pre: the text whose token ids identify the pre-tokenizer
 CHECK_TEXT = ("\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) "
               "✅ 🦙🦙 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作"
               "1314151天～ ------======= нещо на Български ''''''```````\"\"\"\"......!!!!!!?????? I've been "
               "'told he's there, 'RE you sure? 'M not sure I'll make it, 'D you like some tea? We'Ve a'lL")
-PRE_TOKENIZERS = {  # sha256 of str(token ids of CHECK_TEXT) -> llama.cpp's name (from its converter's table)
-    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",  # Llama 3
-    "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2",
-    "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea": "qwen2",
-    "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",  # SmolLM, SmolLM2
-    "63b97e4253352e6f357cc59ea5b583e3a680eaeaf2632188c2b952de2588485e": "tekken",  # Mistral Nemo
-    "b3f499bb4255f8ca19fccd664443283318f2fd2414d5e0b040fbdd0cc195d6c5": "deepseek-r1-qwen",
-}
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5  # llama.cpp's token types
 _SPECIAL = {"bos": "bos", "eos": "eos", "unk": "unknown", "pad": "padding"}  # tokenizer_config -> GGUF key
 
@@ -76,9 +69,10 @@ def _pre_tokenizer(folder: Path) -> tuple[str, bool]:
     adds_bos = tokenizer.bos_token_id is not None and tokenizer.encode("a")[:1] == [tokenizer.bos_token_id]
     check = sha256(str(tokenizer.encode(CHECK_TEXT)).encode()).hexdigest()
     if check not in PRE_TOKENIZERS:
-        raise ExportRefused(f"{folder}: its tokenizer's pre-tokenizer (check hash {check[:16]}...) is not one slimkit "
-                            f"knows llama.cpp's name for ({', '.join(sorted(set(PRE_TOKENIZERS.values())))}); "
-                            "convert this model with llama.cpp's convert_hf_to_gguf.py")
+        raise ExportRefused(f"{folder}: its tokenizer's pre-tokenizer (check hash {check[:16]}...) is not among the "
+                            f"{len(PRE_TOKENIZERS)} that llama.cpp's table names (deployment/llama_cpp_pretokenizers.py), "
+                            "so llama.cpp would split its text differently; convert this model with a newer llama.cpp's "
+                            "convert_hf_to_gguf.py")
     return PRE_TOKENIZERS[check], adds_bos
 
 
