@@ -192,6 +192,11 @@ def _write_with_gguf_writer(model, path, types):
     writer.add_rope_dimension_count(config.hidden_size // config.num_attention_heads)
     writer.add_rope_freq_base(config.rope_parameters["rope_theta"] if getattr(config, "rope_parameters", None)
                               else config.rope_theta)
+    writer.add_tokenizer_model("gpt2")  # a made-up vocabulary: the file's own, to be carried through an import
+    writer.add_tokenizer_pre("smollm")
+    writer.add_token_list([f"t{i}" for i in range(config.vocab_size)])
+    writer.add_token_types([1] * config.vocab_size)
+    writer.add_bos_token_id(1)
     for name, (data, _, _) in gguf_tensors(model).items():
         values = data.detach().float().numpy()
         kind = types.get(name.split(".")[-2]) if values.ndim == 2 else None
@@ -228,8 +233,10 @@ def test_a_gguf_writers_q4_1_q5_0_q5_1_and_tied_q8_0_file_imports_as_blocks(tiny
     assert torch.equal(out, theirs.generate(token_ids[:1, :4], max_new_tokens=4, do_sample=False))
     from slimkit.deployment.gguf_reader import read_gguf
 
-    _, infos, data = read_gguf(path)
-    _, again, data_again = read_gguf(slimkit.export(imported, tmp_path / "again", to="gguf") / "model.gguf")
+    meta, infos, data = read_gguf(path)
+    meta_again, again, data_again = read_gguf(slimkit.export(imported, tmp_path / "again", to="gguf") / "model.gguf")
+    tokenizer = {k: v for k, v in meta.items() if k.startswith("tokenizer.")}
+    assert len(tokenizer) == 5 and tokenizer == {k: v for k, v in meta_again.items() if k.startswith("tokenizer.")}
     assert sorted(infos) == sorted(again) and all(  # every tensor's bytes, the tied table written once
         data[i.offset:i.offset + i.nbytes] == data_again[again[k].offset:again[k].offset + again[k].nbytes]
         for k, i in infos.items())

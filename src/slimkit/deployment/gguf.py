@@ -44,6 +44,7 @@ _HYPER = {"context_length": "max_position_embeddings", "embedding_length": "hidd
           "attention.head_count": "num_attention_heads", "attention.head_count_kv": "num_key_value_heads",
           "vocab_size": "vocab_size"}
 FILE_NAME = "model.gguf"
+GGUF_TOKENIZER = "_slimkit_gguf_tokenizer"  # an imported model's tokenizer.* key-values, typed for _value
 
 
 def write_gguf(model: nn.Module, directory: Path, float_layers: str | None = None) -> None:
@@ -185,7 +186,11 @@ def _metadata(config, file_type: int) -> dict:
 
 
 def _tokenizer(model: nn.Module) -> dict:
-    """The tokenizer's key-values from the folder the model was loaded from; none, with a warning, without one."""
+    """The tokenizer's key-values: those of the GGUF file the model was imported from, else from the folder it
+    was loaded from; none, with a warning, without either."""
+    carried = getattr(model, GGUF_TOKENIZER, None)
+    if carried:
+        return carried
     folder, _ = hf.provenance(model)
     if folder is None or not (Path(folder) / "tokenizer.json").is_file():
         warnings.warn("no tokenizer.json beside this model: the GGUF has no vocabulary, which transformers "
@@ -207,7 +212,8 @@ def _string(text: str) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
-_VALUE = {"u32": (4, "<I"), "i32": (5, "<i"), "f32": (6, "<f"), "bool": (7, "<?")}  # gguf_type ids, formats
+_VALUE = {"u8": (0, "<B"), "i8": (1, "<b"), "u16": (2, "<H"), "i16": (3, "<h"), "u32": (4, "<I"), "i32": (5, "<i"),
+          "f32": (6, "<f"), "bool": (7, "<?"), "u64": (10, "<Q"), "i64": (11, "<q"), "f64": (12, "<d")}  # gguf_type ids
 STRING, ARRAY = 8, 9
 
 

@@ -73,8 +73,15 @@ class _Cursor:
                             "than GGUF version 3")
 
 
-def read_gguf(path: str | Path) -> tuple[dict, dict[str, TensorInfo], mmap.mmap]:
-    """(metadata, tensor infos by name, the mapped file) of a GGUF file; ArtifactError if it is not a sound one."""
+_KIND_NAMES = {0: "u8", 1: "i8", 2: "u16", 3: "i16", 4: "u32", 5: "i32", 6: "f32", 7: "bool", 10: "u64", 11: "i64",
+               12: "f64", STRING: "str"}
+
+
+def read_gguf(path: str | Path, kinds: dict | None = None) -> tuple[dict, dict[str, TensorInfo], mmap.mmap]:
+    """(metadata, tensor infos by name, the mapped file) of a GGUF file; ArtifactError if it is not a sound one.
+
+    ``kinds``, when given, is filled with each key's value type as slimkit's writer names it ("u32", "str",
+    "i32[]", ...; arrays of arrays as None)."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -95,7 +102,13 @@ def read_gguf(path: str | Path) -> tuple[dict, dict[str, TensorInfo], mmap.mmap]
     meta = {}
     for _ in range(kvs):
         key = cursor.string("a metadata key")
-        meta[key] = cursor.value(cursor.scalar(4, f"metadata {key!r}"), f"metadata {key!r}")
+        kind = cursor.scalar(4, f"metadata {key!r}")
+        if kind == ARRAY and kinds is not None:  # the element type, read ahead without moving the cursor
+            item = struct.unpack_from("<I", cursor.data, cursor.pos)[0] if cursor.pos + 4 <= len(cursor.data) else None
+            kinds[key] = f"{_KIND_NAMES[item]}[]" if item in _KIND_NAMES else None
+        elif kinds is not None:
+            kinds[key] = _KIND_NAMES.get(kind)
+        meta[key] = cursor.value(kind, f"metadata {key!r}")
     infos = [_tensor_info(cursor, path) for _ in range(tensors)]
     alignment = meta.get("general.alignment", 32)
     if not isinstance(alignment, int) or alignment < 1 or alignment & (alignment - 1):

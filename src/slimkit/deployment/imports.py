@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from slimkit.deployment.compressed_tensors import load_folder
-from slimkit.deployment.gguf import gguf_name_of
+from slimkit.deployment.gguf import GGUF_TOKENIZER, gguf_name_of
 from slimkit.deployment.gguf_reader import TYPE_NAMES, read_gguf
 from slimkit.errors import ArtifactError, MissingDependencyError
 from slimkit.formats import EncodedTensor, pack
@@ -58,7 +58,8 @@ def importer_for(path: Path):
 def load_gguf(path: Path) -> nn.Module:
     """A transformers LlamaForCausalLM holding the GGUF file's tensors (Q4_0/Q8_0 as QuantLinear, the other
     quantized types as GGMLLinear/GGMLEmbedding blocks)."""
-    meta, infos, data = read_gguf(path)
+    kinds: dict = {}
+    meta, infos, data = read_gguf(path, kinds)
     arch = meta.get("general.architecture")
     if arch != "llama":
         raise ArtifactError(f"{path}: a GGUF of architecture {arch!r}; slimkit imports the llama family only")
@@ -100,6 +101,12 @@ def load_gguf(path: Path) -> nn.Module:
                                 f"llama-quantize to one of {', '.join(sorted(TYPE_NAMES[t] for t in BLOCK_TYPES))}")
     if model.config.tie_word_embeddings and isinstance(model.model.embed_tokens, nn.Embedding):
         model.tie_weights()
+    # the vocabulary travels with the model, so that exporting it to GGUF again gives llama.cpp a usable file
+    tokenizer = {}
+    for key, value in meta.items():
+        if key.startswith("tokenizer.") and kinds.get(key) is not None:
+            tokenizer[key] = value if kinds[key] == "str" else (kinds[key], value)
+    setattr(model, GGUF_TOKENIZER, tokenizer)
     return model.eval()
 
 
