@@ -270,16 +270,18 @@ def _typed(out, like, last: int, append: bool = False, dtype: torch.dtype | None
     return out
 
 
-class _OnnxEmbedding(nn.Module):
-    def __init__(self, table: Tensor, constants: dict, attributes: dict) -> None:
+class _OnnxOp(nn.Module):
+    """Calls ``op`` (an autograd Function whose ``symbolic`` writes the ONNX nodes) on its input and ``arg``."""
+
+    def __init__(self, op, arg, constants: dict, attributes: dict) -> None:
         super().__init__()
-        self.table, self.constants, self.attributes = table, constants, attributes
+        self.op, self.arg, self.constants, self.attributes = op, arg, constants, attributes
 
-    def forward(self, index: Tensor) -> Tensor:
-        return _GatherBlockQuantized.apply(index, self.table, self.constants, self.attributes)
+    def forward(self, x: Tensor) -> Tensor:
+        return self.op.apply(x, self.arg, self.constants, self.attributes)
 
 
-def _gather_block_quantized(name: str, module: QuantEmbedding) -> _OnnxEmbedding:
+def _gather_block_quantized(name: str, module: QuantEmbedding) -> _OnnxOp:
     """An int4/int8 table as ``com.microsoft::GatherBlockQuantized``: uint8 codes (two 4-bit codes a byte, low
     nibble first), one scale per block of the row, per-row scales repeated over the row's blocks."""
     enc = module.encoded()
@@ -300,7 +302,7 @@ def _gather_block_quantized(name: str, module: QuantEmbedding) -> _OnnxEmbedding
             zero = zero[:, 0::2] | (zero[:, 1::2] << 4)
         constants["zero_points"] = zero.contiguous()
     attributes = {"gather_axis": 0, "quantize_axis": 1, "block_size": block, "bits": bits}
-    return _OnnxEmbedding(module.weight.detach(), constants, attributes)
+    return _OnnxOp(_GatherBlockQuantized, module.weight.detach(), constants, attributes)
 
 
 class _QDQConv(torch.autograd.Function):
@@ -329,16 +331,7 @@ class _QDQConv(torch.autograd.Function):
         return g.op("Relu", y) if attributes["relu"] else y
 
 
-class _OnnxConv(nn.Module):
-    def __init__(self, module: Int8Conv2d, constants: dict, attributes: dict) -> None:
-        super().__init__()
-        self.module, self.constants, self.attributes = module, constants, attributes
-
-    def forward(self, x: Tensor) -> Tensor:
-        return _QDQConv.apply(x, self.module, self.constants, self.attributes)
-
-
-def _qdq_conv(name: str, module: Int8Conv2d) -> _OnnxConv:
+def _qdq_conv(name: str, module: Int8Conv2d) -> _OnnxOp:
     enc = module.encoded()
     if enc.fmt != "int8" or not all(isinstance(p, int) for p in module.padding):
         raise ExportRefused(f"layer {name!r} ({enc.fmt} weights, padding {module.padding}) has no ONNX int8 "
@@ -352,4 +345,4 @@ def _qdq_conv(name: str, module: Int8Conv2d) -> _OnnxConv:
     attributes = {"kernel_shape": list(module.kernel_size), "strides": list(module.stride),
                   "pads": list(module.padding) * 2, "dilations": list(module.dilation), "group": module.groups,
                   "relu": int(module.relu)}
-    return _OnnxConv(module, constants, attributes)
+    return _OnnxOp(_QDQConv, module, constants, attributes)
