@@ -146,6 +146,26 @@ def test_llama_heads_in_gqa_groups_and_mlp_channels(kv_heads, tmp_path):
 
 
 @pytest.mark.slow  # a transformers model: 2-8 s on 2 shared cores
+def test_a_ratio_gqa_cannot_follow_is_refused_with_the_nearest_whole_groups():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=48, intermediate_size=48, num_hidden_layers=1,
+                                      num_attention_heads=6, num_key_value_heads=3, max_position_embeddings=32)
+    model, ids = transformers.LlamaForCausalLM(config).eval(), torch.randint(0, 64, (2, 8))
+    before = copy.deepcopy(model.state_dict())
+    # SmolLM2's shape: 3 key/value groups, so 25% would be 0.75 of a group
+    with pytest.raises(UserInputError, match=r"ratio 0.25 would remove 0.75 of the 3 key/value head groups of "
+                                             r"model.layers.0.self_attn .* Use ratio 0.3333 \(1 of 3 groups\), or keep "
+                                             r"attention whole with "
+                                             r"exclude=\('model.layers.\*.self_attn\*',\)"):
+        prune(model, PruneConfig(structured=True, ratio=0.25), example_inputs=ids)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # refused before any change
+    report = prune(model, PruneConfig(structured=True, ratio=0.25, exclude=("model.layers.*.self_attn*",)),
+                   example_inputs=ids)  # the advice, followed: MLP channels only
+    assert model.config.num_key_value_heads == 3 and model.config.intermediate_size == 36
+    assert any(r.unit == "heads" and r.skipped for r in report.layers)
+
+
+@pytest.mark.slow  # a transformers model: 2-8 s on 2 shared cores
 def test_gpt2_heads_and_mlp_channels_match_the_model_with_them_zeroed(tmp_path):
     transformers = pytest.importorskip("transformers")
     config = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=32,

@@ -15,6 +15,7 @@ from fnmatch import fnmatchcase
 import torch
 from torch import Tensor, nn
 
+from slimkit.errors import UserInputError
 from slimkit.losses import cross_entropy_loss
 from slimkit.pruning.config import PruneConfig
 from slimkit.pruning.graph import dependency_groups
@@ -43,6 +44,7 @@ def prune_structure(model: nn.Module, config: PruneConfig, example_args: tuple, 
         reports.append(LayerReport(unit.name, "heads", unit.n_head, unit.n_head, config.method,
                                    skipped=_excluded_unit(unit, config)))
     units = [u for u in units if not _excluded_unit(u, config)]
+    _check_whole_groups(units, config)
     grads = _grads(model, live, units, config, data, loss_fn)
     scores = [_group_scores(model, g, config, grads) for g in live]
     head_scores = [_head_scores(model, u, config, grads) for u in units]
@@ -69,6 +71,23 @@ def _excluded(group: Space, config: PruneConfig) -> str | None:
     if config.include and not any(any(fnmatchcase(p, pat) for pat in config.include) for p in group.producers):
         return f"not matched by include {list(config.include)}"
     return None
+
+
+def _check_whole_groups(units: list, config: PruneConfig) -> None:
+    """Refuse a per-layer ratio that grouped-query attention cannot follow: its heads leave in whole key/value
+    groups, so ``ratio * groups`` must be a whole number; the error names the nearest ratios that are."""
+    for unit in units:
+        share = config.ratio * unit.n_head
+        if config.scope != "layer" or unit.group == 1 or abs(share - round(share)) < 1e-6:
+            continue
+        low, high = int(share), int(share) + 1
+        options = [f"{k / unit.n_head:.4g} ({k} of {unit.n_head} groups)" for k in (low, high) if 0 < k < unit.n_head]
+        use = f"Use ratio {' or '.join(options)}, or" if options else "Either"
+        raise UserInputError(
+            f"ratio {config.ratio} would remove {share:.3g} of the {unit.n_head} key/value head groups of "
+            f"{unit.name} ({unit.group} query heads share each): grouped-query attention loses whole groups. {use} "
+            f"keep attention whole with exclude=('{unit.name.rsplit('.', 2)[0]}.*.self_attn*',) (--exclude) and "
+            "prune the MLP channels only")
 
 
 def _excluded_unit(unit, config: PruneConfig) -> str | None:
