@@ -57,6 +57,9 @@ BOUNDS = {
     "lowrank": 0.3,
     "lora": 1.0 - 1e-6,  # adapters start at zero (B = 0): the output is the float model's
 }
+# Grouped-query attention loses whole key/value groups: these families have 2, so a quarter would be half a
+# group (refused, naming 0.5); at 0.5 one group and half the MLP channels leave (seen: cosine >= 0.95)
+GQA, GQA_RATIO = {"llama", "qwen2", "mistral"}, 0.5
 # Cells that refuse, with the message that says why; the rest must pass the checks above.
 # (none left: GPT-2's attention became a unit of the dependency graph, after Llama/Qwen2/Mistral attention
 # with GQA and Hardsigmoid, in issue 19)
@@ -120,7 +123,8 @@ def apply(technique: str, model, family: str) -> None:
     elif technique == "prune":
         slimkit.prune(model, PruneConfig(sparsity=0.3))
     elif technique == "prune-structured":
-        slimkit.prune(model, PruneConfig(structured=True, ratio=0.25), data=calib, example_inputs=calib[0])
+        ratio = GQA_RATIO if family in GQA else 0.25
+        slimkit.prune(model, PruneConfig(structured=True, ratio=ratio), data=calib, example_inputs=calib[0])
     elif technique == "lowrank":
         slimkit.factorize(model, LowRankConfig(param_budget=0.8, conv="skip"))
     else:
