@@ -101,16 +101,22 @@ def test_parameter_counts_include_encoded_weights():
     assert params == before[0] and nonzero <= params
 
 
-@pytest.mark.parametrize("fmt, group, kernel", [("int4", 128, "int4pack"), ("int8", None, "int8pack")])
-def test_kernel_paths_agree_with_dequantize(fmt, group, kernel):
-    layer = torch.nn.Sequential(torch.nn.Linear(256, 64))
-    quantize(layer, WeightQuantConfig(fmt, group_size=group))
-    q, x = layer[0], torch.randn(5, 256)
+@pytest.mark.parametrize("fmt, group, kernel, width, symmetric", [
+    ("int4", 128, "int4pack", 256, True), ("int8", None, "int8pack", 256, True),
+    # SmolLM2's shape: 576 inputs are 4.5 groups of 128, the last one padded to a whole group for the kernel
+    ("int4", 128, "int4pack", 576, True), ("int4", 128, "int4pack", 576, False)], ids=str)
+def test_kernel_paths_agree_with_dequantize(fmt, group, kernel, width, symmetric):
+    layer = torch.nn.Sequential(torch.nn.Linear(width, 64))
+    quantize(layer, WeightQuantConfig(fmt, group_size=group, symmetric=symmetric))
+    q, x = layer[0], torch.randn(5, width)
+    codes = q.encoded().codes.clone()
     assert kernel in q.available_paths()
     reference = q(x)
     q.set_path(kernel)
     # bf16 activations: about 3 significant digits
     torch.testing.assert_close(q(x), reference, rtol=2e-2, atol=2e-2 * reference.abs().max().item())
+    assert q.w_codes is None and torch.equal(q.encoded().codes, codes)  # one copy, read back exactly
+    assert torch.equal(layer.state_dict()["0.w_codes"], codes)  # what an artifact stores
 
 
 def test_paths_are_chosen_per_size_recorded_and_saved(tmp_path):

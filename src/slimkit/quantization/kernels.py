@@ -28,8 +28,8 @@ def kernel_for(meta: dict, device: torch.device) -> str | None:
     """The kernel that can compute on ``device`` with a weight of this encoding (``EncodedTensor.meta()``), or None."""
     out_features, in_features = meta["shape"]
     group_size = meta["group_size"]
-    int4_groups = (meta["fmt"] == "int4" and meta["granularity"] == "group" and group_size in _INT4_GROUPS
-                   and in_features % group_size == 0)
+    int4_grouped = meta["fmt"] == "int4" and meta["granularity"] == "group" and group_size in _INT4_GROUPS
+    int4_groups = int4_grouped and in_features % group_size == 0
     int8_channels = meta["fmt"] == "int8" and meta["granularity"] == "channel" and meta["symmetric"]
     if device.type == "cuda":
         if not triton_kernels.available(device):
@@ -40,7 +40,8 @@ def kernel_for(meta: dict, device: torch.device) -> str | None:
             return "gemv_int8"
         return None
     aten = torch.ops.aten
-    if (int4_groups and in_features % 16 == 0 and out_features % 16 == 0  # the packing wants N % 16 == 0
+    # a last partial group (SmolLM2's 576 inputs in groups of 128) is padded to a whole one: see prepare
+    if (int4_grouped and out_features % 16 == 0  # the packing wants N % 16 == 0
             and hasattr(aten, "_weight_int4pack_mm_for_cpu")):
         return "int4pack"
     if int8_channels and hasattr(aten, "_weight_int8pack_mm"):
@@ -65,18 +66,21 @@ def prepare(enc: EncodedTensor, kernel: str) -> tuple[Tensor, Tensor]:
         return (codes.int() - 128).to(torch.int8), scale[:, 0].to(torch.bfloat16)
     # tinygemm convention: w = (q - 8) * scale + zero, q in [0, 15]; slimkit: w = (code - zp) * scale
     zero = torch.zeros_like(scale) if enc.zero_point is None else (8 - enc.zero_point.float()) * scale
+    # the kernel takes whole groups only: a partial last group is padded with codes whose inputs ``run``
+    # pads with zeros, so they add nothing
+    codes = torch.nn.functional.pad(codes, (0, -in_features % enc.group_size), value=8)
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.int(), 1)
     scale_zero = torch.stack([scale, zero], -1).transpose(0, 1).contiguous().to(torch.bfloat16)  # (groups, out, 2)
     return packed, scale_zero
 
 
-def stored_codes(kernel: str, weight: Tensor, block_n: int | None = None) -> Tensor:
+def stored_codes(kernel: str, weight: Tensor, in_features: int, block_n: int | None = None) -> Tensor:
     """The packed codes ``prepare`` built ``weight`` from, exactly: what an OWN_LAYOUT kernel path keeps
     instead of them, so that a layer holds one copy of its weight. ``block_n``: see ``int4pack_block``."""
     if kernel == "int8pack":
         return pack((weight.to(torch.int16) + 128).to(torch.uint8), 8)
     codes = _int4_blocked(weight, block_n) if block_n else _int4pack_codes(weight)
-    return pack(codes.to(torch.uint8), 4)
+    return pack(codes[:, :in_features].to(torch.uint8).contiguous(), 4)  # without the padding of a partial group
 
 
 def int4pack_block(packed: Tensor, codes: Tensor) -> int | None:
@@ -85,7 +89,8 @@ def int4pack_block(packed: Tensor, codes: Tensor) -> int | None:
     column; AVX2: 32), which reads back in one pass; None for any other form (then every code's slot is
     found by packing its position, see ``_int4pack_codes``)."""
     for block_n in (64, 32):
-        if codes.shape[0] % block_n == 0 and torch.equal(_int4_blocked(packed, block_n), codes.int()):
+        if codes.shape[0] % block_n == 0 and torch.equal(_int4_blocked(packed, block_n)[:, :codes.shape[1]],
+                                                         codes.int()):
             return block_n
     return None
 
@@ -129,6 +134,8 @@ def run(kernel: str, weight: Tensor, scale: Tensor, group_size: int | None, x: T
     if kernel == "int8pack":
         y = torch.ops.aten._weight_int8pack_mm(xb, weight, scale)
     else:
+        padding = weight.shape[1] * 2 - xb.shape[-1]  # the inputs of a partial last group's padding: zeros
+        xb = torch.nn.functional.pad(xb, (0, padding)) if padding else xb
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(xb, weight, group_size, scale)
     return y.to(x.dtype)
 

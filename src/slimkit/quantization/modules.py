@@ -59,7 +59,7 @@ class QuantLinear(nn.Module):
 
     def recovered_codes(self) -> Tensor:
         """The stored codes read back from the kernel layout that replaced them (see the module docstring)."""
-        return kernels.stored_codes(self._own_kernel(), self.kernel_weight, self._int4_block)
+        return kernels.stored_codes(self._own_kernel(), self.kernel_weight, self.in_features, self._int4_block)
 
     def _own_kernel(self) -> str | None:
         return next((path for _, path in self.paths if path in kernels.OWN_LAYOUT), None)
