@@ -115,7 +115,13 @@ def test_weight_only_int8_over_a_width_no_block_divides_is_written_close_and_war
 
 
 def test_refusals(tiny_llama, tmp_path):
+    int4 = slimkit.quantize(copy.deepcopy(tiny_llama), WeightQuantConfig("int4", group_size=32))
     int3 = slimkit.quantize(copy.deepcopy(tiny_llama), WeightQuantConfig("int3", group_size=32))
+    int4.model.layers[1].mlp.down_proj = int3.model.layers[1].mlp.down_proj  # refused after 12 layers were swapped
+    layers = dict(int4.named_modules())
+    with pytest.raises(ExportRefused, match="down_proj' \\(int3, group 32\\) over 128 inputs has no exact ONNX"):
+        slimkit.export(int4, tmp_path / "c", to="onnx")
+    assert all(module is layers[name] for name, module in int4.named_modules())  # every layer put back
     with pytest.raises(ExportRefused, match="no exact ONNX pattern"):
         slimkit.export(int3, tmp_path / "a", to="onnx")
     with pytest.raises(ExportRefused, match="needs an example input"):

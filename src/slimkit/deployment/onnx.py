@@ -91,36 +91,30 @@ TORCH_LAYERS = (nn.Linear, nn.Conv2d, nn.BatchNorm2d, nn.Identity)  # slimkit's 
 
 @contextlib.contextmanager
 def _onnx_layers(model: nn.Module):
-    """Swap every quantized layer for one that traces to its ONNX pattern; put them back afterwards."""
+    """Swap every quantized layer for one that traces to its ONNX pattern; put them back afterwards (also when
+    a layer is refused half-way)."""
     swapped = {}
-    for name, module in list(model.named_modules()):
-        if isinstance(module, QuantLinear):
-            swapped[name] = module
-            model.set_submodule(name, _nbits_or_int8(name, module))
-        elif isinstance(module, Int8Linear):
-            swapped[name] = module
-            model.set_submodule(name, _int8_from_int8_linear(name, module))
-        elif isinstance(module, QuantEmbedding):
-            swapped[name] = module
-            model.set_submodule(name, _gather_block_quantized(name, module))
-        elif isinstance(module, Int8Conv2d):
-            swapped[name] = module
-            model.set_submodule(name, _qdq_conv(name, module))
-        elif isinstance(module, (GGMLLinear, GGMLEmbedding)):
-            raise ExportRefused(only_gguf(name, module, "ONNX"))
-        elif (type(module).__module__.startswith("slimkit.") and not list(module.children())
-              and not isinstance(module, TORCH_LAYERS)):  # pruned, fused, Conv1D-as-Linear: torch's ops, traced
-            raise ExportRefused(f"layer {name!r} is a slimkit {type(module).__name__}, which the ONNX export does "
-                                "not write; export a model whose quantized layers are QuantLinear, Int8Linear or "
-                                "QuantEmbedding")
-    dynamic = [n for n, m in swapped.items()
-               if isinstance(m, QuantLinear) and getattr(model.get_submodule(n), "op", None) is _DynamicInt8]
-    if dynamic:
-        warnings.warn(f"{len(dynamic)} weight-only int8 layers ({dynamic[0]}, ...) have an input width that no "
-                      "MatMulNBits block size (16..256) divides, so they are written as onnxruntime's dynamic int8 "
-                      "pattern, which also quantizes their inputs (per tensor, at run time): their outputs differ "
-                      "from slimkit's by about 1/255 of each input's range", stacklevel=3)
     try:
+        for name, module in list(model.named_modules()):
+            writer = next((write for kind, write in _WRITERS if isinstance(module, kind)), None)
+            if writer is not None:
+                replacement = writer(name, module)
+                swapped[name] = module
+                model.set_submodule(name, replacement)
+            elif isinstance(module, (GGMLLinear, GGMLEmbedding)):
+                raise ExportRefused(only_gguf(name, module, "ONNX"))
+            elif (type(module).__module__.startswith("slimkit.") and not list(module.children())
+                  and not isinstance(module, TORCH_LAYERS)):  # pruned, fused, Conv1D-as-Linear: torch's ops, traced
+                raise ExportRefused(f"layer {name!r} is a slimkit {type(module).__name__}, which the ONNX export "
+                                    "does not write; export a model whose quantized layers are QuantLinear, "
+                                    "Int8Linear, Int8Conv2d or QuantEmbedding")
+        dynamic = [n for n, m in swapped.items()
+                   if isinstance(m, QuantLinear) and getattr(model.get_submodule(n), "op", None) is _DynamicInt8]
+        if dynamic:
+            warnings.warn(f"{len(dynamic)} weight-only int8 layers ({dynamic[0]}, ...) have an input width that "
+                          "no MatMulNBits block size (16..256) divides, so they are written as onnxruntime's dynamic "
+                          "int8 pattern, which also quantizes their inputs (per tensor, at run time): their outputs "
+                          "differ from slimkit's by about 1/255 of each input's range", stacklevel=3)
         yield
     finally:
         for name, module in swapped.items():
@@ -346,3 +340,7 @@ def _qdq_conv(name: str, module: Int8Conv2d) -> _OnnxOp:
                   "pads": list(module.padding) * 2, "dilations": list(module.dilation), "group": module.groups,
                   "relu": int(module.relu)}
     return _OnnxOp(_QDQConv, module, constants, attributes)
+
+
+_WRITERS = ((QuantLinear, _nbits_or_int8), (Int8Linear, _int8_from_int8_linear),
+            (QuantEmbedding, _gather_block_quantized), (Int8Conv2d, _qdq_conv))  # layer type -> its ONNX pattern
