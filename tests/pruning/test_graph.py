@@ -114,8 +114,8 @@ def _kept(original: torch.Tensor, pruned: torch.Tensor, block: int) -> list[int]
 
 
 @pytest.mark.slow  # a transformers model: 2-8 s on 2 shared cores
-@pytest.mark.parametrize("kv_heads", [2, 4], ids=["gqa", "mha"])
-def test_llama_heads_in_gqa_groups_and_mlp_channels(kv_heads, tmp_path):
+@pytest.mark.parametrize("kv_heads, method", [(2, "l1"), (4, "l1"), (2, "wanda")], ids=["gqa", "mha", "gqa-wanda"])
+def test_llama_heads_in_gqa_groups_and_mlp_channels(kv_heads, method, tmp_path):
     transformers = pytest.importorskip("transformers")
     config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=kv_heads,
@@ -123,7 +123,8 @@ def test_llama_heads_in_gqa_groups_and_mlp_channels(kv_heads, tmp_path):
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config).eval()
     original, ids = copy.deepcopy(model), torch.randint(0, 64, (2, 8))
-    report = prune(model, PruneConfig(structured=True, ratio=0.5), example_inputs=ids)
+    data = [torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    report = prune(model, PruneConfig(structured=True, ratio=0.5, method=method), example_inputs=ids, data=data)
     assert {r.layer: r.after for r in report.layers if r.unit == "heads"} == {
         "model.layers.0.self_attn": kv_heads // 2, "model.layers.1.self_attn": kv_heads // 2}
     d, group = 8, 4 // kv_heads

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -162,3 +164,32 @@ def test_minilm_heads_and_intermediate_shrink_and_save(tmp_path):
     assert {r.layer for r in report.layers if r.unit == "heads"} == {f"encoder.layer.{i}" for i in range(6)}
     restored = load(save(model, tmp_path / "minilm"))
     assert torch.equal(restored(**batch).last_hidden_state, model(**batch).last_hidden_state)
+
+
+def test_wanda_keeps_the_channels_that_carry_the_signal_as_a_naive_score_does():
+    # channels 0-3 read the direction the data lies along (small weights, large activations); channels 4-15
+    # read directions the data never takes (large weights, zero activations): l1 keeps the silent ones
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    direction = torch.zeros(8)
+    direction[0] = 1.0
+    with torch.no_grad():
+        model[0].weight[:4] = 0.1 * torch.arange(1.0, 5.0)[:, None] * direction
+        model[0].weight[4:] = 3 * torch.randn(12, 8) * (1 - direction)
+        model[0].bias.zero_()
+    data = [5 * torch.randn(32, 1) * direction + 1e-3 * torch.randn(32, 8) for _ in range(4)]
+    hidden = torch.cat([model[1](model[0](x)) for x in data]).detach()
+    # the reference: |W2[:, c]|_1 * ||h_c||_2 over every calibration row, computed naively
+    naive = model[2].weight.detach().abs().sum(0) * hidden.square().sum(0).sqrt()
+    expected = naive.argsort(descending=True)[:8].sort().values
+    x = data[0]
+    wanda, l1 = copy.deepcopy(model), copy.deepcopy(model)
+    prune(wanda, PruneConfig(structured=True, ratio=0.5, method="wanda"), data=data, example_inputs=x)
+    prune(l1, PruneConfig(structured=True, ratio=0.5, method="l1"), example_inputs=x)
+    kept = [next(i for i in range(16) if torch.equal(model[0].weight[i], row)) for row in wanda[0].weight]
+    assert kept == expected.tolist() and set(range(4)) <= set(kept)
+    with torch.no_grad():
+        err = {name: (m(x) - model(x)).norm().item() for name, m in (("wanda", wanda), ("l1", l1))}
+    assert err["wanda"] < 0.5 * err["l1"]
+    with pytest.raises(UserInputError, match="method='wanda' needs data="):
+        prune(copy.deepcopy(model), PruneConfig(structured=True, ratio=0.5, method="wanda"), example_inputs=x)

@@ -10,7 +10,7 @@ from slimkit.errors import UserInputError
 from slimkit.selection import as_patterns
 
 UNSTRUCTURED_METHODS = ("magnitude", "l2", "random", "taylor", "wanda", "sparsegpt")
-STRUCTURED_METHODS = ("l1", "magnitude", "l2", "random", "taylor", "bn_scale")  # magnitude = l1 here
+STRUCTURED_METHODS = ("l1", "magnitude", "l2", "random", "taylor", "bn_scale", "wanda")  # magnitude = l1 here
 SCOPES = ("layer", "global")
 NEEDS_DATA = ("taylor", "wanda", "sparsegpt")
 
@@ -30,7 +30,9 @@ class PruneConfig(Config):
     method: str = "magnitude"
     """Importance. Unstructured: magnitude, l2 (same order as magnitude for single weights), random,
     taylor (|w * dL/dw|), wanda (|w| * ||x|| per output row), sparsegpt (second order, with weight update).
-    Structured: l1 (filter L1 norm, Li et al.), l2, random, taylor, bn_scale (|gamma| of the BatchNorm)."""
+    Structured: l1 (filter L1 norm, Li et al.), l2, random, taylor, bn_scale (|gamma| of the BatchNorm),
+    wanda (a channel's input columns in the layers that read it, |W[:, c]|_1 * ||x_c||_2 over the calibration
+    tokens: what the channel actually carries, which weight norms alone miss in pretrained LLMs)."""
     scope: str = "layer"
     """"layer": every layer reaches the target; "global": one threshold over all selected layers."""
     layer_sparsity: tuple[tuple[str, float], ...] = ()

@@ -60,12 +60,16 @@ def accumulated_grads(model: nn.Module, layers: list[tuple[str, nn.Module]], dat
 
 @torch.no_grad()
 def input_norms(model: nn.Module, layers: list[tuple[str, nn.Module]], data: list) -> dict[str, Tensor]:
-    """{layer name: ||x_j||_2 of each input feature over every calibration token}, all layers in one pass."""
+    """{layer name: ||x_j||_2 of each input feature (a convolution's: each input channel) over every calibration
+    token (and position)}, all layers in one pass."""
     sums: dict[str, Tensor] = {}
     hooks = []
     for name, layer in layers:
         def hook(_module, args, name=name):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()  # (tokens, in)
+            x = args[0].detach()
+            if isinstance(_module, nn.Conv2d):
+                x = x.movedim(1, -1)  # (N, H, W, C): a convolution's input features are its channels
+            x = x.reshape(-1, x.shape[-1]).double()  # (tokens, in)
             sums[name] = sums.get(name, 0) + x.square().sum(0)
         hooks.append(layer.register_forward_pre_hook(hook))
     try:

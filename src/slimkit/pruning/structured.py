@@ -19,7 +19,7 @@ from slimkit.errors import UserInputError
 from slimkit.losses import cross_entropy_loss
 from slimkit.pruning.config import PruneConfig
 from slimkit.pruning.graph import dependency_groups
-from slimkit.pruning.importance import accumulated_grads
+from slimkit.pruning.importance import accumulated_grads, input_norms
 from slimkit.pruning.modules import shrink_batchnorm, shrink_conv, shrink_linear
 from slimkit.pruning.spaces import Space
 from slimkit.pruning.unstructured import LayerReport
@@ -46,8 +46,9 @@ def prune_structure(model: nn.Module, config: PruneConfig, example_args: tuple, 
     units = [u for u in units if not _excluded_unit(u, config)]
     _check_whole_groups(units, config)
     grads = _grads(model, live, units, config, data, loss_fn)
-    scores = [_group_scores(model, g, config, grads) for g in live]
-    head_scores = [_head_scores(model, u, config, grads) for u in units]
+    norms = _norms(model, live, units, config, data)
+    scores = [_group_scores(model, g, config, grads, norms) for g in live]
+    head_scores = [_head_scores(model, u, config, grads, norms) for u in units]
     keeps = _keep(scores, config)
     head_keeps = _keep(head_scores, config)
     _apply_channels(model, live, keeps)
@@ -121,7 +122,30 @@ def _rows(method: str, weight: Tensor, grad: Tensor | None, dim: int = 0) -> Ten
     return w.abs().sum(1)
 
 
-def _group_scores(model: nn.Module, group: Space, config: PruneConfig, grads: dict) -> Tensor:
+def _norms(model, groups, units, config, data) -> dict[str, Tensor]:
+    """wanda: the input feature norms of every layer that reads a group's channels or a unit's heads."""
+    if config.method != "wanda":
+        return {}
+    if not data:
+        raise UserInputError("method='wanda' needs data= calibration batches for the activation norms")
+    names = {use[0] for g in groups for use in g.consumers} | {u.output_layer for u in units}
+    layers = [(n, model.get_submodule(n)) for n in sorted(names)]
+    return input_norms(model, layers, list(data)[:config.calibration_batches])
+
+
+def _column_scores(weight: Tensor, norm: Tensor) -> Tensor:
+    """|W[:, j]|_1 * ||x_j||_2 for each input feature j of a Linear or Conv2d weight."""
+    w = weight.detach().float().abs()
+    return w.transpose(0, 1).flatten(1).sum(1) * norm
+
+
+def _group_scores(model: nn.Module, group: Space, config: PruneConfig, grads: dict, norms: dict) -> Tensor:
+    if config.method == "wanda":  # what the channel carries into the layers that read it
+        total = torch.zeros(group.size)
+        for name, offset, start, length in group.consumers:
+            total[start:start + length] += _column_scores(model.get_submodule(name).weight,
+                                                          norms[name])[offset:offset + length]
+        return total
     if config.method == "random":
         return torch.rand(group.size, generator=torch.Generator().manual_seed(config.seed + group.size))
     if config.method == "bn_scale":
@@ -137,7 +161,14 @@ def _group_scores(model: nn.Module, group: Space, config: PruneConfig, grads: di
     return sum(_rows(method, model.get_submodule(n).weight, grads.get(n)) for n in group.producers)
 
 
-def _head_scores(model: nn.Module, unit, config: PruneConfig, grads: dict) -> Tensor:
+def _head_scores(model: nn.Module, unit, config: PruneConfig, grads: dict, norms: dict) -> Tensor:
+    if config.method == "wanda":  # each head's columns of the output projection, weighted by what they carry
+        weight = model.get_submodule(unit.output_layer).weight
+        columns = _column_scores(weight, norms[unit.output_layer])
+        for sliced, dim, idx in unit.head_slices(model):
+            if sliced is weight and dim == 1:
+                return columns[idx].sum(1)
+        raise UserInputError(f"{unit.name}: its output projection's head columns are unknown; use method='l1'")
     if config.method == "random":
         return torch.rand(unit.n_head, generator=torch.Generator().manual_seed(config.seed + unit.n_head))
     method = "l1" if config.method == "bn_scale" else config.method
