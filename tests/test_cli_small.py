@@ -211,3 +211,20 @@ def test_saving_a_plain_model_does_not_import_transformers(tmp_path):
             "print('transformers' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_a_pretrained_zoo_name_stands_for_its_converted_folder(monkeypatch, tmp_path):
+    from slimkit.cli import build_parser, model_dir
+    from slimkit.models import zoo
+
+    monkeypatch.setattr(zoo, "hf_folder", lambda name: tmp_path / f"{name}-folder")
+    assert model_dir("smollm2") == str(tmp_path / "smollm2-folder")
+    assert model_dir("some/folder") == "some/folder"
+    for verb in ("quantize", "prune", "factorize", "eval", "export", "compress"):
+        required = {"export": ["--to", "gguf", "--out", "x"], "eval": [],
+                    "factorize": ["--rank", "4", "--out", "x"]}.get(verb, ["--out", "x"])
+        args = build_parser().parse_args([verb, "smollm2", *required])
+        assert args.model_dir == str(tmp_path / "smollm2-folder"), verb
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "smollm2").mkdir()  # a folder of that name here is what the user means
+    assert model_dir("smollm2") == "smollm2"

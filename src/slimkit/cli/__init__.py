@@ -33,6 +33,18 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def model_dir(text: str) -> str:
+    """MODEL_DIR as given, or for a pretrained zoo model's name ("smollm2") its Hugging Face folder in the cache
+    (converted the first time), unless a folder of that name exists here."""
+    from pathlib import Path
+
+    from slimkit.models import zoo
+
+    if text in zoo.PRETRAINED and not Path(text).exists():
+        return str(zoo.hf_folder(text))
+    return text
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from slimkit.cli import positive_int
+from slimkit.cli import model_dir, positive_int
 from slimkit.cli.output import add_force, claim_out
 
 # what compress writes in --out: step artifacts, the final artifact, the report, a search's files
@@ -23,7 +23,7 @@ EXAMPLE = ("example:\n  slimkit compress --list\n  slimkit compress ~/.cache/sli
 
 
 def add_arguments(p) -> None:
-    p.add_argument("model_dir", metavar="MODEL_DIR", nargs="?")
+    p.add_argument("model_dir", metavar="MODEL_DIR", type=model_dir, nargs="?")
     p.add_argument("--out", help="folder for the steps, the final artifact (DIR/model) and the report")
     add_force(p)
     p.add_argument("--list", action="store_true", help="list the built-in recipes and exit")

@@ -91,6 +91,8 @@ def _model(spec: str, *, reference: bool, seed: int = 0):
         return load(spec)
     if reference and spec in zoo.NAMES:
         return zoo.reference(spec)
+    if reference and spec in zoo.PRETRAINED:
+        return load(zoo.hf_folder(spec))
     return from_spec(spec, seed)
 
 

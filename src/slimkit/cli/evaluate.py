@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from slimkit.cli import positive_int, task_arguments, timed_runs
+from slimkit.cli import model_dir, positive_int, task_arguments, timed_runs
 
 HELP = ("Measure a saved model: quality, parameters, nonzeros, artifact bytes, latency, peak memory. "
         "MODEL_DIR is a slimkit artifact or a Hugging Face model folder.")
@@ -14,7 +14,7 @@ EXAMPLE = ("example:\n  slimkit eval slimkit-report/artifacts/cnn --json\n"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("model_dir", metavar="MODEL_DIR", type=model_dir)
     task_arguments(p)
     p.add_argument("--batch", type=positive_int, help="batch size of the timed call (default per task)")
     p.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from slimkit.cli import model_dir
+
 import json
 from pathlib import Path
 
@@ -19,7 +21,7 @@ EXAMPLE = ("example:\n  slimkit quantize llama-dir --weights int4 --group-size 3
 def add_arguments(p) -> None:
     from slimkit.deployment import TARGETS
 
-    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("model_dir", metavar="MODEL_DIR", type=model_dir)
     p.add_argument("--to", required=True, choices=TARGETS, help="the format to write")
     p.add_argument("--out", required=True, help="folder to write (refused if it exists, unless --force)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from slimkit.cli import layer_patterns, positive_int, task_arguments
+from slimkit.cli import layer_patterns, model_dir, positive_int, task_arguments
 from slimkit.cli.output import add_force, claim_out
 
 HELP = ("Low-rank factorization: truncated SVD of Linear layers, Tucker-2 (or spatial SVD) of Conv2d layers, "
@@ -18,7 +18,7 @@ EXAMPLE = ("example:\n  slimkit factorize ~/.cache/slimkit/gpt-* --param-budget 
 def add_arguments(p) -> None:
     from slimkit.lowrank import CONV_METHODS
 
-    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("model_dir", metavar="MODEL_DIR", type=model_dir)
     p.add_argument("--out", required=True, help="folder for the factorized artifact")
     add_force(p)
     rule = p.add_mutually_exclusive_group(required=True)

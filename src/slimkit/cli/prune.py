@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from slimkit.cli import layer_patterns, positive_int, task_arguments
+from slimkit.cli import layer_patterns, model_dir, positive_int, task_arguments
 from slimkit.cli.output import add_force, claim_out
 
 HELP = ("Pruning: unstructured (magnitude, l2, random, taylor, wanda, sparsegpt; per layer or global), N:M, or "
@@ -30,7 +30,7 @@ def nm_pattern(text: str) -> tuple[int, int]:
 def add_arguments(p) -> None:
     from slimkit.pruning.config import SCOPES, STRUCTURED_METHODS, UNSTRUCTURED_METHODS
 
-    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("model_dir", metavar="MODEL_DIR", type=model_dir)
     p.add_argument("--out", required=True, help="folder for the pruned artifact")
     add_force(p)
     p.add_argument("--sparsity", type=float, default=0.0, help="fraction of weights zeroed, in [0, 1)")

@@ -6,13 +6,14 @@ import argparse
 import json
 import re
 
-from slimkit.cli import layer_patterns, positive_int, task_arguments
+from slimkit.cli import layer_patterns, model_dir, positive_int, task_arguments
 from slimkit.cli.output import add_force, claim_out
 
 HELP = ("Weight-only post-training quantization of every Linear layer (RTN, GPTQ or AWQ) into packed "
         "codes, or with --activations int8 weights and activations to int8 (dynamic, static with "
         "calibration, or QAT); writes a slimkit artifact to --out and prints the before/after table. "
-        "MODEL_DIR is a slimkit artifact or a Hugging Face model folder.")
+        "MODEL_DIR is a slimkit artifact, a Hugging Face model folder (compressed-tensors, GPTQ and AWQ "
+        "ones included), a GGUF file, or smollm2 (the pretrained SmolLM2-135M-Instruct, converted once into the cache).")
 EXAMPLE = ("example:\n  slimkit quantize ~/.cache/slimkit/gpt-* --weights int4 --group-size 128 --method gptq "
            "--calib pycorpus --out gpt-int4\n  slimkit quantize MODEL_DIR --weights int4 --method gptq --asymmetric --act-order "
            "--mse-clip --awq-scale --calib minilm --calib-batches 64 --out minilm-int4\n  slimkit quantize MODEL_DIR --weights nf4 --group-size 64 "
@@ -25,7 +26,7 @@ def add_arguments(p) -> None:
     from slimkit.quantization import METHODS, WEIGHT_FORMATS
     from slimkit.quantization.activation.config import MODES, OBSERVERS
 
-    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("model_dir", metavar="MODEL_DIR", type=model_dir)
     p.add_argument("--out", required=True, help="folder for the quantized artifact")
     add_force(p)
     p.add_argument("--weights", choices=WEIGHT_FORMATS,

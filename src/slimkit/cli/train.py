@@ -20,7 +20,8 @@ def add_arguments(p) -> None:
     from slimkit.training import OPTIMIZERS, PRECISIONS
 
     p.add_argument("--model", required=True, metavar="NAME|MODEL_DIR",
-                   help="a reference model (mlp, cnn, gpt: the trained one from the cache) or a saved model folder")
+                   help="a reference model (mlp, cnn, gpt: the trained one from the cache), a pretrained one (smollm2) or "
+                        "a saved model folder")
     p.add_argument("--scratch", action="store_true", help="reference models: start from fresh random weights")
     p.add_argument("--data", choices=["digits", "pycorpus"], help="training data (default: the model's task)")
     p.add_argument("--steps", type=positive_int, default=200, help="optimizer steps (default 200)")
@@ -127,7 +128,9 @@ def _load_model(spec: str, scratch: bool):
 
     if spec in zoo.NAMES:
         return zoo.build(spec) if scratch else zoo.reference(spec)
-    return load(spec)
+    from slimkit.cli import model_dir
+
+    return load(model_dir(spec))  # a folder, or a pretrained zoo model by name (smollm2)
 
 
 def _table(s: dict) -> str:
