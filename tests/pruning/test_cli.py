@@ -29,7 +29,7 @@ def test_structured_prune_prints_the_table_and_the_clamp(capsys, tmp_path, mlp_d
 @pytest.mark.parametrize("argv, message", [
     (["--sparsity", "1.5"], r"sparsity=1.5 must lie in [0, 1)"),
     ([], "nothing to prune"),
-    (["--structured", "--ratio", "0.5", "--method", "wanda"], "not among the structured importances"),
+    (["--structured", "--ratio", "0.5", "--method", "sparsegpt"], "not among the structured importances"),
 ])
 def test_user_errors_exit_2_with_one_line(capsys, tmp_path, mlp_dir, argv, message):
     code, _, err = run_cli(capsys, "prune", str(mlp_dir), "--out", str(tmp_path / "x"), *argv)
