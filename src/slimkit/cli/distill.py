@@ -23,7 +23,9 @@ def add_arguments(p) -> None:
                    help="a reference model (mlp, cnn, gpt: the trained one) or a saved model folder")
     p.add_argument("--student", required=True, metavar="SPEC|MODEL_DIR",
                    help="a new architecture, NAME:key=value,... (e.g. gpt:n_layer=2,n_embd=64 or mlp:hidden=64-32), "
-                        "or a saved model folder (e.g. a pruned or quantized copy of the teacher)")
+                        "the teacher's own Hugging Face config with fewer layers and a narrower MLP initialised from "
+                        "its weights (teacher:depth=0.5,mlp=0.75), or a saved model folder (e.g. a pruned or "
+                        "quantized copy of the teacher)")
     p.add_argument("--data", choices=["digits", "pycorpus"], help="training data (default: the teacher's task)")
     p.add_argument("--mode", choices=MODES, default="offline", help="offline (default), online, or self")
     p.add_argument("--temperature", type=float, default=2.0, help="softmax temperature T (default 2)")
@@ -60,7 +62,12 @@ def run(args) -> int:
     train_config = TrainConfig(steps=args.steps, lr=args.lr, warmup=warmup, precision=args.precision,
                                seed=args.seed, threads=args.threads)
     teacher = _model(args.teacher, reference=True)
-    student = _model(args.student, reference=False, seed=args.seed)
+    if args.student.startswith("teacher:"):  # fewer layers / a narrower MLP of the teacher itself
+        from slimkit.recipes.steps import student_model
+
+        student = student_model(teacher, args.student, args.seed)
+    else:
+        student = _model(args.student, reference=False, seed=args.seed)
     task = get_task(args.data or infer_task(teacher))
     if infer_task(student) != task.name:
         raise UserInputError(f"the student ({type(student).__name__}) is a {infer_task(student)} model and cannot learn "

@@ -42,8 +42,9 @@ _WIDTHS = ("widths", "hidden", "n_embd")  # the width fields of the reference ar
 
 
 def student_model(teacher: nn.Module, student: str | float, seed: int = 0) -> nn.Module:
-    """A fresh student: from a models spec ("mlp:hidden=64-32"), or the teacher's architecture with every
-    width scaled by ``student`` (GPT: n_embd rounded to whole heads).
+    """A fresh student: from a models spec ("mlp:hidden=64-32"), from the teacher's own Hugging Face config with
+    fewer layers and a narrower MLP initialised from its weights ("teacher:depth=0.5,mlp=0.75"), or the
+    teacher's architecture with every width scaled by ``student`` (GPT: n_embd rounded to whole heads).
 
     >>> student_model(reference("cnn"), 0.5).config.widths  # doctest: +SKIP
     (16, 32)
@@ -52,6 +53,11 @@ def student_model(teacher: nn.Module, student: str | float, seed: int = 0) -> nn
 
     from slimkit.models.spec import from_spec
 
+    if isinstance(student, str) and student.startswith("teacher:"):  # the teacher's own config, fewer layers
+        from slimkit.distillation.student import student_from_spec
+
+        torch.manual_seed(seed)
+        return student_from_spec(teacher, student)
     if isinstance(student, str):
         return from_spec(student, seed=seed)
     config = getattr(teacher, "config", None)
