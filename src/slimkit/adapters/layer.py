@@ -57,9 +57,15 @@ class LoRALinear(nn.Module):
             y = self.base(rows).addmm_(rows @ self.lora_A.weight.to(dtype).t(), self.lora_B.weight.to(dtype).t(),
                                        alpha=self.scale)
             return y.view(*x.shape[:-1], self.out_features)
+        if self._watched():  # a hook watches the adapters (DP-SGD's ghost clipping): run them as the modules they
+            x = x.to(dtype)  # are, on the batch's own shape (per-example hooks need its first dimension)
+            return self.base(x).to(dtype) + self.scale * self.lora_B(self.lora_A(self.dropout(x)))
         dropped = None if isinstance(self.dropout, nn.Identity) else self.dropout(rows)
         y = _LoRALinear.apply(rows, dropped, self.lora_A.weight.to(dtype), self.lora_B.weight.to(dtype), self)
         return y.view(*x.shape[:-1], self.out_features)
+
+    def _watched(self) -> bool:
+        return any(m._forward_hooks or m._forward_pre_hooks for m in (self.lora_A, self.lora_B))
 
     def base_weight(self, dtype: torch.dtype) -> Tensor:
         """The frozen base weight (out, in) in ``dtype``: a cast, or the NF4 codes dequantized."""
