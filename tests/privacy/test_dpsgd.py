@@ -65,6 +65,7 @@ def test_vmap_per_sample_gradients_equal_a_per_example_loop(make):
     ("ghost", lambda: TokenModel(3), "tokens"),  # T^2 > in*out: per-sample gradients formed per layer
     ("ghost", lambda: TokenModel(64), "tokens"),  # T^2 <= in*out: Gram matrices
     ("ghost", _lora_token_model, "tokens"),  # the adapters run as modules while hooks watch them
+    ("vmap", _lora_token_model, "tokens"),  # and under torch.func's transforms
     ("vmap", _small_cnn, "digits")])
 def test_clipped_sum_and_norms_equal_the_loop(engine, make, data):
     model = make()

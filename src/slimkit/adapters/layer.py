@@ -57,7 +57,7 @@ class LoRALinear(nn.Module):
             y = self.base(rows).addmm_(rows @ self.lora_A.weight.to(dtype).t(), self.lora_B.weight.to(dtype).t(),
                                        alpha=self.scale)
             return y.view(*x.shape[:-1], self.out_features)
-        if self._watched():  # a hook watches the adapters (DP-SGD's ghost clipping): run them as the modules they
+        if self._watched():  # DP-SGD's per-example gradients watch the adapters: run them as the modules they
             x = x.to(dtype)  # are, on the batch's own shape (per-example hooks need its first dimension)
             return self.base(x).to(dtype) + self.scale * self.lora_B(self.lora_A(self.dropout(x)))
         dropped = None if isinstance(self.dropout, nn.Identity) else self.dropout(rows)
@@ -65,7 +65,10 @@ class LoRALinear(nn.Module):
         return y.view(*x.shape[:-1], self.out_features)
 
     def _watched(self) -> bool:
-        return any(m._forward_hooks or m._forward_pre_hooks for m in (self.lora_A, self.lora_B))
+        """Whether per-example gradient machinery looks at the adapters: hooks on them (ghost clipping) or a
+        torch.func transform (vmap's per-sample gradients), which the fused autograd node supports neither."""
+        hooked = any(m._forward_hooks or m._forward_pre_hooks for m in (self.lora_A, self.lora_B))
+        return hooked or torch._C._are_functorch_transforms_active()
 
     def base_weight(self, dtype: torch.dtype) -> Tensor:
         """The frozen base weight (out, in) in ``dtype``: a cast, or the NF4 codes dequantized."""
