@@ -72,7 +72,7 @@ def layer_patterns(p: argparse.ArgumentParser) -> None:
 
 def task_arguments(p: argparse.ArgumentParser, purpose: str = "task to evaluate on") -> None:
     """--task and --data, the same for every verb that measures a model."""
-    p.add_argument("--task", choices=["digits", "pycorpus", "minilm", "causal-lm", "encoder", "classifier"],
+    p.add_argument("--task", choices=["digits", "pycorpus", "minilm", "smollm2", "causal-lm", "encoder", "classifier"],
                    help=f"{purpose} (default: inferred; a Hugging Face folder's from its config's architecture: "
                         "causal-lm perplexity, encoder embedding cosine, classifier agreement with the float model)")
     p.add_argument("--data", metavar="FILE", help="Hugging Face models: your own data for calibration and evaluation "
