@@ -39,7 +39,8 @@ def add_arguments(p) -> None:
     p.add_argument("--attention-weight", type=float, default=0.0, help="weight of attention transfer on --features")
     p.add_argument("--steps", type=positive_int, default=500, help="optimizer steps (default 500)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="examples per step (default 16)")
-    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 3e-3 for slimkit's reference models; 1e-4 "
+                   "for a pretrained Hugging Face teacher such as smollm2, whose student starts from its weights)")
     p.add_argument("--warmup", type=int, help="warm-up steps (default: a tenth of --steps, at most 20)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--seed", type=int, default=0, help="seed of the student's init and the batches (default 0)")
@@ -59,9 +60,11 @@ def run(args) -> int:
 
     config = registry.config_from_args("distill", args)
     warmup = min(20, args.steps // 10) if args.warmup is None else args.warmup
-    train_config = TrainConfig(steps=args.steps, lr=args.lr, warmup=warmup, precision=args.precision,
-                               seed=args.seed, threads=args.threads)
     teacher = _model(args.teacher, reference=True)
+    pretrained = hasattr(getattr(teacher, "config", None), "to_dict")  # a transformers model: a pretrained LLM
+    lr = args.lr if args.lr is not None else 1e-4 if pretrained else 3e-3
+    train_config = TrainConfig(steps=args.steps, lr=lr, warmup=warmup, precision=args.precision,
+                               seed=args.seed, threads=args.threads)
     if args.student.startswith("teacher:"):  # fewer layers / a narrower MLP of the teacher itself
         from slimkit.recipes.steps import student_model
 
