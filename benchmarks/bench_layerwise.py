@@ -1,10 +1,14 @@
 """Layer-by-layer quantization of a folder larger than comfortable: peak RSS against the float size.
 
 Run: python benchmarks/bench_layerwise.py FOLDER [--hidden 2048 --layers 16 --mlp 5632] [--method rtn]
+                                         [--out ARTIFACT] [--check-layer N]
 Writes a random Llama-architecture model into FOLDER one decoder layer per safetensors shard (bf16;
 never whole in memory) unless FOLDER already holds one, then quantizes it with
 ``slimkit.quantization.layerwise.quantize_folder`` (int4 g128) and prints wall time per layer, the
-process's peak RSS and the model's float sizes.
+process's peak RSS and the model's float sizes. With ``--out`` each quantized layer is written as
+its own shard of the artifact and dropped (``slimkit.io.saving``); ``--check-layer N`` then loads
+the artifact, runs a forward pass, and compares layer N's codes with that layer quantized alone in
+memory from the same float weights.
 """
 
 from __future__ import annotations
@@ -70,23 +74,86 @@ def main(argv=None) -> None:
     parser.add_argument("--layers", type=int, default=16)
     parser.add_argument("--mlp", type=int, default=5632)
     parser.add_argument("--method", choices=["rtn", "gptq"], default="rtn")
+    parser.add_argument("--out", type=Path, help="write the artifact layer by layer here (one shard per layer)")
+    parser.add_argument("--check-layer", type=int, help="with --out: load it back and compare this layer's codes")
     args = parser.parse_args(argv)
+    gib = 2 ** 30
     if not (args.folder / "model.safetensors.index.json").exists():
+        start = time.perf_counter()
         build(args.folder, args.hidden, args.layers, args.mlp)
+        print(f"built {args.folder} in {time.perf_counter() - start:.0f} s", flush=True)
     torch.set_num_threads(2)
+    available = _mem_available()
     bf16 = json.loads((args.folder / "model.safetensors.index.json").read_text())["metadata"]["total_size"]
+    print(f"MemAvailable {available / gib:.2f} GiB; the model's bf16 weights {bf16 / gib:.2f} GiB "
+          f"({bf16 / available:.2f}x), float32 {2 * bf16 / gib:.2f} GiB", flush=True)
     calib = ([torch.randint(0, VOCAB, (1, 128), generator=torch.Generator().manual_seed(i)) for i in range(2)]
              if args.method == "gptq" else None)
-    start = time.perf_counter()
-    model = quantize_folder(args.folder, WeightQuantConfig("int4", group_size=128, method=args.method), calib)
+    config = WeightQuantConfig("int4", group_size=128, method=args.method)
+    times = [time.perf_counter()]
+    start = times[0]
+    if args.out is None:
+        model = quantize_folder(args.folder, config, calib, prepare=lambda _: times.append(time.perf_counter()))
+    else:
+        from slimkit.io import saving
+
+        with saving(args.out) as writer:
+            model = quantize_folder(args.folder, config, calib, writer=writer,
+                                    prepare=lambda _: times.append(time.perf_counter()))
+            writer.finish(model, companions=args.folder)
     wall = time.perf_counter() - start
     layers = model.config.num_hidden_layers
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
     held = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    per_layer = [b - a for a, b in zip(times, times[1:])]
+    others = per_layer[1:] or per_layer
+    print(f"{args.method}: {layers} layers in {wall:.0f} s ({wall / layers:.1f} s/layer; the first with the model's "
+          f"set-up {per_layer[0]:.1f} s, the others {min(others):.1f}-{max(others):.1f} s); peak RSS {peak / gib:.2f} GiB; float weights: bf16 "
+          f"{bf16 / gib:.2f} GiB, float32 {2 * bf16 / gib:.2f} GiB; held in memory at the end {held / gib:.2f} GiB")
+    if args.out is not None:
+        written = sum(f.stat().st_size for f in args.out.iterdir())
+        print(f"wrote {args.out}: {written / gib:.2f} GiB in {len(list(args.out.glob('model-*.safetensors')))} shards")
+        if args.check_layer is not None:
+            check(args.folder, args.out, args.check_layer, config)
+
+
+def check(folder: Path, out: Path, index: int, config: WeightQuantConfig) -> None:
+    """Load the artifact, run it on 8 tokens, and quantize layer ``index`` alone in memory to compare codes."""
+    import slimkit
+    from safetensors import safe_open
+    from slimkit.quantization.api import quantize
+
     gib = 2 ** 30
-    print(f"{args.method}: {layers} layers in {wall:.0f} s ({wall / layers:.1f} s/layer); peak RSS {peak / gib:.2f} GiB; "
-          f"float weights: bf16 {bf16 / gib:.2f} GiB, float32 {2 * bf16 / gib:.2f} GiB; quantized model held "
-          f"{held / gib:.2f} GiB")
+    start = time.perf_counter()
+    model = slimkit.load(out)
+    print(f"loaded {out} in {time.perf_counter() - start:.0f} s; peak RSS now "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / gib:.2f} GiB", flush=True)
+    with torch.no_grad():
+        logits = model(torch.arange(8)[None]).logits
+    print(f"forward on 8 tokens: logits finite {bool(torch.isfinite(logits).all())}, shape {tuple(logits.shape)}")
+    layer = model.model.layers[index]
+    weight_map = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
+    prefix = f"model.layers.{index}."
+    same = []
+    for name, module in layer.named_modules():
+        if not hasattr(module, "encoded"):
+            continue
+        key = f"{prefix}{name}.weight"
+        with safe_open(folder / weight_map[key], "pt") as f:
+            alone = torch.nn.Sequential(torch.nn.Linear(*reversed(f.get_slice(key).get_shape()), bias=False))
+            alone[0].weight.data = f.get_tensor(key).float()
+        quantize(alone, config)
+        same.append(torch.equal(alone[0].encoded().codes, module.encoded().codes)
+                    and torch.equal(alone[0].encoded().scales(), module.encoded().scales()))
+    print(f"layer {index}: {sum(same)} of {len(same)} Linears have the same codes and scales as quantized alone "
+          "in memory")
+
+
+def _mem_available() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no MemAvailable in /proc/meminfo")
 
 
 if __name__ == "__main__":

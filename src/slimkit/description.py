@@ -23,6 +23,8 @@ from slimkit.untrusted import DTYPES, MAX_DIM, check_shape
 SPARSE_PARTS = {"bitmask": {"mask", "values"}, "csr": {"crow", "col", "values"}}
 _NAME = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+MAX_SHARDS = 10_000
 ALGORITHM = "sha256 of the canonical description"
 _FIELDS = {"format": str, "format_version": int, "architecture": dict, "tensors": dict, "aliases": dict,
            "replaced_modules": dict, "manifest": list, "frozen": list, "masks": dict, "metrics": dict,
@@ -208,22 +210,48 @@ def _clip(value: object) -> str:
 
 def check_integrity(meta: dict, size: int, weights_sha256: str, path: Path) -> None:
     """The weights' SHA-256 always; from format 3 on, the digest over the description too."""
-    weights = path.with_name("model.safetensors")
-    if meta["weights"].get("bytes") != size:
-        raise ArtifactError(f"{weights}: {size} bytes, expected {_clip(meta['weights'].get('bytes'))}; the file is "
+    check_file(meta["weights"], size, weights_sha256, path.with_name("model.safetensors"), path)
+    if meta["format_version"] >= 3:
+        check_digest(meta, path)
+
+
+def check_file(recorded: dict, size: int, sha256: str, file: Path, path: Path) -> None:
+    """A weights file's size and SHA-256 against its record in the description at ``path``."""
+    if recorded.get("bytes") != size:
+        raise ArtifactError(f"{file}: {size} bytes, expected {_clip(recorded.get('bytes'))}; the file is "
                             "truncated or was replaced")
-    recorded = meta["weights"].get("sha256")
-    if not isinstance(recorded, str) or not _HEX64.fullmatch(recorded):
-        raise ArtifactError(f"{path}: weights.sha256 is missing; the weights cannot be verified "
+    expected = recorded.get("sha256")
+    if not isinstance(expected, str) or not _HEX64.fullmatch(expected):
+        raise ArtifactError(f"{path}: the sha256 of {file.name} is missing; the weights cannot be verified "
                             "(re-save the model with slimkit.save)")
-    if recorded != weights_sha256:
-        raise ArtifactError(f"{weights}: checksum mismatch; the file is corrupt or was "
+    if expected != sha256:
+        raise ArtifactError(f"{file}: checksum mismatch; the file is corrupt or was "
                             "changed after saving")
-    if meta["format_version"] < 3:
-        return
+
+
+def check_digest(meta: dict, path: Path) -> None:
+    """The digest over the description (which records every weights file's checksum)."""
     integrity = meta.get("integrity", {})
     if integrity != {"algorithm": ALGORITHM, "sha256": digest(meta)}:
         state = "is missing" if "sha256" not in integrity else "does not match"
         raise ArtifactError(f"{path}: the integrity digest {state}: the description or weights changed after "
                             "saving. If you changed them on purpose, load with slimkit.load(dir, "
                             "check_integrity=False) and save again")
+
+
+def check_shards(meta: dict, path: Path) -> list[dict]:
+    """The ``weights.shards`` list of a sharded artifact (format 4), each entry checked."""
+    shards = meta["weights"].get("shards")
+    if not isinstance(shards, list) or not 0 < len(shards) <= MAX_SHARDS:
+        raise ArtifactError(f"{path}: weights.shards should list 1 to {MAX_SHARDS} weights files")
+    names = set()
+    for i, shard in enumerate(shards):
+        where = f"{path}: weights.shards[{i}]"
+        if not isinstance(shard, dict) or not isinstance(shard.get("file"), str) or not _SHARD.fullmatch(shard["file"]):
+            raise ArtifactError(f"{where}: file should be named like model-00001-of-00002.safetensors")
+        if not isinstance(shard.get("bytes"), int) or isinstance(shard["bytes"], bool) or shard["bytes"] < 8:
+            raise ArtifactError(f"{where}: bytes should be the file's size")
+        if shard["file"] in names:
+            raise ArtifactError(f"{where}: {shard['file']} is listed twice")
+        names.add(shard["file"])
+    return shards

@@ -18,6 +18,8 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -27,22 +29,24 @@ from torch import Tensor, nn
 
 from slimkit import classes, hf
 from slimkit.atomic import clear_stale, locked, replacing_dir
-from slimkit.description import (ALGORITHM, build_config, check_description, check_hf_config, check_integrity,
-                                 check_spec, digest)
+from slimkit.description import (ALGORITHM, build_config, check_description, check_digest, check_file,
+                                 check_hf_config, check_integrity, check_shards, check_spec, digest)
 from slimkit.errors import ArtifactError, SlimkitError, UserInputError
 from slimkit.formats.sparse import decode_sparse, encode_sparse, nonzero_bits
 from slimkit.manifest import get_manifest, set_manifest
 from slimkit.pruning.masks import attach_mask, masks
 from slimkit.pruning.units import restore_widths
-from slimkit.untrusted import build_budget, parse_json, safetensors_header
+from slimkit.untrusted import MAX_HEADER_BYTES, build_budget, parse_json, safetensors_header
 
 FORMAT = "slimkit-artifact"
 # 2: sparse tensors as bitmask or CSR; 3: class names from the allow-list, one digest over description
 # and weights. Versions 1 and 2 still load (weights checksum required, description not covered).
 FORMAT_VERSION = 3
+SHARDED_VERSION = 4  # 4: the weights in several files (``saving``); single-file artifacts are still written as 3
 WEIGHTS_FILE = "model.safetensors"
+SHARD_FILES = "model-*-of-*.safetensors"
 META_FILE = "slimkit.json"
-ARTIFACT_FILES = (WEIGHTS_FILE, META_FILE)
+ARTIFACT_FILES = (WEIGHTS_FILE, META_FILE, SHARD_FILES)
 _warned_unsigned: set[str] = set()
 
 
@@ -59,40 +63,113 @@ def save(model: nn.Module, directory: str | Path, *, metrics: dict | None = None
 
     >>> save(GPT(GPTConfig()), "out/gpt")  # doctest: +SKIP
     """
+    with saving(directory) as writer:
+        writer.finish(model, metrics=metrics, init_args=init_args, companions=companions)
+    return Path(directory)
+
+
+@contextmanager
+def saving(directory: str | Path) -> Iterator[ArtifactWriter]:
+    """An ``ArtifactWriter`` into a temporary folder that replaces ``directory`` atomically after ``finish``.
+
+    For a model that never sits whole in memory: store each finished part as its own shard, drop it,
+    and finish with the rest (``slimkit.quantization.layerwise.quantize_folder_to`` does this).
+
+    >>> with saving("out/big") as writer:  # doctest: +SKIP
+    ...     for i, layer in enumerate(layers):
+    ...         writer.write_part(f"model.layers.{i}", layer)  # then drop the layer's tensors
+    ...     writer.finish(model)  # the model without those layers' tensors
+    """
     directory = Path(directory)
-    architecture = describe_architecture(model, init_args)
-    files, source = hf.provenance(model)  # a Hugging Face model's folder travels with it
-    companions = companions if companions is not None else files
-    tensors, aliases = _unique_tensors(model.state_dict())
-    stored, encodings = _compact(tensors)
-    weights = dump_safetensors(stored, metadata={"format": FORMAT})
-    meta = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "architecture": architecture,
-        "tensors": {name: {"encoding": encodings.get(name, "raw"), "dtype": str(t.dtype).removeprefix("torch."),
-                           "shape": list(t.shape)} for name, t in tensors.items()},
-        "aliases": aliases,
-        "replaced_modules": _replaced_modules(model),
-        "manifest": get_manifest(model),
-        # which parameters training leaves alone (e.g. a LoRA model's frozen base), restored by load
-        "frozen": sorted(name for name, p in model.named_parameters() if not p.requires_grad),
-        "masks": _masks(model),
-        "metrics": {**source, **(metrics or {})},
-        "weights": {"file": WEIGHTS_FILE, "bytes": len(weights), "sha256": hashlib.sha256(weights).hexdigest()},
-    }
-    try:
-        meta = json.loads(json.dumps(meta, allow_nan=False))  # the digest covers exactly what load parses
-    except (TypeError, ValueError) as exc:
-        raise UserInputError(f"cannot save to {directory}: metrics and records must be finite JSON values "
-                             f"({exc})") from None
-    meta["integrity"] = {"algorithm": ALGORITHM, "sha256": digest(meta)}
     with locked(directory), replacing_dir(clear_stale(directory), owned=ARTIFACT_FILES + hf.COMPANIONS) as tmp:
-        (tmp / WEIGHTS_FILE).write_bytes(weights)
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        writer = ArtifactWriter(tmp, directory)
+        yield writer
+        if not writer.finished:
+            raise RuntimeError(f"nothing was saved to {directory}: ArtifactWriter.finish was not called")
+
+
+class ArtifactWriter:
+    """Writes one artifact's files into a folder. Without parts: model.safetensors (format 3). With
+    parts (``write_part``, each a submodule's tensors stored at once): one shard per part plus one
+    for the rest, ``model-00001-of-000NN.safetensors`` ..., each with its size and SHA-256 in
+    slimkit.json (format 4). Tensors tied across parts are stored once per part."""
+
+    def __init__(self, folder: Path, directory: Path) -> None:
+        self._folder, self._directory = folder, directory
+        self._shards: list[dict] = []  # {"file", "bytes", "sha256"}, in order
+        self._prefixes: list[str] = []
+        self._records: dict = {"tensors": {}, "aliases": {}, "replaced_modules": {}, "frozen": [], "masks": {}}
+        self.finished = False
+
+    def write_part(self, name: str, module: nn.Module) -> None:
+        """Store the tensors of ``module``, the submodule ``name`` of the model, as one shard now."""
+        prefix = f"{name}."
+        if any(prefix.startswith(p) or p.startswith(prefix) for p in self._prefixes):
+            raise ValueError(f"part {name!r} overlaps a part already written")
+        weights = self._record(module, prefix)
+        file = f"part-{len(self._shards)}"  # renamed model-...-of-... once the count is known
+        (self._folder / file).write_bytes(weights)
+        self._shards.append({"file": file, "bytes": len(weights), "sha256": hashlib.sha256(weights).hexdigest()})
+        self._prefixes.append(prefix)
+
+    def finish(self, model: nn.Module, *, metrics: dict | None = None, init_args: dict | None = None,
+               companions: str | Path | None = None) -> None:
+        """Store ``model``'s tensors outside the parts already written and the description."""
+        architecture = describe_architecture(model, init_args)
+        files, source = hf.provenance(model)  # a Hugging Face model's folder travels with it
+        companions = companions if companions is not None else files
+        weights = self._record(model, "")
+        records = self._records
+        meta = {
+            "format": FORMAT,
+            "format_version": SHARDED_VERSION if self._shards else FORMAT_VERSION,
+            "architecture": architecture,
+            **{key: records[key] for key in ("tensors", "aliases", "replaced_modules", "masks")},
+            "manifest": get_manifest(model),
+            # which parameters training leaves alone (e.g. a LoRA model's frozen base), restored by load
+            "frozen": sorted(records["frozen"]),
+            "metrics": {**source, **(metrics or {})},
+            "weights": self._write_weights(weights),
+        }
+        try:
+            meta = json.loads(json.dumps(meta, allow_nan=False))  # the digest covers exactly what load parses
+        except (TypeError, ValueError) as exc:
+            raise UserInputError(f"cannot save to {self._directory}: metrics and records must be finite JSON values ({exc})") from None
+        meta["integrity"] = {"algorithm": ALGORITHM, "sha256": digest(meta)}
+        (self._folder / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if companions is not None:
-            hf.copy_companions(companions, tmp)
-    return directory
+            hf.copy_companions(companions, self._folder)
+        self.finished = True
+
+    def _write_weights(self, weights: bytes) -> dict:
+        if not self._shards:
+            (self._folder / WEIGHTS_FILE).write_bytes(weights)
+            return {"file": WEIGHTS_FILE, "bytes": len(weights), "sha256": hashlib.sha256(weights).hexdigest()}
+        last = "part-last"
+        (self._folder / last).write_bytes(weights)
+        shards = [*self._shards, {"file": last, "bytes": len(weights), "sha256": hashlib.sha256(weights).hexdigest()}]
+        for i, shard in enumerate(shards):
+            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            (self._folder / shard["file"]).rename(self._folder / name)
+            shard["file"] = name
+        return {"shards": shards}
+
+    def _record(self, module: nn.Module, prefix: str) -> bytes:
+        """Describe ``module``'s tensors (named ``prefix`` + name) not in a written part; their safetensors bytes."""
+        def new(name: str) -> bool:
+            return not any(name.startswith(p) for p in self._prefixes)
+
+        tensors, aliases = _unique_tensors({prefix + k: v for k, v in module.state_dict().items() if new(prefix + k)})
+        stored, encodings = _compact(tensors)
+        records = self._records
+        records["tensors"].update({name: {"encoding": encodings.get(name, "raw"),
+                                          "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
+                                   for name, t in tensors.items()})
+        records["aliases"].update(aliases)
+        records["replaced_modules"].update({prefix + n: r for n, r in _replaced_modules(module).items() if new(prefix + n)})
+        records["frozen"] += [prefix + n for n, p in module.named_parameters() if not p.requires_grad and new(prefix + n)]
+        records["masks"].update({prefix + n: r for n, r in _masks(module).items() if new(prefix + n)})
+        return dump_safetensors(stored, metadata={"format": FORMAT})
 
 
 def load(directory: str | Path, *, check_integrity: bool = True) -> nn.Module:
@@ -126,16 +203,40 @@ def _load(directory: Path, check_integrity: bool) -> nn.Module:
             f"{directory}: neither a slimkit artifact ({META_FILE} missing) nor a Hugging Face "
             "model folder (config.json missing)"
         )
-    meta_bytes, weights = _read_files(directory)
+    # every file is read through one handle on the folder, so all come from the same save even while
+    # another save swaps a new folder in (retried when that save removed the old one)
+    for attempt in range(3):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            return _load_at(directory, fd, check_integrity)
+        except FileNotFoundError as exc:
+            if attempt == 2:
+                raise ArtifactError(f"{directory / str(exc.filename)}: missing; the artifact is incomplete") from None
+        except OSError as exc:
+            raise ArtifactError(f"{directory}: cannot be read ({exc.strerror})") from None
+        finally:
+            os.close(fd)
+    raise AssertionError("unreachable")
+
+
+def _load_at(directory: Path, fd: int, check_integrity: bool) -> nn.Module:
     path = directory / META_FILE
-    meta = parse_meta(meta_bytes, path)
-    if check_integrity:
-        check_integrity_of(meta, weights, path)
-    header = safetensors_header(weights, directory / WEIGHTS_FILE)
-    check_description(meta, header, len(weights), path)
-    with build_budget(64 * len(weights) + (1 << 24), 16 * len(header) + 256, path):
+    meta = parse_meta(_read_at(fd, META_FILE), path)
+    files = _weights_files(meta, fd, directory, check_integrity)
+    header, total = {}, 0
+    for name, (file_header, size, _) in files.items():
+        clash = next((t for t in file_header if t in header), None)
+        if clash is not None:
+            raise ArtifactError(f"{directory / name}: tensor {clash[:100]!r} is also in another weights file")
+        header.update(file_header)
+        total += size
+    check_description(meta, header, total, path)
+    with build_budget(64 * total + (1 << 24), 16 * len(header) + 256, path):
         _check_built(_build(meta, path), meta, path)
-    state = _expand(_parse_weights(weights, directory / WEIGHTS_FILE), meta["tensors"], directory / WEIGHTS_FILE)
+    stored: dict[str, Tensor] = {}
+    for name, (file_header, _, read) in files.items():
+        stored.update(_parse_weights(read(), directory / name))  # one file's bytes at a time
+    state = _expand(stored, meta["tensors"], directory / WEIGHTS_FILE)
     model = _build(meta, path)
     aliases = meta.get("aliases", {})
     for alias, canonical in aliases.items():
@@ -149,6 +250,39 @@ def _load(directory: Path, check_integrity: bool) -> nn.Module:
     set_manifest(model, meta.get("manifest", []))
     hf.remember_source(model, directory, meta.get("metrics", {}).get("source"))
     return model.eval()
+
+
+def _weights_files(meta: dict, fd: int, directory: Path, check_integrity: bool) -> dict[str, tuple]:
+    """{file name: (its checked header, its size, a function returning its checked bytes)}."""
+    path = directory / META_FILE
+    if meta["format_version"] < SHARDED_VERSION:
+        weights = _read_at(fd, WEIGHTS_FILE)
+        if check_integrity:
+            check_integrity_of(meta, weights, path)
+        return {WEIGHTS_FILE: (safetensors_header(weights, directory / WEIGHTS_FILE), len(weights), lambda: weights)}
+    if not isinstance(meta.get("weights"), dict):
+        raise ArtifactError(f"{path}: field 'weights' is missing; the weights cannot be verified")
+    if check_integrity:
+        check_digest(meta, path)  # the description records every shard's checksum
+    files = {}
+    for shard in check_shards(meta, path):
+        name, file = shard["file"], directory / shard["file"]
+        with open(name, "rb", opener=lambda p, flags: os.open(p, flags, dir_fd=fd)) as f:
+            size = os.fstat(f.fileno()).st_size
+            length = f.read(8)
+            head = length + f.read(min(MAX_HEADER_BYTES, int.from_bytes(length, "little")))  # checked below
+        header = safetensors_header(head, file, size)
+
+        def read(shard=shard, file=file, header=header) -> bytes:
+            data = _read_at(fd, shard["file"])
+            if check_integrity:
+                check_file(shard, len(data), hashlib.sha256(data).hexdigest(), file, path)
+            if safetensors_header(data, file) != header:
+                raise ArtifactError(f"{file}: changed while it was being loaded")
+            return data
+
+        files[name] = (header, size, read)
+    return files
 
 
 def read_meta(directory: str | Path) -> dict:
@@ -171,9 +305,9 @@ def parse_meta(data: bytes, path: Path) -> dict:
     version = meta.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ArtifactError(f"{path}: format_version {str(version)[:20]} is not a version number; the file is corrupt")
-    if version > FORMAT_VERSION:
+    if version > SHARDED_VERSION:
         raise ArtifactError(f"{path}: format version {version} is newer than this slimkit reads "
-                            f"({FORMAT_VERSION}); upgrade slimkit")
+                            f"({SHARDED_VERSION}); upgrade slimkit")
     return meta
 
 
@@ -187,7 +321,7 @@ def check_integrity_of(meta: dict, weights: bytes, path: Path) -> None:
         _warned_unsigned.add(str(path))
         warnings.warn(f"{path}: a format {meta['format_version']} artifact: its weights are verified, its "
                       "description is not; re-save it (slimkit.save(slimkit.load(dir), new_dir)) to cover both",
-                      stacklevel=3)
+                      stacklevel=6)
 
 
 def artifact_bytes(directory: str | Path) -> int:
@@ -362,23 +496,6 @@ def _retie(model: nn.Module, aliases: dict[str, str]) -> None:
         owner_name, _, leaf = alias.rpartition(".")
         owner = model.get_submodule(owner_name)
         setattr(owner, leaf, params[canonical] if canonical in params else model.get_buffer(canonical))
-
-
-def _read_files(directory: Path) -> tuple[bytes, bytes]:
-    """slimkit.json and model.safetensors read through one handle on the folder, so both come from the
-    same save even while another save swaps a new folder in (retried when that save removed the old one)."""
-    for attempt in range(3):
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            return _read_at(fd, META_FILE), _read_at(fd, WEIGHTS_FILE)
-        except FileNotFoundError as exc:
-            if attempt == 2:
-                raise ArtifactError(f"{directory / exc.filename}: missing; the artifact is incomplete") from None
-        except OSError as exc:
-            raise ArtifactError(f"{directory}: cannot be read ({exc.strerror})") from None
-        finally:
-            os.close(fd)
-    raise AssertionError("unreachable")
 
 
 def _read_at(fd: int, name: str) -> bytes:

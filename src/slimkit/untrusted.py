@@ -82,19 +82,22 @@ def check_depth(value: object, path: Path) -> None:
         stack.extend((child, depth + 1) for child in children)
 
 
-def safetensors_header(data: bytes, path: Path) -> dict[str, dict]:
+def safetensors_header(data: bytes, path: Path, size: int | None = None) -> dict[str, dict]:
     """{name: {"dtype": torch dtype name, "shape": [...]}} of the safetensors file ``data``, every entry
-    checked: known dtype, sane shape, byte range inside the file and matching dtype x shape, no overlaps."""
-    if len(data) < 8:
-        raise ArtifactError(f"{path}: {len(data)} bytes, too short for a safetensors file; the file is truncated")
+    checked: known dtype, sane shape, byte range inside the file and matching dtype x shape, no overlaps.
+
+    ``size``: the file's size when ``data`` holds only its beginning (at least the header)."""
+    size = len(data) if size is None else size
+    if size < 8 or len(data) < 8:
+        raise ArtifactError(f"{path}: {size} bytes, too short for a safetensors file; the file is truncated")
     (length,) = struct.unpack("<Q", data[:8])
-    if length > min(MAX_HEADER_BYTES, len(data) - 8):
-        raise ArtifactError(f"{path}: header claims {length} bytes, the file has {len(data)}; truncated or corrupt")
+    if length > min(MAX_HEADER_BYTES, size - 8) or len(data) < 8 + length:
+        raise ArtifactError(f"{path}: header claims {length} bytes, the file has {size}; truncated or corrupt")
     header = parse_json(data[8:8 + length], path)
     if not isinstance(header, dict):
         raise ArtifactError(f"{path}: the safetensors header is not a JSON object")
     header.pop("__metadata__", None)
-    body = len(data) - 8 - length
+    body = size - 8 - length
     tensors, spans = {}, []
     for name, entry in header.items():
         where = f"{path}: tensor {name[:100]!r}"

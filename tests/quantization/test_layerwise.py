@@ -43,6 +43,31 @@ def test_same_codes_as_whole_model_in_memory(folder, method):
         {e["layer"] for e in get_manifest(whole) if "skipped" not in e}
 
 
+@torch.no_grad()
+def test_written_layer_by_layer_the_artifact_holds_the_same_codes_and_no_layer_stays_in_memory(folder, tmp_path):
+    import slimkit
+    from slimkit.io import read_meta, saving
+
+    config = WeightQuantConfig("int4", group_size=32, method="rtn")
+    in_memory = quantize_folder(folder, config)
+    seen = []
+    with saving(tmp_path / "q") as writer:
+        rest = quantize_folder(folder, config, writer=writer, prepare=lambda layer: seen.append(type(layer).__name__))
+        assert all(not list(layer.parameters()) for layer in rest.model.layers)  # dropped once written
+        writer.finish(rest, companions=folder)
+    assert seen == ["LlamaDecoderLayer", "LlamaDecoderLayer"]
+    shards = read_meta(tmp_path / "q")["weights"]["shards"]
+    assert [s["file"] for s in shards] == [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
+    assert (tmp_path / "q" / "config.json").exists()  # the folder's companions travel with it
+    got = slimkit.load(tmp_path / "q")
+    assert got.state_dict().keys() == in_memory.state_dict().keys()
+    for name, tensor in in_memory.state_dict().items():
+        assert torch.equal(got.state_dict()[name], tensor), name
+    ids = torch.randint(0, 128, (1, 12))
+    assert torch.equal(got(ids).logits, in_memory(ids).logits)
+    assert get_manifest(got) == get_manifest(in_memory)
+
+
 def test_refuses_before_reading_when_a_layer_does_not_fit(folder):
     with pytest.raises(UserInputError) as info:
         quantize_folder(folder, WeightQuantConfig("int4", method="rtn"), available_bytes=lambda: 100_000)

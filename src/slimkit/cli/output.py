@@ -20,7 +20,7 @@ from slimkit.atomic import check_replaceable, locked
 from slimkit.errors import UserInputError
 
 # files slimkit writes into an artifact folder (the saved model, prune's sensitivity plot)
-ARTIFACT_FILES = ("model.safetensors", "slimkit.json", "sensitivity.png")
+ARTIFACT_FILES = ("model.safetensors", "model-*-of-*.safetensors", "slimkit.json", "sensitivity.png")
 _held = ExitStack()
 
 

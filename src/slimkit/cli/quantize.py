@@ -123,7 +123,7 @@ def _layerwise(config, args) -> int:
 
     from slimkit.errors import UserInputError
     from slimkit.hf import folder_architecture
-    from slimkit.io import save
+    from slimkit.io import saving
     from slimkit.models.hf_tasks import hf_task
     from slimkit.quantization.layerwise import quantize_folder
     from slimkit.quantization.paths import choose_paths
@@ -132,20 +132,28 @@ def _layerwise(config, args) -> int:
     if args.activations or not (folder / "config.json").is_file() or args.calib:
         raise UserInputError("--layerwise quantizes the weights of a Hugging Face causal LM folder (config.json and "
                              "safetensors) on its own text or --data; drop --activations and --calib")
+    import transformers
+
+    hf_config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
     calib = None
     if config.needs_calibration:
-        import transformers
-
-        hf_config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
         with torch.device("meta"):  # the task needs the model's kind and config only: no weights are read
             shell = getattr(transformers, folder_architecture(folder))(hf_config)
         calib = hf_task(shell, folder, args.task, args.data).calibration(config.calibration_batches)
-    model = quantize_folder(folder, config, calib)
-    if not args.keep_dequant:
-        choose_paths(model, memory_budget=args.memory_budget, threads=args.threads)
-    save(model, args.out, metrics={"quantize": config.to_dict(), "layerwise": True, "source": str(folder.resolve())},
-         companions=folder)
-    print(f"wrote {args.out} (layer by layer; measure it against the float model with: slimkit eval {args.out})")
+    budget = args.memory_budget  # a fraction holds for each layer; bytes are shared among the layers
+    if isinstance(budget, int):
+        budget //= max(1, getattr(hf_config, "num_hidden_layers", 1))
+
+    def prepare(layer):
+        if not args.keep_dequant:
+            choose_paths(layer, memory_budget=budget, threads=args.threads)
+
+    with saving(args.out) as writer:  # each layer is written as its own shard once quantized, then dropped
+        rest = quantize_folder(folder, config, calib, writer=writer, prepare=prepare)
+        writer.finish(rest, metrics={"quantize": config.to_dict(), "layerwise": True,
+                                     "source": str(folder.resolve())}, companions=folder)
+    print(f"wrote {args.out} (layer by layer, one shard per layer; measure it against the float model with: "
+          f"slimkit eval {args.out})")
     return 0
 
 

@@ -4,20 +4,28 @@ For models whose float weights do not fit in memory. The model is built on the m
 float copy); the tensors outside the decoder layers (embeddings, final norm, head) are read from
 the safetensors shards, then each decoder layer is read alone in float32, calibrated on the
 outputs of the layers before it (already quantized, GPTQ's sequential mode), quantized, and
-kept in its packed form; its float weights are dropped before the next layer is read. Peak memory
-is the packed model plus one float32 layer and its calibration statistics. The codes equal those
-of ``slimkit.quantize`` on the whole model loaded in memory (tested on a small Llama).
+kept in its packed form, or written to its own shard of the artifact and dropped (``writer=``).
+Its float weights are dropped before the next layer is read. Peak memory is one float32 layer
+and its calibration statistics, plus the packed model when it is kept. The codes equal those of
+``slimkit.quantize`` on the whole model loaded in memory (tested on a small Llama).
 
 >>> model = quantize_folder("llama-folder", WeightQuantConfig("int4", method="gptq"), calib)  # doctest: +SKIP
 >>> slimkit.save(model, "llama-int4")  # doctest: +SKIP
+
+A model whose quantized form does not fit in memory either is written layer by layer, one shard each:
+
+>>> with slimkit.io.saving("llama-int4") as writer:  # doctest: +SKIP
+...     rest = quantize_folder("llama-folder", WeightQuantConfig("int4"), writer=writer)
+...     writer.finish(rest, companions="llama-folder")
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from safetensors import safe_open
@@ -34,16 +42,39 @@ _FLOAT32 = 4  # bytes
 
 
 def quantize_folder(folder: str | Path, config: WeightQuantConfig, calib: list[Tensor] | None = None, *,
+                    writer: PartWriter | None = None, prepare: Callable[[nn.Module], None] | None = None,
                     available_bytes: Callable[[], int] | None = None) -> nn.Module:
     """The causal LM in ``folder`` with every decoder layer's Linears quantized by ``config``.
 
     ``calib``: token-id tensors (B, T) for gptq/awq. The embeddings, final norm and head stay
     float. Refuses before reading any weight when one layer's float32 weights and statistics
     exceed the available memory (``available_bytes``, default MemAvailable of /proc/meminfo).
+    ``prepare(layer)`` runs on each quantized layer (e.g. ``choose_paths``). With ``writer`` (from
+    ``slimkit.io.saving``) each layer is written as its own shard as soon as it is quantized and
+    dropped, so the quantized model never sits whole in memory either: the returned model then
+    lacks those layers, and ``writer.finish(model, companions=folder)`` completes the artifact.
     """
+    model, layers = _layer_by_layer(Path(folder), config, calib, available_bytes)
+    for name, layer in layers:
+        if prepare is not None:
+            prepare(layer)
+            _lift_manifest(model, layer, name)
+        if writer is not None:
+            writer.write_part(name, layer)
+            model.set_submodule(name, nn.Module())  # its tensors are on disk: free them now
+    return model
+
+
+class PartWriter(Protocol):
+    def write_part(self, name: str, module: nn.Module) -> None: ...
+
+
+def _layer_by_layer(folder: Path, config: WeightQuantConfig, calib: list[Tensor] | None,
+                    available_bytes: Callable[[], int] | None) -> tuple[nn.Module, Iterator[tuple[str, nn.Module]]]:
+    """The model (decoder layers still on the meta device) and an iterator that quantizes its layers in
+    order, yielding (name, layer) once the layer is quantized and the next layer's inputs are computed."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    folder = Path(folder)
     tensors = _tensor_files(folder)
     hf_config = AutoConfig.from_pretrained(folder, local_files_only=True)
     with torch.device("meta"):
@@ -53,22 +84,31 @@ def quantize_folder(folder: str | Path, config: WeightQuantConfig, calib: list[T
     _materialize(model, {k: f for k, f in tensors.items() if not k.startswith(f"{blocks_name}.")},
                  skip=f"{blocks_name}.")
     chosen = _choose(model, blocks_name, config)
-    inputs = _first_block_inputs(model, blocks[0], calib) if calib is not None else None
-    for i in progress(range(len(blocks)), total=len(blocks), desc=f"layer by layer ({config.method} "
-                      f"{config.format})", unit="layer"):
-        prefix = f"{blocks_name}.{i}."
-        block = blocks[i]
-        _materialize(block, {k: f for k, f in tensors.items() if k.startswith(prefix)}, prefix)
-        local = tuple(name[len(prefix):] for name in chosen if name.startswith(prefix))
-        if local:  # full-name patterns chosen on the whole model, passed to the block as its local names
-            quantize(block, replace(config, include=local, exclude=()), calib=inputs)
-        for entry in get_manifest(block):
-            add_entry(model, {**entry, "layer": prefix + entry["layer"]})
-        set_manifest(block, [])
-        if inputs is not None and i + 1 < len(blocks):
-            with torch.no_grad():
-                inputs = [{**batch, "hidden_states": _hidden(block(**batch))} for batch in inputs]
-    return model
+
+    def layers() -> Iterator[tuple[str, nn.Module]]:
+        inputs = _first_block_inputs(model, blocks[0], calib) if calib is not None else None
+        for i in progress(range(len(blocks)), total=len(blocks), desc=f"layer by layer ({config.method} "
+                          f"{config.format})", unit="layer"):
+            prefix = f"{blocks_name}.{i}."
+            block = blocks[i]
+            _materialize(block, {k: f for k, f in tensors.items() if k.startswith(prefix)}, prefix)
+            local = tuple(name[len(prefix):] for name in chosen if name.startswith(prefix))
+            if local:  # full-name patterns chosen on the whole model, passed to the block as its local names
+                quantize(block, replace(config, include=local, exclude=()), calib=inputs)
+            _lift_manifest(model, block, prefix[:-1])
+            if inputs is not None and i + 1 < len(blocks):
+                with torch.no_grad():
+                    inputs = [{**batch, "hidden_states": _hidden(block(**batch))} for batch in inputs]
+            yield prefix[:-1], block
+
+    return model, layers()
+
+
+def _lift_manifest(model: nn.Module, block: nn.Module, name: str) -> None:
+    """Move ``block``'s manifest entries to ``model``'s, under the block's full name."""
+    for entry in get_manifest(block):
+        add_entry(model, {**entry, "layer": f"{name}.{entry['layer']}"})
+    set_manifest(block, [])
 
 
 def _choose(model: nn.Module, blocks_name: str, config: WeightQuantConfig) -> list[str]:

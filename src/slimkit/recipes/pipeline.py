@@ -26,7 +26,7 @@ from slimkit.recipes.recipe import Recipe, Step
 from slimkit.recipes.steps import apply_step
 
 STEPS_DIR, MODEL_DIR = "steps", "model"
-ARTIFACT_FILES = ("model.safetensors", "slimkit.json")
+ARTIFACT_FILES = ("model.safetensors", "model-*-of-*.safetensors", "slimkit.json")
 
 
 class StepFailed(SlimkitError):
