@@ -75,8 +75,13 @@ def main(argv=None) -> None:
     parser.add_argument("--mlp", type=int, default=5632)
     parser.add_argument("--method", choices=["rtn", "gptq"], default="rtn")
     parser.add_argument("--out", type=Path, help="write the artifact layer by layer here (one shard per layer)")
-    parser.add_argument("--check-layer", type=int, help="with --out: load it back and compare this layer's codes")
+    parser.add_argument("--check-layer", type=int, help="with --out: load it back (in a fresh process, so that its "
+                        "peak RSS is the load's own) and compare this layer's codes")
+    parser.add_argument("--check-only", action="store_true", help="only the --check-layer step, on an existing --out")
     args = parser.parse_args(argv)
+    config = WeightQuantConfig("int4", group_size=128, method=args.method)
+    if args.check_only:
+        return check(args.folder, args.out, args.check_layer, config)
     gib = 2 ** 30
     if not (args.folder / "model.safetensors.index.json").exists():
         start = time.perf_counter()
@@ -89,7 +94,6 @@ def main(argv=None) -> None:
           f"({bf16 / available:.2f}x), float32 {2 * bf16 / gib:.2f} GiB", flush=True)
     calib = ([torch.randint(0, VOCAB, (1, 128), generator=torch.Generator().manual_seed(i)) for i in range(2)]
              if args.method == "gptq" else None)
-    config = WeightQuantConfig("int4", group_size=128, method=args.method)
     times = [time.perf_counter()]
     start = times[0]
     if args.out is None:
@@ -114,7 +118,13 @@ def main(argv=None) -> None:
         written = sum(f.stat().st_size for f in args.out.iterdir())
         print(f"wrote {args.out}: {written / gib:.2f} GiB in {len(list(args.out.glob('model-*.safetensors')))} shards")
         if args.check_layer is not None:
-            check(args.folder, args.out, args.check_layer, config)
+            import multiprocessing
+
+            child = multiprocessing.get_context("spawn").Process(
+                target=check, args=(args.folder, args.out, args.check_layer, config))
+            child.start()
+            child.join()
+            print(f"check process exit code {child.exitcode}")
 
 
 def check(folder: Path, out: Path, index: int, config: WeightQuantConfig) -> None:
@@ -124,6 +134,7 @@ def check(folder: Path, out: Path, index: int, config: WeightQuantConfig) -> Non
     from slimkit.quantization.api import quantize
 
     gib = 2 ** 30
+    torch.set_num_threads(2)
     start = time.perf_counter()
     model = slimkit.load(out)
     print(f"loaded {out} in {time.perf_counter() - start:.0f} s; peak RSS now "

@@ -134,7 +134,8 @@ class ArtifactWriter:
         try:
             meta = json.loads(json.dumps(meta, allow_nan=False))  # the digest covers exactly what load parses
         except (TypeError, ValueError) as exc:
-            raise UserInputError(f"cannot save to {self._directory}: metrics and records must be finite JSON values ({exc})") from None
+            raise UserInputError(f"cannot save to {self._directory}: metrics and records must be finite JSON "
+                                 f"values ({exc})") from None
         meta["integrity"] = {"algorithm": ALGORITHM, "sha256": digest(meta)}
         (self._folder / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if companions is not None:
@@ -166,9 +167,11 @@ class ArtifactWriter:
                                           "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
                                    for name, t in tensors.items()})
         records["aliases"].update(aliases)
-        records["replaced_modules"].update({prefix + n: r for n, r in _replaced_modules(module).items() if new(prefix + n)})
-        records["frozen"] += [prefix + n for n, p in module.named_parameters() if not p.requires_grad and new(prefix + n)]
-        records["masks"].update({prefix + n: r for n, r in _masks(module).items() if new(prefix + n)})
+        replaced, masked = _replaced_modules(module), _masks(module)
+        records["replaced_modules"].update({prefix + n: r for n, r in replaced.items() if new(prefix + n)})
+        records["frozen"] += [prefix + n for n, p in module.named_parameters()
+                              if not p.requires_grad and new(prefix + n)]
+        records["masks"].update({prefix + n: r for n, r in masked.items() if new(prefix + n)})
         return dump_safetensors(stored, metadata={"format": FORMAT})
 
 
@@ -237,7 +240,7 @@ def _load_at(directory: Path, fd: int, check_integrity: bool) -> nn.Module:
     for name, (file_header, _, read) in files.items():
         stored.update(_parse_weights(read(), directory / name))  # one file's bytes at a time
     state = _expand(stored, meta["tensors"], directory / WEIGHTS_FILE)
-    model = _build(meta, path)
+    model = _build_unfilled(meta, path)
     aliases = meta.get("aliases", {})
     for alias, canonical in aliases.items():
         state[alias] = state[canonical]
@@ -376,6 +379,20 @@ def _build(meta: dict, path: Path) -> nn.Module:
     _rebuild_replaced_modules(model, meta.get("replaced_modules", {}), path)
     restore_widths(model)  # a pruned GPT-2 attention's split width follows its rebuilt c_attn
     return model
+
+
+def _build_unfilled(meta: dict, path: Path) -> nn.Module:
+    """``_build`` for loading: a transformers model's constructor allocates its float weights without
+    filling them (untouched pages cost no memory) since the stored tensors replace every one, so a
+    quantized model loads in about its stored size, not its float size."""
+    if meta["architecture"].get("kind") != "transformers":
+        return _build(meta, path)  # slimkit's and registered models: small, built as they are
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4
+        from transformers.modeling_utils import no_init_weights
+    with no_init_weights():
+        return _build(meta, path)
 
 
 def _check_built(model: nn.Module, meta: dict, path: Path) -> None:

@@ -45,8 +45,10 @@ def describe(module: nn.Module) -> dict:
 
 
 def empty(description: dict) -> EncodedTensor:
-    """An EncodedTensor of zeros with the described shapes, for ``load_state_dict`` to fill."""
-    tensors = {n: torch.zeros(t["shape"], dtype=getattr(torch, t["dtype"]))
+    """An EncodedTensor with the described shapes, for ``load_state_dict`` to fill: its parts are allocated but
+    not written (untouched pages cost no memory until loading replaces them), so a model's quantized layers
+    do not take their size twice while it loads."""
+    tensors = {n: torch.empty(t["shape"], dtype=getattr(torch, t["dtype"]))
                for n, t in description["tensors"].items()}
     encoded = EncodedTensor.from_parts(description["meta"], tensors)
     probe = EncodedTensor.from_parts(description["meta"], {n: t.to("meta") for n, t in tensors.items()})
