@@ -56,12 +56,13 @@ class PrunedSelfAttention(nn.Module):
         self.qkv = nn.Linear(n_embd, 3 * n_head * head_dim)
         self.proj = nn.Linear(n_head * head_dim, n_embd)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+        """``attn_mask`` and ``is_causal`` as timm's Attention takes them (its Block passes them by keyword)."""
         B, T, _ = x.shape
         width = self.n_head * self.head_dim
         # (B, T, width) -> (B, heads, T, head_dim)
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in self.qkv(x).split(width, dim=2))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal,
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=self.causal or is_causal,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, T, width))
 
