@@ -54,3 +54,25 @@ def test_layer_speed_against_its_float_layer_is_timed_in_pairs_and_shown_with_it
     record = dataclasses.replace(_record("mlp-int8", "mlp"), notes=notes)
     assert "| 0 | rest: dequant | 0.90 (0.50–1.20) noisy |" in layer_speed_sections([record])
     assert "layers 0 noisy" in noisy_notes([_record("mlp"), record])[0]
+
+
+def test_layers_the_path_choice_timed_as_one_are_paired_once(monkeypatch):
+    """A decoder repeats each layer per block: its per-layer pairs are timed once per shape, not per layer."""
+    import slimkit.evaluation as evaluation
+    from slimkit import WeightQuantConfig, quantize
+    from slimkit.models import GPT, GPTConfig
+    from slimkit.quantization.paths import choose_paths
+
+    model = quantize(GPT(GPTConfig(n_layer=3)).eval(), WeightQuantConfig("int8", group_size=None))
+    choose_paths(model, probe_rows=(1,), runs=5, rounds=1, threads=1)
+    timed = []
+    monkeypatch.setattr(evaluation, "layer_speedups", lambda layer, rows, threads: timed.append(layer) or {
+        "1": {"median": 1.0, "q1": 1.0, "q3": 1.0, "noisy": False}})
+    layers = evaluation._layer_notes(model, threads=1, paired=True)["layers"]
+    assert len(layers) == 3 * len(timed)  # one timing per kind of layer of the 3 identical blocks
+    assert len({(m.in_features, m.out_features) for m in timed}) == len(timed)
+    first = {layer["layer"].split(".", 2)[-1]: layer for layer in layers if layer["layer"].startswith("blocks.0.")}
+    for layer in layers:
+        if not layer["layer"].startswith("blocks.0."):
+            twin = first[layer["layer"].split(".", 2)[-1]]
+            assert layer["paired_as"] == twin["layer"] and layer["paired_vs_float"] is twin["paired_vs_float"]

@@ -95,16 +95,24 @@ def _check_finite(model: nn.Module) -> None:
 
 def _layer_notes(model: nn.Module, threads: int, paired: bool) -> dict:
     """Per-layer execution-path choices recorded in the manifest, for the report's per-layer table; when
-    ``paired``, each layer's speed against its float layer timed again now, in pairs, with its spread."""
+    ``paired``, each layer's speed against its float layer timed again now, in pairs, with its spread
+    (once per group of layers the path choice timed as one, e.g. a decoder's repeated blocks:
+    ``paired_as`` names the layer timed)."""
     from slimkit.manifest import get_manifest
     from slimkit.quantization.paths import TECHNIQUE as PATH_CHOICE
 
-    layers = [{"layer": e["layer"], "paths": e["paths"], "speedup_vs_float": e["speedup_vs_float"]}
-              for e in get_manifest(model) if e.get("technique") == PATH_CHOICE]
+    entries = [e for e in get_manifest(model) if e.get("technique") == PATH_CHOICE]
+    layers = [{"layer": e["layer"], "paths": e["paths"], "speedup_vs_float": e["speedup_vs_float"]} for e in entries]
     if paired:
-        for layer in layers:
+        timed: dict = {}  # layers the path choice timed as one (same shapes and encoding), on the same paths
+        for layer, entry in zip(layers, entries):
+            key = (entry.get("timed_as", entry["layer"]), str(entry["paths"]))
+            if key in timed:
+                layer["paired_vs_float"], layer["paired_as"] = timed[key]
+                continue
             rows = [int(n) for n in layer["speedup_vs_float"]]
             layer["paired_vs_float"] = layer_speedups(model.get_submodule(layer["layer"]), rows, threads)
+            timed[key] = layer["paired_vs_float"], layer["layer"]
     return {"layers": layers} if layers else {}
 
 

@@ -121,7 +121,8 @@ def layer_speed_sections(records: list[EvalRecord]) -> list[str]:
             paired = layer.get("paired_vs_float")
             cells = [_spread(paired[n]) if paired else f"{layer['speedup_vs_float'][n][_path_at(layer['paths'], int(n))]:.2f}"
                      for n in sizes]
-            lines.append(f"| {layer['layer']} | {paths} | " + " | ".join(cells) + " |")
+            name = layer["layer"] + (f" (timed as {layer['paired_as']})" if "paired_as" in layer else "")
+            lines.append(f"| {name} | {paths} | " + " | ".join(cells) + " |")
     return lines
 
 

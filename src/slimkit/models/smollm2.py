@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from torch import nn
+from torch import Tensor, nn
 
 from slimkit.errors import MissingDependencyError
 
@@ -50,15 +50,30 @@ def folder(cache_root: Path) -> Path:
 
 
 def _convert(source: Path, target: Path) -> None:
-    """Dequantize the GGUF with transformers and write the folder in a temporary directory renamed into place."""
+    """Write the float folder in a temporary directory renamed into place: transformers' config and
+    tokenizer from the GGUF, the weights dequantized by slimkit's own GGUF import (bit-equal to the gguf
+    package's dequantization, which transformers uses, and several times faster)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name)
+    from slimkit.deployment.imports import load_gguf
+
+    config = AutoConfig.from_pretrained(source.parent, gguf_file=source.name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights are plain float
+    imported = load_gguf(source)
+    with _no_init():  # every weight is loaded below: skip initialising 135M random values
+        model = AutoModelForCausalLM.from_config(config).eval()
+    # a GGML layer's ``weight`` is its decoded float weight; norms are plain float parameters
+    state = {f"{name}.weight": module.weight.detach().float() for name, module in imported.named_modules()
+             if name and isinstance(getattr(module, "weight", None), Tensor)}
+    result = model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    untied = [] if config.tie_word_embeddings else ["lm_head.weight"]
+    if set(result.missing_keys) - ({"lm_head.weight"} - set(untied)) or result.unexpected_keys:
+        raise RuntimeError(f"{source}: the imported weights do not fit transformers' model (missing "
+                           f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})")
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-    # the weights are plain float now; without this transformers refuses to save a "gguf-quantized" model
-    model.hf_quantizer = None
-    del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
@@ -71,6 +86,14 @@ def _convert(source: Path, target: Path) -> None:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _no_init():
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4
+        from transformers.modeling_utils import no_init_weights
+    return no_init_weights()
 
 
 def load(path: Path) -> tuple[nn.Module, object]:
