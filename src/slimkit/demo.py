@@ -15,6 +15,7 @@ import json
 import shutil
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -41,7 +42,10 @@ from slimkit.recipes import Recipe, Step, parse_recipe, run_pipeline
 from slimkit.recipes.steps import student_model
 from slimkit.training import TrainConfig
 
-BASES = ("mlp", "cnn", "gpt", "minilm")
+BASES = ("mlp", "cnn", "gpt", "minilm", "smollm2")
+# SmolLM2's demo rows measure 4 of its task's 16 validation windows and 2 of its 8 prompts, so that the first
+# run (which also converts the model) stays within 5 minutes; docs/benchmarks.md has the full task's table
+SMOLLM2_DEMO = {"windows": 4, "prompts": 2}
 
 
 @dataclass(frozen=True)
@@ -154,20 +158,25 @@ VARIANTS: dict[str, list[Variant]] = {
                for v in _QUANT if v.suffix in ("int4-gptq", "nf4-dq")] + [
         Variant("int8-all", "weight-only rtn (+ embeddings)", WeightQuantConfig("int8", group_size=None,
                                                                                 embeddings=True))],
+    # a pretrained LLM: the cheapest row that says something (RTN needs no calibration pass)
+    "smollm2": [v for v in _QUANT if v.suffix == "int4-rtn"],
 }
 
 
 def run_demo(out_dir: str | Path = "slimkit-report", *, retrain: bool = False, minilm_rows: bool = True,
-             threads: int = 2, exports: dict | None = None) -> tuple[list[EvalRecord], dict[str, Path], list[str]]:
+             smollm2_rows: bool = True, threads: int = 2,
+             exports: dict | None = None) -> tuple[list[EvalRecord], dict[str, Path], list[str]]:
     """Run the demo; returns the records, the report files written, and notes on what was skipped.
 
     ``exports``: a dict to fill with each row's export checks (``deployment.verify``: every target,
     read back by its own reader), written as ``exports.md`` in the report folder."""
     out = Path(out_dir)
     records, skipped = [], []
-    bases = BASES if minilm_rows else tuple(b for b in BASES if b != "minilm")
+    left_out = {name for name, wanted in (("minilm", minilm_rows), ("smollm2", smollm2_rows)) if not wanted}
+    bases = tuple(b for b in BASES if b not in left_out)
     jobs = [(base, None) for base in bases] + [(b, v) for b in bases for v in VARIANTS.get(b, [])]
     loaded: dict[str, nn.Module] = {}  # each base model is trained or loaded once per run
+    missing: set[str] = set()  # pretrained bases whose package is not installed
 
     def base_model(base: str) -> nn.Module:
         if base not in loaded:
@@ -178,12 +187,13 @@ def run_demo(out_dir: str | Path = "slimkit-report", *, retrain: bool = False, m
         for base, variant in bar:
             name = base if variant is None else f"{base}-{variant.suffix}"
             bar.set_postfix_str(name)
-            if base == "minilm" and skipped:
+            if base in missing:
                 continue
             try:
                 model = base_model(base)
             except MissingDependencyError as exc:
-                skipped.append(f"minilm skipped: {exc}")
+                skipped.append(f"{base} skipped: {exc}")
+                missing.add(base)
                 continue
             destination = out / "artifacts" / name
             if destination.exists():
@@ -193,9 +203,10 @@ def run_demo(out_dir: str | Path = "slimkit-report", *, retrain: bool = False, m
             else:
                 artifact = shutil.copytree(_variant_artifact(base, model, variant, retrain), destination)
                 model = load(artifact)
-            records.append(evaluate(model, name=name, technique="baseline" if variant is None else variant.technique,
-                                    baseline=None if variant is None else base, artifact_dir=artifact,
-                                    threads=threads, baseline_model=None if variant is None else base_model(base)))
+            records.append(evaluate(model, _demo_task(base), name=name, artifact_dir=artifact, threads=threads,
+                                    technique="baseline" if variant is None else variant.technique,
+                                    baseline=None if variant is None else base,
+                                    baseline_model=None if variant is None else base_model(base)))
             if exports is not None:
                 from slimkit.deployment.verify import export_checks
 
@@ -207,6 +218,19 @@ def run_demo(out_dir: str | Path = "slimkit-report", *, retrain: bool = False, m
         paths["exports.md"] = out / "exports.md"
         paths["exports.md"].write_text(checks_table(exports) + "\n")
     return records, paths, skipped
+
+
+def _demo_task(base: str):
+    """The task the demo measures ``base`` on: its own (None: inferred), SmolLM2's at demo size."""
+    return _smollm2_demo_task() if base == "smollm2" else None
+
+
+@lru_cache(maxsize=1)
+def _smollm2_demo_task():
+    """Built once per process: the float model's outputs on it are computed once."""
+    from slimkit.models.lm_task import PROMPTS, SmolLM2Task
+
+    return SmolLM2Task(windows=SMOLLM2_DEMO["windows"], prompts=PROMPTS[:SMOLLM2_DEMO["prompts"]])
 
 
 def _variant_artifact(base: str, base_model: nn.Module, variant: Variant, rebuild: bool) -> Path:
@@ -224,7 +248,8 @@ def _variant_artifact(base: str, base_model: nn.Module, variant: Variant, rebuil
 
 def _variant_cache(base: str, variant: Variant) -> Path:
     """Cache folder of a variant; its key covers the base model's cache key and the variant's config."""
-    base_key = zoo.cache_path(base).name if base in zoo.NAMES else f"minilm-torch{torch.__version__}"
+    base_key = (zoo.cache_path(base).name if base in zoo.NAMES else zoo.hf_folder(base).name
+                if base in zoo.PRETRAINED else f"minilm-torch{torch.__version__}")
     from slimkit import __version__
 
     described = json.dumps([base_key, variant.suffix, variant.to_dict(), __version__], sort_keys=True)
