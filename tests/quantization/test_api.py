@@ -34,6 +34,18 @@ def test_tied_lm_head_is_skipped_with_the_reason():
     assert isinstance(model.blocks[0].attn.qkv, QuantLinear) and model.lm_head.weight is model.wte.weight
 
 
+def test_a_cnns_convolutions_stay_float_with_the_reason_and_where_to_go():
+    from tests.reference.vision import tiny_resnet
+
+    model = quantize(tiny_resnet().eval(), WeightQuantConfig("int8", group_size=None))
+    entries = get_manifest(model)
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [e["layer"] for e in entries if "skipped" not in e] == ["fc"]
+    skipped = {e["layer"]: e["skipped"] for e in entries if "skipped" in e}
+    assert sorted(skipped) == sorted(convs) and len(convs) > 5
+    assert all("ActivationQuantConfig(mode='static')" in reason for reason in skipped.values())
+
+
 @pytest.mark.parametrize("method", ["rtn", "gptq", "awq"])
 def test_save_load_round_trip_is_exact_and_smaller(tmp_path, method):
     model = small_gpt()

@@ -58,6 +58,11 @@ def quantize(model: nn.Module, config: WeightQuantConfig | ActivationQuantConfig
         encoded, input_scale, notes = _quantize_layer(layer, config, stats)
         model.set_submodule(name, QuantLinear.from_linear(layer, encoded, input_scale))
         add_entry(model, _entry(name, config, encoded, notes))
+    for name, module in model.named_modules():  # said, not silent: a CNN's convolutions stay float here
+        if isinstance(module, nn.modules.conv._ConvNd) and name not in skipped:
+            skipped[name] = ("weight-only quantization covers Linear layers; this convolution stays float "
+                             "(static int8 quantizes convolutions: ActivationQuantConfig(mode='static'), "
+                             "slimkit quantize --activations int8 --mode static)")
     for name, reason in skipped.items():
         add_entry(model, {"layer": name, "technique": f"weight-only {config.method}", "skipped": reason})
     return model
