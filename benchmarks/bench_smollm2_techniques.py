@@ -33,6 +33,7 @@ import torch
 FLOAT_PPL = 17.874  # the float row (benchmarks/bench_smollm2.py, same task)
 CALIB_BATCHES = 8
 ROWS = ("w8a8-dynamic", "smoothquant", "magnitude50", "wanda50", "sparsegpt50", "nm24-wanda", "nm24-magnitude",
+        "nm24-sparsegpt",
         "structured25", "structured05", "lowrank-mlp", "lora", "qlora", "distill", "dp-lora", "memory")
 LINEARS = ("*.q_proj", "*.k_proj", "*.v_proj", "*.o_proj", "*.gate_proj", "*.up_proj", "*.down_proj")
 
@@ -145,6 +146,11 @@ class Bench:
         from slimkit.pruning import PruneConfig
         self._unstructured("2:4, magnitude", "slimkit prune SMOL --nm 2:4 --method magnitude",
                            PruneConfig(nm=(2, 4), method="magnitude"))
+
+    def nm24_sparsegpt(self):
+        from slimkit.pruning import PruneConfig
+        self._unstructured("2:4, SparseGPT", "slimkit prune SMOL --nm 2:4 --method sparsegpt --calib-batches 8",
+                           PruneConfig(nm=(2, 4), method="sparsegpt", calibration_batches=CALIB_BATCHES))
 
     def structured25(self):
         self._structured(0.25)

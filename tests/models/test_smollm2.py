@@ -48,3 +48,30 @@ def test_task_on_the_float_model_is_a_perfect_match():
     # a pretrained 135M model on English reference prose (44.1 measured on these two 64-token windows,
     # short contexts); an untrained one would be near the vocabulary size, 49152
     assert 2 < got["perplexity"] < 100
+
+
+@pytest.mark.slow
+@needs_smollm2
+@torch.no_grad()
+def test_search_proxy_is_the_log_perplexity_on_windows_no_evaluation_uses():
+    """The recipe search's quality proxy for a causal LM: minus nats per token, checked against a naive loop."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from slimkit.models.tasks import get_task
+    from slimkit.quantization import WeightQuantConfig, quantize
+    from slimkit.recipes.space import PROXY_WINDOWS, proxy_quality
+
+    task, model = get_task("smollm2"), zoo.reference("smollm2")
+    windows = task.held_out_windows(PROXY_WINDOWS)
+    validation = {tuple(w.tolist()) for w in task.windows}
+    assert not any(tuple(w.tolist()) in validation for w in windows)
+    assert not any(torch.equal(windows, batch) for batch in task.calibration(2))
+    measure = proxy_quality("smollm2", model)
+    quality, kl = measure(model)
+    nats = [F.cross_entropy(model(w[None]).logits[0, :-1], w[1:]).item() for w in windows]  # naive, per window
+    assert quality == pytest.approx(-sum(nats) / len(nats), rel=1e-4) and kl == pytest.approx(0, abs=1e-6)
+    int4 = quantize(copy.deepcopy(model), WeightQuantConfig("int4", group_size=128, include=("*.mlp.*",)))
+    worse, moved = measure(int4)
+    assert worse < quality and moved > 0

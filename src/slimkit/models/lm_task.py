@@ -99,6 +99,11 @@ class CausalLMTask:
         generator = torch.Generator().manual_seed(1)
         return [self._random_windows(4, generator)[0] for _ in range(batches)]
 
+    def held_out_windows(self, count: int) -> Tensor:
+        """``count`` (count, block) windows of calibration text with a seed of their own: data for a search's
+        proxy measure that neither the validation windows nor ``calibration`` (seed 1) use."""
+        return self._random_windows(count, torch.Generator().manual_seed(2))[0]
+
     def training_batches(self, model: nn.Module, batch_size: int, seed: int = 0):
         return GeneratorBatches(lambda g: self._random_windows(batch_size, g), seed)
 

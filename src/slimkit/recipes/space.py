@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from slimkit.errors import UserInputError
+from slimkit.progress import progress
 
 CHANNELS = {"channels25": 0.25, "channels50": 0.5}  # structured: fraction of the layer's output channels removed
 SPARSITIES = {"sparse50": 0.5, "sparse75": 0.75, "sparse90": 0.9}
@@ -206,7 +207,8 @@ def sensitivity(model: nn.Module, space: LayerSpace, measure, max_drop: float) -
     base = measure(model)[0]
     found: dict[str, dict] = {"drop": {}, "distortion": {}, "bytes": {}}
     kept, model_bytes = {}, float_bytes(model)
-    for name, options in space.layers.items():
+    for name, options in progress(space.layers.items(), total=len(space.layers), unit="layer",
+                                  desc="sensitivity (each layer's options alone)"):
         drops, distortions, sizes = {}, {}, {"float": model_bytes}
         kept[name] = ["float"]
         for family in FAMILIES:
@@ -241,12 +243,17 @@ def choice_recipe(choice: dict[str, str], space: LayerSpace, name: str = "auto",
     return Recipe(tuple(steps), name, description)
 
 
+PROXY_WINDOWS = 4  # a causal LM's proxy windows (of its task's block length): each candidate runs them once
+
+
 def proxy_quality(task: str, model: nn.Module):
     """``measure(candidate) -> (quality, distortion)`` on data the final evaluation does not use.
 
     quality is higher-is-better: digits accuracy on the validation split (the report uses the test
     split); minus the bits per byte of 64 windows of the pycorpus test split (the report uses the
-    validation split); minilm: the mean cosine of sentence embeddings to ``model``'s (the fp32
+    validation split); a causal LM's task (smollm2): minus the nats per token (the log of the
+    perplexity) on ``PROXY_WINDOWS`` windows of its calibration text (the report uses the validation
+    topics); minilm: the mean cosine of sentence embeddings to ``model``'s (the fp32
     original) on 64 comment lines of the pycorpus training split that calibration leaves out (the
     report uses the 400 docstring sentences). distortion is how far the candidate's outputs moved from
     ``model``'s, finer than a quality drop (an accuracy moves in steps of one example): the mean KL
@@ -271,8 +278,17 @@ def proxy_quality(task: str, model: nn.Module):
             nats = -log_probs.gather(-1, y.unsqueeze(-1)).mean().item()
             return -nats / math.log(2), kl.mean().item()
         return measure
-    task_obj = get_task(task)  # minilm, the remaining task
-    texts = calibration_sentences(16 * CALIB + 64)[16 * CALIB:]  # calibration takes the first 16 * CALIB
+    task_obj = get_task(task)
+    if hasattr(task_obj, "held_out_windows"):  # a causal LM (smollm2): minus nats per token, KL per token
+        x = task_obj.held_out_windows(PROXY_WINDOWS)
+        reference = _log_probs(model, x)[:, :-1]
+
+        def next_token(candidate: nn.Module) -> tuple[float, float]:
+            log_probs = _log_probs(candidate, x)[:, :-1]
+            kl = torch.nn.functional.kl_div(log_probs, reference, log_target=True, reduction="none").sum(-1)
+            return log_probs.gather(-1, x[:, 1:].unsqueeze(-1)).mean().item(), kl.mean().item()
+        return next_token
+    texts = calibration_sentences(16 * CALIB + 64)[16 * CALIB:]  # minilm; calibration takes the first 16 * CALIB
     reference = embed(model, task_obj.tokenizer, texts)
 
     def cosine(candidate: nn.Module) -> tuple[float, float]:
@@ -283,4 +299,5 @@ def proxy_quality(task: str, model: nn.Module):
 
 @torch.no_grad()
 def _log_probs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return torch.log_softmax(model.eval()(x).float(), dim=-1)  # (..., classes)
+    out = model.eval()(x)
+    return torch.log_softmax(getattr(out, "logits", out).float(), dim=-1)  # (..., classes)
