@@ -284,6 +284,8 @@ class Int8Conv2d(_Int8Base):
 
     def forward(self, x: Tensor) -> Tensor:
         scale, zero = float(self.act_scale), int(self.act_zero_point)
+        if x.dim() == 4:  # oneDNN's int8 convolution runs channels-last (and answers so): NCHW is reordered per call
+            x = x.contiguous(memory_format=torch.channels_last)
         codes = kernels.quantize_unsigned(x, scale, zero)
         if self._packed is None and not onednn_conv_missing():
             self._packed = torch.ops.onednn.qconv_prepack(self.kernel_weight, self.weight_scale, scale, zero,
