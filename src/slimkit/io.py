@@ -47,6 +47,7 @@ WEIGHTS_FILE = "model.safetensors"
 SHARD_FILES = "model-*-of-*.safetensors"
 META_FILE = "slimkit.json"
 ARTIFACT_FILES = (WEIGHTS_FILE, META_FILE, SHARD_FILES)
+OWNED_FILES = ARTIFACT_FILES + hf.COMPANIONS  # every file ``save`` may write into an artifact folder
 _warned_unsigned: set[str] = set()
 
 
@@ -81,7 +82,7 @@ def saving(directory: str | Path) -> Iterator[ArtifactWriter]:
     ...     writer.finish(model)  # the model without those layers' tensors
     """
     directory = Path(directory)
-    with locked(directory), replacing_dir(clear_stale(directory), owned=ARTIFACT_FILES + hf.COMPANIONS) as tmp:
+    with locked(directory), replacing_dir(clear_stale(directory), owned=OWNED_FILES) as tmp:
         writer = ArtifactWriter(tmp, directory)
         yield writer
         if not writer.finished:

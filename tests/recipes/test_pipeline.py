@@ -111,3 +111,23 @@ def test_cli_lists_runs_and_refuses_bad_recipes_in_one_line(capsys, tmp_path, ml
     assert code == 2 and err.count("\n") == 1 and "bad.yaml line 3, steps[0].quantize.bits" in err
     code, _, err = _cli(capsys, "compress", str(tmp_path / "mlp"), "--out", str(tmp_path / "o3"))
     assert code == 2 and "either --recipe" in err
+
+
+def test_a_stale_step_of_a_transformers_model_is_cleared_with_its_config_and_tokenizer(tmp_path):
+    """slimkit.save copies a transformers model's config and tokenizer beside it; a later run of a changed
+    recipe must clear that step folder, not refuse it as holding files slimkit did not write (seen on SmolLM2)."""
+    import slimkit
+    from slimkit.atomic import check_replaceable
+    from slimkit.cli.output import ARTIFACT_FILES as CLI_OWNED
+    from slimkit.recipes.pipeline import ARTIFACT_FILES
+    from tests.reference.hf_folders import folder, tokenizer
+
+    source = folder("llama", tmp_path / "llama", tokenizer())
+    step = tmp_path / "steps" / "01-int8"
+    slimkit.save(slimkit.load(source), step)
+    assert {"config.json", "tokenizer.json"} <= {p.name for p in step.iterdir()}
+    check_replaceable(step, ARTIFACT_FILES)
+    check_replaceable(step, CLI_OWNED)
+    (step / "notes.txt").write_text("mine")
+    with pytest.raises(Exception, match="notes.txt"):
+        check_replaceable(step, ARTIFACT_FILES)

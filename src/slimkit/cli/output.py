@@ -17,10 +17,12 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from slimkit.atomic import check_replaceable, locked
+from slimkit.io import OWNED_FILES
 from slimkit.errors import UserInputError
 
-# files slimkit writes into an artifact folder (the saved model, prune's sensitivity plot)
-ARTIFACT_FILES = ("model.safetensors", "model-*-of-*.safetensors", "slimkit.json", "sensitivity.png")
+# files slimkit writes into an artifact folder (the saved model with a Hugging Face model's config and tokenizer,
+# prune's sensitivity plot)
+ARTIFACT_FILES = (*OWNED_FILES, "sensitivity.png")
 _held = ExitStack()
 
 

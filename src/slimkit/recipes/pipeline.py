@@ -22,11 +22,12 @@ from torch import nn
 
 from slimkit.atomic import check_replaceable, write_file
 from slimkit.errors import SlimkitError
+from slimkit.io import OWNED_FILES
 from slimkit.recipes.recipe import Recipe, Step
 from slimkit.recipes.steps import apply_step
 
 STEPS_DIR, MODEL_DIR = "steps", "model"
-ARTIFACT_FILES = ("model.safetensors", "model-*-of-*.safetensors", "slimkit.json")
+ARTIFACT_FILES = OWNED_FILES  # a step folder holds what slimkit.save wrote (a transformers model's companions too)
 
 
 class StepFailed(SlimkitError):
