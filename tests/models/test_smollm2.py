@@ -54,8 +54,9 @@ def test_task_on_the_float_model_is_a_perfect_match():
 @needs_smollm2
 @torch.no_grad()
 def test_search_proxy_is_the_log_perplexity_on_windows_no_evaluation_uses():
-    """The recipe search's quality proxy for a causal LM: minus nats per token, checked against a naive loop."""
+    """The recipe search's quality proxy for a causal LM: minus the perplexity, checked against a naive loop."""
     import copy
+    import math
 
     import torch.nn.functional as F
 
@@ -71,7 +72,7 @@ def test_search_proxy_is_the_log_perplexity_on_windows_no_evaluation_uses():
     measure = proxy_quality("smollm2", model)
     quality, kl = measure(model)
     nats = [F.cross_entropy(model(w[None]).logits[0, :-1], w[1:]).item() for w in windows]  # naive, per window
-    assert quality == pytest.approx(-sum(nats) / len(nats), rel=1e-4) and kl == pytest.approx(0, abs=1e-6)
+    assert quality == pytest.approx(-math.exp(sum(nats) / len(nats)), rel=1e-4) and kl == pytest.approx(0, abs=1e-6)
     int4 = quantize(copy.deepcopy(model), WeightQuantConfig("int4", group_size=128, include=("*.mlp.*",)))
     worse, moved = measure(int4)
     assert worse < quality and moved > 0

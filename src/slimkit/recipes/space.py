@@ -251,9 +251,8 @@ def proxy_quality(task: str, model: nn.Module):
 
     quality is higher-is-better: digits accuracy on the validation split (the report uses the test
     split); minus the bits per byte of 64 windows of the pycorpus test split (the report uses the
-    validation split); a causal LM's task (smollm2): minus the nats per token (the log of the
-    perplexity) on ``PROXY_WINDOWS`` windows of its calibration text (the report uses the validation
-    topics); minilm: the mean cosine of sentence embeddings to ``model``'s (the fp32
+    validation split); a causal LM's task (smollm2): minus the perplexity on ``PROXY_WINDOWS``
+    windows of its calibration text (the report uses the validation topics); minilm: the mean cosine of sentence embeddings to ``model``'s (the fp32
     original) on 64 comment lines of the pycorpus training split that calibration leaves out (the
     report uses the 400 docstring sentences). distortion is how far the candidate's outputs moved from
     ``model``'s, finer than a quality drop (an accuracy moves in steps of one example): the mean KL
@@ -279,14 +278,17 @@ def proxy_quality(task: str, model: nn.Module):
             return -nats / math.log(2), kl.mean().item()
         return measure
     task_obj = get_task(task)
-    if hasattr(task_obj, "held_out_windows"):  # a causal LM (smollm2): minus nats per token, KL per token
+    if hasattr(task_obj, "held_out_windows"):  # a causal LM (smollm2): minus the perplexity, KL per token
         x = task_obj.held_out_windows(PROXY_WINDOWS)
         reference = _log_probs(model, x)[:, :-1]
 
         def next_token(candidate: nn.Module) -> tuple[float, float]:
             log_probs = _log_probs(candidate, x)[:, :-1]
             kl = torch.nn.functional.kl_div(log_probs, reference, log_target=True, reduction="none").sum(-1)
-            return log_probs.gather(-1, x[:, 1:].unsqueeze(-1)).mean().item(), kl.mean().item()
+            nats = -log_probs.gather(-1, x[:, 1:].unsqueeze(-1)).mean().item()
+            # the perplexity itself, so that a relative --max-drop means the same here as on the report's
+            # perplexity (a relative drop of the log would allow about 3x more)
+            return -math.exp(nats), kl.mean().item()
         return next_token
     texts = calibration_sentences(16 * CALIB + 64)[16 * CALIB:]  # minilm; calibration takes the first 16 * CALIB
     reference = embed(model, task_obj.tokenizer, texts)
