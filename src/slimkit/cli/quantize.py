@@ -129,7 +129,10 @@ def _layerwise(config, args) -> int:
     from slimkit.quantization.paths import choose_paths
 
     folder = Path(args.model_dir)
-    if args.activations or not (folder / "config.json").is_file() or args.calib:
+    if not (folder / "config.json").is_file():
+        raise UserInputError(f"{folder}: no config.json; --layerwise reads a Hugging Face causal LM folder "
+                             "(config.json and safetensors shards)")
+    if args.activations or args.calib:
         raise UserInputError("--layerwise quantizes the weights of a Hugging Face causal LM folder (config.json and "
                              "safetensors) on its own text or --data; drop --activations and --calib")
     import transformers
